@@ -1,0 +1,176 @@
+"""Command-line glue: parse arguments, call library functions, turn user errors into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+from . import __version__
+from . import config as config_mod
+from .errors import MnistlabError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _logger(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda msg: None
+    from tqdm import tqdm
+    return lambda msg: tqdm.write(msg, file=sys.stdout)
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def default_out(name: str) -> Path:
+    """runs/NAME-YYYYmmdd-HHMMSS, with a suffix if that exists."""
+    base = Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, i = base, 1
+    while out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    return out
+
+
+# ---------------------------------------------------------------- shared options
+
+# flag -> (config key, converter from the flag's text to a TOML value)
+OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "--epochs": ("train.epochs", str),
+    "--lr": ("optim.lr", str),
+    "--batch-size": ("train.batch_size", str),
+    "--hidden": ("model.hidden", lambda s: "[" + s + "]"),
+    "--activation": ("model.activation", lambda s: f'"{s}"'),
+    "--seed": ("train.seed", str),
+    "--data-dir": ("data.dir", lambda s: f"'{s}'"),
+    "--precision": ("train.precision", lambda s: f'"{s}"'),
+    "--device": ("train.device", lambda s: f'"{s}"'),
+    "--threads": ("train.threads", str),
+    "--optimizer": ("optim.name", lambda s: f'"{s}"'),
+    "--arch": ("model.arch", lambda s: f'"{s}"'),
+}
+_HELP = {
+    "--hidden": "hidden widths, comma-separated (e.g. 512,512)",
+    "--data-dir": "a directory with the four MNIST-format files (default: the bundled MNIST)",
+    "--precision": "fp32 or bf16",
+    "--device": "auto, cpu, cuda or cuda:N",
+}
+
+
+def _add_run_options(p: argparse.ArgumentParser, overrides: Sequence[str]) -> None:
+    for flag in overrides:
+        key = OVERRIDE_FLAGS[flag][0]
+        p.add_argument(flag, dest=key.replace(".", "__"), metavar="X", help=_HELP.get(flag, f"set {key}"))
+    p.add_argument("--out", type=Path, help="run directory (default: runs/NAME-TIMESTAMP)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no per-epoch table")
+
+
+def _overrides_from_flags(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag, (key, conv) in OVERRIDE_FLAGS.items():
+        value = getattr(args, key.replace(".", "__"), None)
+        if value is not None:
+            out.append(f"{key}={conv(value)}")
+    return out
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> "object":
+    from .experiment import run
+
+    log = _logger(args.quiet)
+    result = run(cfg, args.out or default_out(cfg.name), overwrite=args.overwrite, log=log,
+                 show_progress=_show_progress(args))
+    s = result.info["summary"]
+    if result.convergence is not None:
+        print(f"converged at epoch {result.convergence} (validation accuracy within ±0.25 points of its "
+              f"last-5-epoch mean from then on)")
+    if "best_epoch" in s:
+        print(f"best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']}; "
+              f"test accuracy there {s['test_acc_at_best_val']:.3f}%; final test accuracy {s['final_test_acc']:.3f}%")
+    else:
+        print(f"final test accuracy {s['final_test_acc']:.3f}%")
+    print(f"wrote {result.run_dir.path}")
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    cfg = config_mod.apply_overrides(cfg, _overrides_from_flags(args) + list(args.set or []))
+    _run_and_report(cfg, args)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiment import compare_with_report, report_table
+
+    cfg = config_mod.apply_overrides(config_mod.Config(name="reproduce"), _overrides_from_flags(args))
+    result = _run_and_report(cfg, args)
+    if result.info.get("data_is_mnist") and len(result.history) == 30:
+        gap = compare_with_report(result.history, report_table())
+        verdict = "matches" if gap["max_val_acc_diff"] <= 0.1 and gap["max_train_loss_diff"] <= 1e-3 else "DIFFERS FROM"
+        print(f"{verdict} the report: largest per-epoch gap {gap['max_val_acc_diff']:.3f} points of validation "
+              f"accuracy (gate 0.1), {gap['max_train_loss_diff']:.2e} of training loss (gate 1e-3)")
+        print("note: the report's test column used raw 0-255 pixels; mnistlab scales test images to 0-1 "
+              "as in training (see README)")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import run_figures
+    from .runs import RunDir
+
+    run = RunDir(args.run_dir)
+    history = run.read_history()
+    if not history:
+        raise MnistlabError(f"{run.path}/metrics.csv holds no epochs")
+    name = run.read_info().get("name", "") if run.file("run.json").exists() else ""
+    conv = run_figures(history, run.path, name)
+    print(f"wrote {run.file('accuracy.png')} and {run.file('loss.png')}"
+          + (f"; converged at epoch {conv}" if conv else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mnistlab", description="A fast, reproducible MNIST lab.")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("reproduce", help="re-run the report's experiment and compare with its table")
+    _add_run_options(p, ["--data-dir", "--precision", "--device", "--threads", "--epochs"])
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("train", help="train from a TOML config with overrides")
+    p.add_argument("--config", type=Path, help="TOML config (default: the report's experiment)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.momentum=0.9")
+    _add_run_options(p, list(OVERRIDE_FLAGS))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="redraw a run's figures from its metrics files")
+    p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MnistlabError as e:
+        print(f"mnistlab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted; the epochs already finished are kept in the run directory", file=sys.stderr)
+        return EXIT_INTERRUPTED

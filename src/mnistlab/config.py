@@ -1,0 +1,268 @@
+"""Typed experiment configuration: dataclasses whose defaults are the report's experiment.
+
+A config is loaded from TOML (``[data]``, ``[model]``, ``[optim]``, ``[train]`` tables plus a top-level
+``name``), then overridden from the command line with ``section.key=value`` strings. Unknown keys and
+values of the wrong type are rejected by name with a :class:`~mnistlab.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""  # "" = the bundled MNIST; else a directory with the four MNIST-format files
+    val_fraction: float = 0.1  # the report: 6,000 of the 60,000 training images
+    train_on_val: bool = False  # final-model mode: train on train+validation (no validation metrics)
+    augment: str = "none"  # see mnistlab.augment.AUGMENTATIONS
+    max_shift: float = 2.0  # pixels
+    max_rotation: float = 10.0  # degrees
+    max_scale: float = 0.1  # relative
+    max_shear: float = 0.1  # shear factor
+    elastic_alpha: float = 34.0  # pixels of displacement before smoothing (Simard et al. 2003)
+    elastic_sigma: float = 4.0  # Gaussian smoothing of the displacement field, pixels
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"  # see mnistlab.models.ARCHS
+    hidden: list[int] = field(default_factory=lambda: [1024])  # MLP hidden layer widths
+    activation: str = "relu"  # see mnistlab.models.ACTIVATIONS
+    init: str = "report"  # see mnistlab.models.INITS
+    dropout: float = 0.0  # after each hidden layer
+    input_dropout: float = 0.0  # MLP only: dropout on the pixels
+    batchnorm: bool = False  # MLP only: BatchNorm1d before each hidden activation
+    normalize: bool = False  # standardise pixels with MNIST's mean/std inside the model
+    width: int = 32  # CNN only: channels of the first convolution block
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # see mnistlab.optim.OPTIMIZERS
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str = "constant"  # see mnistlab.optim.SCHEDULES
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # step schedule: epochs between decays
+    gamma: float = 0.1  # step schedule: decay factor
+    min_lr_ratio: float = 0.0  # cosine / one-cycle: final lr as a fraction of lr
+    max_norm: float = 0.0  # > 0: clamp each unit's incoming weight vector to this L2 norm after a step
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 100
+    seed: int = 123
+    precision: str = "fp32"  # fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # 0 = leave torch's default
+    eval_batch_size: int = 10000
+    patience: int = 0  # early stopping on validation accuracy; 0 = off
+    fast: bool = True  # fused fp32 MLP/SGD step where it applies (same numbers within float tolerance)
+
+
+@dataclass
+class Config:
+    name: str = "seed"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- loading and type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")  # a programming error, not user input
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names & data.keys():
+        tp, value, key = hints[name], data[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' must be a table")
+            kwargs[name] = _from_dict(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown keys and wrong types by name."""
+    cfg = _from_dict(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load(path: str | Path) -> Config:
+    """Load a TOML config file; keys left out keep the report's defaults."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return from_dict(data)
+
+
+def dumps(cfg: Config) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML (``3``, ``0.1``, ``true``, ``[512, 512]``), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a copy of ``cfg`` with ``section.key=value`` overrides applied and validated."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, text = item.split("=", 1)
+        *path, leaf = key.strip().split(".")
+        node = data
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{key}'")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"unknown config key '{key}'")
+        node[leaf] = parse_value(text.strip())
+    return from_dict(data)
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def _check(ok: bool, key: str, value: Any, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: {want}")
+
+
+def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = sorted(choices)
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' = {value!r} is unknown (choose from {', '.join(choices)})")
+
+
+def validate(cfg: Config) -> None:
+    """Range and name checks that types alone cannot express."""
+    from .augment import AUGMENTATIONS
+    from .models import ACTIVATIONS, ARCHS, INITS, MLP_ONLY_OPTIONS
+    from .optim import OPTIMIZERS, SCHEDULES
+
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be between 0 and 1")
+    _check_choice("data.augment", d.augment, AUGMENTATIONS)
+    for key in ("max_shift", "max_rotation", "max_scale", "max_shear", "elastic_alpha"):
+        _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
+    _check(d.elastic_sigma > 0, "data.elastic_sigma", d.elastic_sigma, "must be > 0")
+    _check(d.max_scale < 1, "data.max_scale", d.max_scale, "must be < 1")
+
+    _check_choice("model.arch", m.arch, ARCHS)
+    _check_choice("model.activation", m.activation, ACTIVATIONS)
+    _check_choice("model.init", m.init, INITS)
+    _check(len(m.hidden) > 0 and all(h > 0 for h in m.hidden), "model.hidden", m.hidden,
+           "must be a non-empty list of positive widths")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
+    _check(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
+    _check(m.width > 0, "model.width", m.width, "must be > 0")
+    if m.arch != "mlp":
+        defaults = ModelConfig()
+        for key in MLP_ONLY_OPTIONS:
+            if getattr(m, key) != getattr(defaults, key):
+                raise ConfigError(f"config key 'model.{key}' is an MLP option and does not fit model.arch = "
+                                  f"{m.arch!r}")
+
+    _check_choice("optim.name", o.name, OPTIMIZERS)
+    _check_choice("optim.schedule", o.schedule, SCHEDULES)
+    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
+    _check(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
+           "needs optim.name = 'sgd' and optim.momentum > 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+           "must be two numbers in [0, 1)")
+    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    _check(o.step_epochs > 0, "optim.step_epochs", o.step_epochs, "must be > 0")
+    _check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    _check(o.max_norm >= 0, "optim.max_norm", o.max_norm, "must be >= 0 (0 = off)")
+    _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
+
+    _check(t.epochs > 0, "train.epochs", t.epochs, "must be > 0")
+    _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+    _check(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
+    _check_choice("train.precision", t.precision, ("fp32", "bf16"))
+    _check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device", t.device,
+           "must be auto, cpu, cuda or cuda:N")
+    _check(t.threads >= 0, "train.threads", t.threads, "must be >= 0")
+    _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
+    _check(t.patience >= 0, "train.patience", t.patience, "must be >= 0 (0 = off)")
+    _check(not (d.train_on_val and t.patience), "train.patience", t.patience,
+           "early stopping needs a validation set (data.train_on_val = true has none)")

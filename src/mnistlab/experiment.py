@@ -1,0 +1,126 @@
+"""One run end to end: data -> run directory -> training -> history, figures and summary on disk."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import config as config_mod
+from . import data
+from .config import Config
+from .metrics import best_epoch, convergence_epoch
+from .models import count_parameters
+from .plots import run_figures
+from .runs import RunDir, environment, now
+from .train import Trainer, bf16_supported, resolve_device
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: RunDir
+    history: list[dict[str, Any]]
+    convergence: int | None
+    info: dict[str, Any]
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One line of the per-epoch table."""
+    def num(key: str, fmt: str) -> str:
+        v = row.get(key)
+        return "-" if v is None else format(v, fmt)
+    return (f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
+            f"val_acc {num('val_acc', '7.3f')}  test_loss {num('test_loss', '.4f')}  test_acc {num('test_acc', '7.3f')}"
+            f"  ({row.get('seconds', 0):.1f}s)")
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best-on-validation figures of a history (test never selects anything)."""
+    last = history[-1]
+    out: dict[str, Any] = {"epochs_run": len(history), "final_test_acc": last.get("test_acc"),
+                           "final_val_acc": last.get("val_acc"), "final_train_loss": last.get("train_loss")}
+    val = [r.get("val_acc") for r in history]
+    if all(v is not None for v in val):
+        best = best_epoch(val)
+        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=history[best - 1]["test_acc"],
+                   convergence_epoch=convergence_epoch(val))
+    return out
+
+
+def prepare(cfg: Config, log: Log) -> tuple[data.Dataset, torch.device, Config]:
+    """Load the data and resolve device and precision (falling back from bf16 with a message)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "bf16" and not bf16_supported(device):
+        log(f"note: {device} has no bf16 support; falling back to fp32")
+        cfg = config_mod.apply_overrides(cfg, ["train.precision=fp32"])
+    dataset = data.load(cfg.data.dir or None)
+    return dataset, device, cfg
+
+
+def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
+        show_progress: bool = False) -> RunResult:
+    """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists."""
+    dataset, device, cfg = prepare(cfg, log)
+    trainer = Trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
+    run_dir = RunDir.create(out, overwrite)
+    info: dict[str, Any] = {
+        "name": cfg.name, "status": "running", "started": now(), "config": config_mod.to_dict(cfg),
+        "environment": environment(device, dataset.checksum, dataset.source, cfg.train.seed),
+        "data_is_mnist": dataset.is_mnist, "parameters": count_parameters(trainer.model),
+    }
+    run_dir.write_config(cfg)
+    run_dir.write_info(info)
+    log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
+        f"device {device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
+
+    def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
+        run_dir.write_history(tr.history)
+        log(format_row(row))
+
+    start = time.perf_counter()
+    try:
+        trainer.fit(on_epoch, show_progress=show_progress)
+        info["status"] = "complete"
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
+    except Exception:
+        info["status"] = "failed"
+        raise
+    finally:
+        info.update(finished=now(), train_seconds=round(time.perf_counter() - start, 3),
+                    epochs_done=len(trainer.history))
+        if trainer.history:
+            info["summary"] = summarize(trainer.history)
+            run_figures(trainer.history, run_dir.path, cfg.name)
+        run_dir.write_info(info)
+    conv = info["summary"].get("convergence_epoch")
+    return RunResult(run_dir, trainer.history, conv, info)
+
+
+# ---------------------------------------------------------------- the report's own table
+
+
+def report_table(name: str = "report.csv") -> list[dict[str, float]]:
+    """The report's per-epoch table (or the rerun of its script), from the package's reference data."""
+    text = resources.files("mnistlab").joinpath("reference", name).read_text()
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
+
+
+def compare_with_report(history: list[dict[str, Any]], reference: list[dict[str, float]]) -> dict[str, float]:
+    """Largest per-epoch gaps to the report's validation accuracy and training loss."""
+    n = min(len(history), len(reference))
+    return {
+        "epochs_compared": n,
+        "max_val_acc_diff": max(abs(history[i]["val_acc"] - reference[i]["val_acc"]) for i in range(n)),
+        "max_train_loss_diff": max(abs(history[i]["train_loss"] - reference[i]["train_loss"]) for i in range(n)),
+    }

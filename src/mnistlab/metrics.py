@@ -1,0 +1,75 @@
+"""Evaluation, the convergence rule and model selection on validation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc")
+
+# Convergence rule (documented in docs/convergence.md): the plateau is the mean validation accuracy of
+# the last WINDOW epochs; training has converged from the first epoch after which every validation
+# accuracy stays within +-BAND percentage points of that plateau.
+WINDOW = 5
+BAND = 0.25
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (fp32 master weights) or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000,
+             precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in percent of ``model`` on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(x), batch_size):
+        with autocast(x.device, precision):
+            logits = model(x[i:i + batch_size])
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum")
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(x), 100.0 * correct.item() / len(x)
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 10000) -> torch.Tensor:
+    """Softmax probabilities (N, 10) in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([torch.softmax(model(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def convergence_epoch(val_acc: Sequence[float], window: int = WINDOW, band: float = BAND) -> int | None:
+    """The 1-based epoch from which validation accuracy stays within ``band`` points of its final plateau.
+
+    The plateau is the mean of the last ``window`` epochs. None when there are fewer than ``window``
+    epochs or any value is missing.
+    """
+    if len(val_acc) < window or any(v is None or not math.isfinite(v) for v in val_acc):
+        return None
+    plateau = sum(val_acc[-window:]) / window
+    epoch = len(val_acc)
+    while epoch > 1 and abs(val_acc[epoch - 2] - plateau) <= band:
+        epoch -= 1
+    return epoch
+
+
+def best_epoch(val_acc: Sequence[float]) -> int:
+    """1-based epoch of the highest validation accuracy (the earliest on ties): model selection on validation."""
+    best = max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
+    return best + 1

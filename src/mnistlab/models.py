@@ -1,0 +1,182 @@
+"""Models as plain ``nn.Module``s, built from registries; they know nothing of training.
+
+All models take float pixels in [0, 1] of shape (B, 1, 28, 28) and return logits (B, 10).
+Parameters are initialised from an explicit ``torch.Generator`` (never the global RNG), in the same
+order of draws as PyTorch's own constructors, so the report's initial weights are reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics after /255
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),  # the report's slope
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+MLP_ONLY_OPTIONS = ("hidden", "input_dropout", "batchnorm")
+
+
+class Normalize(nn.Module):
+    """Standardise pixels inside the model, so every caller feeds plain [0, 1] pixels."""
+
+    def __init__(self, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> (BatchNorm) -> activation -> (Dropout)] * len(hidden) -> Linear."""
+
+    def __init__(self, hidden: list[int] | tuple[int, ...] = (1024,), activation: str = "relu",
+                 dropout: float = 0.0, input_dropout: float = 0.0, batchnorm: bool = False,
+                 normalize: bool = False, in_features: int = 784, n_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]  # (B, 1, 28, 28) -> (B, 784)
+        if normalize:
+            layers.append(Normalize())
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
+        width = in_features
+        for h in hidden:
+            layers.append(nn.Linear(width, h))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) with max pooling and a modern activation."""
+
+    def __init__(self, activation: str = "relu", dropout: float = 0.0, normalize: bool = False,
+                 n_classes: int = 10) -> None:
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        self.features = nn.Sequential(
+            *([Normalize()] if normalize else []),
+            nn.Conv2d(1, 6, 5, padding=2), act(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
+            nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2),  # (B, 16, 5, 5)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), act(), *([nn.Dropout(dropout)] if dropout else []),
+            nn.Linear(120, 84), act(), nn.Linear(84, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_block(cin: int, cout: int, act: Callable[[], nn.Module]) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), act()]
+
+
+class SmallCNN(nn.Module):
+    """A small modern CNN: two VGG-style stages of 3x3 conv + BatchNorm, then a BatchNorm'd dense head."""
+
+    def __init__(self, width: int = 32, activation: str = "relu", dropout: float = 0.0,
+                 normalize: bool = False, n_classes: int = 10) -> None:
+        super().__init__()
+        act, w = ACTIVATIONS[activation], width
+        self.features = nn.Sequential(
+            *([Normalize()] if normalize else []),
+            *_conv_block(1, w, act), *_conv_block(w, w, act), nn.MaxPool2d(2),  # (B, w, 14, 14)
+            *_conv_block(w, 2 * w, act), *_conv_block(2 * w, 2 * w, act), nn.MaxPool2d(2),  # (B, 2w, 7, 7)
+            *_conv_block(2 * w, 4 * w, act), nn.MaxPool2d(2),  # (B, 4w, 3, 3)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(4 * w * 9, 8 * w, bias=False), nn.BatchNorm1d(8 * w), act(),
+            *([nn.Dropout(dropout)] if dropout else []), nn.Linear(8 * w, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "mlp": lambda c: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize),
+    "lenet5": lambda c: LeNet5(c.activation, c.dropout, c.normalize),
+    "cnn": lambda c: SmallCNN(c.width, c.activation, c.dropout, c.normalize),
+}
+
+
+# ---------------------------------------------------------------- initialisation
+
+_WEIGHTED = (nn.Linear, nn.Conv2d)
+
+
+def _torch_default_init(module: nn.Module, g: torch.Generator) -> None:
+    """PyTorch's own ``reset_parameters`` for Linear/Conv2d, drawing from ``g``."""
+    nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=g)
+    if module.bias is not None:
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(module.bias, -bound, bound, generator=g)
+
+
+def _reinit_weights(fn: Callable[[torch.Tensor, torch.Generator], None]):
+    def scheme(model: nn.Module, g: torch.Generator) -> None:
+        for m in model.modules():
+            if isinstance(m, _WEIGHTED):
+                fn(m.weight, g)
+    return scheme
+
+
+# name -> pass applied after PyTorch's default init; "report" is the report's kaiming_uniform_ per layer
+INITS: dict[str, Callable[[nn.Module, torch.Generator], None]] = {
+    "default": lambda model, g: None,
+    "report": _reinit_weights(lambda w, g: nn.init.kaiming_uniform_(w, generator=g)),
+    "kaiming_normal": _reinit_weights(lambda w, g: nn.init.kaiming_normal_(w, generator=g)),
+    "xavier_uniform": _reinit_weights(lambda w, g: nn.init.xavier_uniform_(w, generator=g)),
+}
+
+
+def init_parameters(model: nn.Module, scheme: str, generator: torch.Generator) -> None:
+    """PyTorch's default init for every layer in order, then the named scheme, all drawn from ``generator``."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _WEIGHTED):
+                _torch_default_init(m, generator)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()  # ones, zeros and fresh running statistics: no randomness
+            elif any(True for _ in m.parameters(recurse=False)):
+                raise TypeError(f"no initialiser for {type(m).__name__}")
+        INITS[scheme](model, generator)
+
+
+def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
+    """Construct the configured model on ``device`` and initialise it from ``generator``."""
+    with torch.device("meta"):  # no allocation and no global-RNG draws until we initialise
+        model = ARCHS[cfg.arch](cfg)
+    model = model.to_empty(device=device)
+    init_parameters(model, cfg.init, generator)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,65 @@
+"""Optimizers, learning-rate schedules and the max-norm weight constraint, from registries."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                        weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+}
+
+# name -> lr factor as a function of (progress t in [0, 1] after warm-up, epoch, config)
+SCHEDULES: dict[str, Callable[[float, int, OptimConfig], float]] = {
+    "constant": lambda t, epoch, c: 1.0,
+    "step": lambda t, epoch, c: c.gamma ** (epoch // c.step_epochs),
+    "cosine": lambda t, epoch, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
+    "onecycle": lambda t, epoch, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
+}
+
+ONECYCLE_WARMUP = 0.3  # one-cycle's default share of steps spent warming up, as in torch's OneCycleLR
+ONECYCLE_START = 1 / 25  # ... starting from lr / 25
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfig) -> float:
+    """The multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based) of ``total_steps``.
+
+    Warm-up (``warmup_epochs``, or 30% for one-cycle) rises linearly to 1; the schedule then runs over
+    the remaining steps.
+    """
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    start = 0.0
+    if cfg.schedule == "onecycle" and warm == 0:
+        warm, start = round(ONECYCLE_WARMUP * total_steps), ONECYCLE_START
+    if step < warm:
+        return start + (1 - start) * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total_steps - warm))
+    return SCHEDULES[cfg.schedule](t, step // steps_per_epoch, cfg)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.name](model.parameters(), cfg)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+                    cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler; it sets the first step's lr at construction, as LambdaLR does."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, cfg))
+
+
+@torch.no_grad()
+def apply_max_norm(model: nn.Module, max_norm: float) -> None:
+    """Rescale each unit's incoming weights to L2 norm <= ``max_norm`` (Srivastava et al. 2014)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.weight.renorm_(2, 0, max_norm)  # dim 0 = output units

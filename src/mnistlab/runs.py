@@ -1,0 +1,166 @@
+"""Run directories: the resolved config, environment, per-epoch history, all written atomically.
+
+Layout of a run directory::
+
+    config.toml     the resolved config
+    run.json        environment (versions, threads, device, data checksum, seed), status and summary
+    metrics.csv     one row per epoch: epoch, train_loss, val_loss, val_acc, test_loss, test_acc, lr, seconds
+    metrics.json    the same rows as a list of objects
+    accuracy.png    validation and test accuracy per epoch, convergence epoch marked
+    loss.png        losses per epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import Config, dumps, from_dict, load
+from .errors import MnistlabError
+
+RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png")
+CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    return out.getvalue()
+
+
+def environment(device: torch.device, dataset_checksum: str, data_source: str, seed: int) -> dict[str, Any]:
+    """What a reader needs to reproduce the numbers: versions, threads, device, data and seed."""
+    import numpy
+
+    env = {
+        "mnistlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "data_source": data_source,
+        "data_sha256": dataset_checksum,
+        "seed": seed,
+        "argv": sys.argv,
+    }
+    if device.type == "cuda":
+        env["cuda_device"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """A run's output directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> "RunDir":
+        """Make the directory; refuse one that already holds a run unless ``overwrite``."""
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise MnistlabError(f"output path {run.path} exists and is not a directory")
+        held = [f for f in RUN_FILES if (run.path / f).exists()]
+        if held and not overwrite:
+            raise MnistlabError(f"output directory {run.path} already holds a run ({held[0]}); "
+                                f"pass --overwrite or choose another --out")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MnistlabError(f"cannot create output directory {run.path}: {e.strerror or e}") from None
+        for f in held:
+            (run.path / f).unlink()
+        return run
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, cfg: Config) -> None:
+        atomic_write(self.file("config.toml"), dumps(cfg))
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        atomic_write(self.file("run.json"), json.dumps(info, indent=2, default=_json_value) + "\n")
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        atomic_write(self.file("metrics.csv"), history_csv(history))
+        rows = [{k: _json_value(v) for k, v in row.items()} for row in history]
+        atomic_write(self.file("metrics.json"), json.dumps(rows, indent=1) + "\n")
+
+    # ------------------------------------------------------------ reading back
+
+    def is_run(self) -> bool:
+        return self.file("metrics.csv").is_file()
+
+    def read_config(self) -> Config:
+        return load(self.file("config.toml"))
+
+    def read_info(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.file("run.json").read_text())
+        except (OSError, ValueError) as e:
+            raise MnistlabError(f"cannot read {self.file('run.json')}: {e}") from None
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """Per-epoch rows from metrics.csv; empty cells become None."""
+        path = self.file("metrics.csv")
+        try:
+            text = path.read_text()
+        except OSError:
+            raise MnistlabError(f"{self.path} is not a run directory (no metrics.csv)") from None
+        rows = []
+        for i, rec in enumerate(csv.DictReader(io.StringIO(text))):
+            try:
+                row: dict[str, Any] = {k: (None if v in ("", None) else float(v)) for k, v in rec.items()}
+                row["epoch"] = int(row["epoch"])
+            except (TypeError, ValueError, KeyError):
+                raise MnistlabError(f"{path}: malformed row {i + 1}") from None
+            rows.append(row)
+        return rows
+
+
+def config_from_info(info: dict[str, Any]) -> Config:
+    return from_dict(info["config"])

@@ -1,0 +1,168 @@
+"""The training loop: in-memory tensors, a seeded permutation per epoch, metrics per epoch.
+
+Random streams, each from an explicit generator seeded by ``train.seed``:
+
+* ``g`` (CPU) replays the report's use of PyTorch's default generator, draw for draw: ``random_split``,
+  the validation DataLoader's base seed, the layers' initialisation, then per epoch the training
+  DataLoader's base seed and its RandomSampler's seed.
+* ``g_aug`` (on the training device) draws the augmentation.
+* dropout draws from torch's global generator, which the trainer seeds and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+from .augment import augment
+from .config import Config
+from .errors import ConfigError, DivergenceError
+from .metrics import autocast, evaluate
+from .models import build_model
+from .optim import apply_max_norm, build_optimizer, build_scheduler
+
+AUG_SEED_OFFSET = 1_000_003  # keeps the augmentation stream apart from the data stream
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a CUDA device that is missing is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but no CUDA device is available")
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+@dataclass
+class Split:
+    """Float images (N, 1, 28, 28) in [0, 1] and int64 labels, on the training device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule and random streams of one run, and trains it epoch by epoch."""
+
+    def __init__(self, cfg: Config, dataset: data.Dataset, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        t = cfg.train
+        self.g = torch.Generator().manual_seed(t.seed)
+        self.g_aug = torch.Generator(device=device).manual_seed(t.seed + AUG_SEED_OFFSET)
+        torch.manual_seed(t.seed)  # dropout's global stream
+
+        n = len(dataset.train_images)
+        train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g)
+        data.loader_seed(self.g)  # the report's validation DataLoader draws its base seed here
+        self.model = build_model(cfg.model, self.g, device)
+        if cfg.data.train_on_val:
+            train_idx, val_idx = torch.arange(n), None
+
+        x_all = data.to_float(dataset.train_images).to(device)
+        y_all = dataset.train_labels.to(device)
+        self.train = Split(x_all, y_all)  # indexed through train_idx; the full set avoids a copy
+        self.train_idx = train_idx
+        self.val = None if val_idx is None else Split(x_all[val_idx.to(device)], y_all[val_idx.to(device)])
+        self.test = Split(data.to_float(dataset.test_images).to(device), dataset.test_labels.to(device))
+
+        self.steps_per_epoch = len(train_idx) // t.batch_size  # drop_last, as the report's loader
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"train.batch_size = {t.batch_size} exceeds the {len(train_idx)} training images")
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        o = cfg.optim
+        self.scheduler = None
+        if o.schedule != "constant" or o.warmup_epochs > 0:
+            self.scheduler = build_scheduler(self.optimizer, t.epochs * self.steps_per_epoch,
+                                             self.steps_per_epoch, o)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_val_acc = -math.inf
+        self.bad_epochs = 0  # epochs since validation accuracy last improved
+
+    # ------------------------------------------------------------ one epoch
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        o = self.cfg.optim
+        with autocast(self.device, self.cfg.train.precision):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if o.max_norm > 0:
+            apply_max_norm(self.model, o.max_norm)
+        return loss.detach()
+
+    def train_epoch(self, on_step: Callable[[], None] = lambda: None) -> float:
+        """One pass over the training set in the seeded order; returns the mean batch loss."""
+        b = self.cfg.train.batch_size
+        self.model.train()
+        order = self.train_idx[data.epoch_order(len(self.train_idx), self.g)].to(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        for step in range(self.steps_per_epoch):
+            idx = order[step * b:(step + 1) * b]
+            x = self.train.x.index_select(0, idx)  # (B, 1, 28, 28)
+            y = self.train.y.index_select(0, idx)
+            if self.cfg.data.augment != "none":
+                x = augment(x, self.cfg.data, self.g_aug)
+            loss_sum += self._step(x, y)
+            on_step()
+        return loss_sum.item() / self.steps_per_epoch
+
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------ the loop
+
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        t = self.cfg.train
+        return evaluate(self.model, split.x, split.y, t.eval_batch_size, t.precision)
+
+    def fit(self, on_epoch: Callable[["Trainer", dict[str, Any], bool], None] = lambda *a: None,
+            show_progress: bool = False) -> list[dict[str, Any]]:
+        """Train until ``train.epochs`` (or early stopping); ``on_epoch(trainer, row, improved)`` after each."""
+        t = self.cfg.train
+        while self.epoch < t.epochs:
+            start = time.perf_counter()
+            lr = self.current_lr()
+            with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False,
+                      disable=not show_progress, unit="batch") as bar:
+                train_loss = self.train_epoch(lambda: bar.update())
+            row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss}
+            if not math.isfinite(train_loss):
+                row.update(lr=lr, seconds=time.perf_counter() - start)
+                self.history.append(row)
+                on_epoch(self, row, False)
+                raise DivergenceError(f"training diverged: mean loss of epoch {self.epoch + 1} is {train_loss} "
+                                      f"(try a smaller optim.lr)")
+            if self.val is not None:
+                row["val_loss"], row["val_acc"] = self.evaluate(self.val)
+            row["test_loss"], row["test_acc"] = self.evaluate(self.test)
+            row.update(lr=lr, seconds=time.perf_counter() - start)
+            self.epoch += 1
+            self.history.append(row)
+            improved = self.val is not None and row["val_acc"] > self.best_val_acc
+            if improved:
+                self.best_val_acc, self.bad_epochs = row["val_acc"], 0
+            else:
+                self.bad_epochs += 1
+            on_epoch(self, row, improved)
+            if t.patience and self.bad_epochs >= t.patience:
+                break
+        return self.history

@@ -1,0 +1,48 @@
+"""Shared fixtures: the bundled MNIST, and small MNIST-format directories cut from it."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistlab import data
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """Encode a uint8 array in IDX format."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    return header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+
+
+def write_mnist_dir(directory: Path, ds: data.Dataset, n_train: int, n_test: int, compress: bool = True,
+                    layout: str = "flat") -> Path:
+    """Write the first n_train/n_test samples of ``ds`` as the four MNIST files."""
+    target = directory / "MNIST" / "raw" if layout == "torchvision" else directory
+    target.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": ds.train_images[:n_train].numpy(),
+        "train-labels-idx1-ubyte": ds.train_labels[:n_train].numpy().astype(np.uint8),
+        "t10k-images-idx3-ubyte": ds.test_images[:n_test].numpy(),
+        "t10k-labels-idx1-ubyte": ds.test_labels[:n_test].numpy().astype(np.uint8),
+    }
+    for name, arr in arrays.items():
+        raw = idx_bytes(arr)
+        if compress:
+            (target / (name + ".gz")).write_bytes(gzip.compress(raw, mtime=0))
+        else:
+            (target / name).write_bytes(raw)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist() -> data.Dataset:
+    return data.load()
+
+
+@pytest.fixture(scope="session")
+def small_mnist_dir(tmp_path_factory, mnist) -> Path:
+    """2,000 training and 500 test images of real MNIST, gzip-compressed, in the official names."""
+    return write_mnist_dir(tmp_path_factory.mktemp("small_mnist"), mnist, 2000, 500)
