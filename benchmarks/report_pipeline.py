@@ -84,3 +84,17 @@ def run_report_script(epochs: int = 30, log=print) -> list[dict]:
         log(f"report  epoch {epoch + 1:3d}  cost {float(avg_cost):.9f}  val_acc {float(val_accuracy):.3f}  "
             f"test_acc {float(test_accuracy):.3f}")
     return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--json", help="write the per-epoch rows here")
+    args = parser.parse_args()
+    rows = run_report_script(args.epochs)
+    if args.json:
+        import json
+        from pathlib import Path
+        Path(args.json).write_text(json.dumps(rows))

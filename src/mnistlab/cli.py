@@ -165,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors (already printed in one line)
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     try:
         return args.func(args)
     except MnistlabError as e:

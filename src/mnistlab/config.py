@@ -72,7 +72,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # 0 = leave torch's default
-    eval_batch_size: int = 10000
+    eval_batch_size: int = 2000  # chunks that stay in cache
     patience: int = 0  # early stopping on validation accuracy; 0 = off
     fast: bool = True  # fused fp32 MLP/SGD step where it applies (same numbers within float tolerance)
 
@@ -232,8 +232,10 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
     _check(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
     _check(m.width > 0, "model.width", m.width, "must be > 0")
+    defaults = ModelConfig()
+    if m.arch != "cnn" and m.width != defaults.width:
+        raise ConfigError(f"config key 'model.width' is a CNN option and does not fit model.arch = {m.arch!r}")
     if m.arch != "mlp":
-        defaults = ModelConfig()
         for key in MLP_ONLY_OPTIONS:
             if getattr(m, key) != getattr(defaults, key):
                 raise ConfigError(f"config key 'model.{key}' is an MLP option and does not fit model.arch = "

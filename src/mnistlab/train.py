@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data
+from . import data, fused
 from .augment import augment
 from .config import Config
 from .errors import ConfigError, DivergenceError
@@ -88,6 +88,7 @@ class Trainer:
         if o.schedule != "constant" or o.warmup_epochs > 0:
             self.scheduler = build_scheduler(self.optimizer, t.epochs * self.steps_per_epoch,
                                              self.steps_per_epoch, o)
+        self.fused_step = fused.build(self.model, self.optimizer, cfg)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_val_acc = -math.inf
@@ -97,6 +98,11 @@ class Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         o = self.cfg.optim
+        if self.fused_step is not None:
+            loss = self.fused_step(x, y)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            return loss
         with autocast(self.device, self.cfg.train.precision):
             logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)

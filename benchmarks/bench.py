@@ -1,0 +1,181 @@
+"""mnistlab's speed benchmark: one invocation, every figure measured against a baseline run beside it.
+
+Sections (``--sections``, default all):
+
+* ``reproduce``: the report's script (benchmarks/report_pipeline.py: DataLoader with per-sample
+  PIL -> tensor conversion) vs ``mnistlab reproduce`` in fp32 and bf16, each a fresh process, end to end
+  (imports, data, 30 epochs with validation and test every epoch, files and figures). Wall times, ratios,
+  peak resident memory and final accuracies.
+* ``roofline``: achieved GFLOP/s of the training step (autograd and fused) against this machine's
+  measured matrix-multiply peak for large square matrices, in fp32 and bf16.
+* ``speedrun``: ``experiments/speedrun.toml`` over 5 seeds: training seconds and test accuracy.
+
+Writes ``benchmarks/results/bench.json`` and ``bench.md`` (the table the README shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def timed_process(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall seconds and peak RSS (MiB) of that process alone."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "output": out}
+
+
+def section_reproduce(epochs: int) -> dict:
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {
+            "report_script": [sys.executable, "benchmarks/report_pipeline.py", "--epochs", str(epochs), "--json",
+                              f"{tmp}/report.json"],
+            "mnistlab_fp32": [sys.executable, "-m", "mnistlab", "reproduce", "--quiet", "--epochs", str(epochs),
+                              "--out", f"{tmp}/fp32"],
+            "mnistlab_bf16": [sys.executable, "-m", "mnistlab", "reproduce", "--quiet", "--epochs", str(epochs),
+                              "--precision", "bf16", "--out", f"{tmp}/bf16"],
+        }
+        for name, cmd in runs.items():
+            print(f"[reproduce] {name} ...", flush=True)
+            r = timed_process(cmd)
+            rows = json.loads(Path(f"{tmp}/report.json").read_text()) if name == "report_script" else \
+                json.loads(Path(f"{tmp}/{name.split('_')[1]}/metrics.json").read_text())
+            r.update(final_val_acc=rows[-1]["val_acc"], final_test_acc=rows[-1]["test_acc"])
+            r.pop("output")
+            res[name] = r
+            print(f"  {r}", flush=True)
+    base = res["report_script"]["wall_s"]
+    for name in ("mnistlab_fp32", "mnistlab_bf16"):
+        res[name]["speedup_vs_report"] = round(base / res[name]["wall_s"], 2)
+    return res
+
+
+def _gflops(fn, flops: float, reps: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return flops * reps / (time.perf_counter() - start) / 1e9
+
+
+def section_roofline() -> dict:
+    from mnistlab import config, data, fused
+    from mnistlab.train import Trainer
+
+    res = {}
+    n = 2048
+    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a = torch.rand(n, n).to(dtype)
+        res[f"peak_matmul_gflops_{name}"] = round(_gflops(lambda: a @ a, 2 * n ** 3, 10), 1)
+    # FLOPs of one step of the report's MLP (B = 100): forward, weight gradients, hidden-layer gradient
+    b, dims = 100, [(784, 1024), (1024, 10)]
+    flops = sum(2 * b * i * o for i, o in dims) * 2 + 2 * b * 1024 * 10
+    trainer = Trainer(config.Config(), data.load(), torch.device("cpu"))
+    x, y = trainer.train.x[:b], trainer.train.y[:b]
+    steps = {
+        "autograd_fp32": lambda: fused.reference_step(trainer.model, trainer.optimizer, x, y),
+        "fused_fp32": fused.FusedMLPStep(trainer.model, trainer.optimizer, "fp32"),
+        "fused_bf16": fused.FusedMLPStep(trainer.model, trainer.optimizer, "bf16"),
+    }
+    for name, step in steps.items():
+        fn = step if name == "autograd_fp32" else (lambda s=step: s(x, y))
+        g = _gflops(fn, flops, 200)
+        peak = res[f"peak_matmul_gflops_{name[-4:]}"]
+        res[f"step_{name}"] = {"gflops": round(g, 1), "fraction_of_peak": round(g / peak, 3),
+                               "ms_per_step": round(flops / g / 1e6, 3)}
+    res["step_flops"] = flops
+    return res
+
+
+def section_speedrun(seeds: int) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            out = f"{tmp}/s{seed}"
+            r = timed_process([sys.executable, "-m", "mnistlab", "train", "--config", "experiments/speedrun.toml",
+                               "--seed", str(seed), "--quiet", "--out", out])
+            info = json.loads(Path(out, "run.json").read_text())
+            rows.append({"seed": seed, "train_s": info["train_seconds"], "test_acc": info["summary"]["final_test_acc"],
+                         "wall_s": r["wall_s"]})
+            print(f"[speedrun] {rows[-1]}", flush=True)
+    return {"runs": rows, "mean_train_s": round(statistics.mean(r["train_s"] for r in rows), 2),
+            "mean_test_acc": round(statistics.mean(r["test_acc"] for r in rows), 3),
+            "min_test_acc": min(r["test_acc"] for r in rows)}
+
+
+def markdown(res: dict) -> str:
+    lines = [f"Machine: {res['machine']}; torch {res['torch']}, {res['threads']} threads.", ""]
+    if "reproduce" in res:
+        r = res["reproduce"]
+        lines += ["| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, label in (("report_script", "report's script (per-sample DataLoader)"),
+                            ("mnistlab_fp32", "`mnistlab reproduce` fp32"),
+                            ("mnistlab_bf16", "`mnistlab reproduce --precision bf16`")):
+            x = r[name]
+            lines.append(f"| {label} | {x['wall_s']} | {x.get('speedup_vs_report', 1.0)}x | {x['peak_rss_mib']} | "
+                         f"{x['final_val_acc']:.2f} | {x['final_test_acc']:.2f} |")
+        lines.append("")
+    if "roofline" in res:
+        r = res["roofline"]
+        lines += [f"Matmul peak (2048x2048): fp32 {r['peak_matmul_gflops_fp32']} GFLOP/s, "
+                  f"bf16 {r['peak_matmul_gflops_bf16']} GFLOP/s.", "",
+                  "| training step (B=100) | ms/step | GFLOP/s | fraction of peak |", "| --- | ---: | ---: | ---: |"]
+        for name in ("autograd_fp32", "fused_fp32", "fused_bf16"):
+            x = r[f"step_{name}"]
+            lines.append(f"| {name} | {x['ms_per_step']} | {x['gflops']} | {x['fraction_of_peak']:.0%} |")
+        lines.append("")
+    if "speedrun" in res:
+        r = res["speedrun"]
+        lines += [f"Speedrun (`experiments/speedrun.toml`, {len(r['runs'])} seeds): mean training time "
+                  f"{r['mean_train_s']} s, mean test accuracy {r['mean_test_acc']}% (min {r['min_test_acc']}%).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="reproduce,roofline,speedrun")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                 "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "date": time.strftime("%Y-%m-%d %H:%M")}
+    sections = args.sections.split(",")
+    if "reproduce" in sections:
+        res["reproduce"] = section_reproduce(args.epochs)
+    if "roofline" in sections:
+        res["roofline"] = section_roofline()
+    if "speedrun" in sections:
+        res["speedrun"] = section_speedrun(args.seeds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
+    md = markdown(res)
+    (args.out / "bench.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""End-to-end through the command line, on a small MNIST-format directory cut from the real data."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mnistlab.cli import main
+
+
+def run_cli(*argv):
+    return main([str(a) for a in argv])
+
+
+def _train(small_mnist_dir, out, *extra):
+    return run_cli("train", "--data-dir", small_mnist_dir, "--epochs", 2, "--quiet", "--out", out, *extra)
+
+
+def test_train_writes_a_complete_run(small_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(small_mnist_dir, out, "--hidden", "64") == 0
+    printed = capsys.readouterr().out
+    assert "final test accuracy" in printed and f"wrote {out}" in printed
+    for f in ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png"):
+        assert (out / f).is_file(), f
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list(rows[0])[:6] == ["epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
+    assert float(rows[1]["test_acc"]) > 60  # 1,800 training images, 2 epochs of 18 steps: far above chance
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["config"]["model"]["hidden"] == [64]
+    env = info["environment"]
+    assert env["seed"] == 123 and env["torch"] and len(env["data_sha256"]) == 64 and env["torch_threads"] >= 1
+    assert json.loads((out / "metrics.json").read_text())[1]["epoch"] == 2
+
+
+def test_same_seed_same_numbers(small_mnist_dir, tmp_path):
+    for name in ("a", "b"):
+        assert _train(small_mnist_dir, tmp_path / name, "--hidden", "32") == 0
+    assert (tmp_path / "a" / "metrics.csv").read_text().split("\n")[1].split(",")[:6] == \
+        (tmp_path / "b" / "metrics.csv").read_text().split("\n")[1].split(",")[:6]
+
+
+def test_refuses_to_overwrite_a_run(small_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(small_mnist_dir, out, "--hidden", "16") == 0
+    before = (out / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    assert _train(small_mnist_dir, out, "--hidden", "16", "--seed", "5") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--overwrite" in err
+    assert (out / "metrics.csv").read_bytes() == before
+    assert _train(small_mnist_dir, out, "--hidden", "16", "--seed", "5", "--overwrite") == 0
+    assert json.loads((out / "run.json").read_text())["environment"]["seed"] == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "'train.epochs' = 0 is invalid"),
+    (["train", "--activation", "swish"], "'model.activation' = 'swish' is unknown"),
+    (["train", "--set", "model.hiden=[3]"], "unknown config key 'model.hiden'"),
+    (["train", "--lr", "abc"], "'optim.lr' must be a number"),
+    (["train", "--config", "/nonexistent.toml"], "cannot read config file"),
+    (["train", "--data-dir", "/nonexistent"], "does not exist"),
+    (["train", "--bogus"], "unrecognized arguments"),
+    (["plot", "/nonexistent"], "not a run directory"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    code = run_cli(*argv, *(["--out", out] if argv[0] == "train" else []))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing written for a run that never started
+
+
+def test_divergence_stops_with_history_kept(small_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(small_mnist_dir, out, "--lr", "1e6") == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and err.count("\n") == 1
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert rows[0]["train_loss"] in ("nan", "inf")
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_plot_rebuilds_figures_from_files(small_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(small_mnist_dir, out, "--hidden", "16") == 0
+    for f in ("accuracy.png", "loss.png"):
+        (out / f).unlink()
+    assert run_cli("plot", out) == 0
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "loss.png").is_file()
+
+
+def test_interrupted_run_keeps_its_epochs(small_mnist_dir, tmp_path, monkeypatch, capsys):
+    from mnistlab import train
+    calls = {"n": 0}
+    real = train.Trainer.train_epoch
+
+    def interrupt_second(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(train.Trainer, "train_epoch", interrupt_second)
+    out = tmp_path / "run"
+    assert _train(small_mnist_dir, out, "--hidden", "16") == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_ctrl_c_on_a_real_process(small_mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--data-dir", str(small_mnist_dir),
+                             "--epochs", "1000", "--hidden", "16", "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) >= 1
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_python_dash_m_and_version():
+    r = subprocess.run([sys.executable, "-m", "mnistlab", "--version"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONWARNINGS": "error"})
+    assert r.returncode == 0 and r.stdout.startswith("mnistlab ")

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mnistlab import config, models
+
+
+def _cfg(**kw):
+    return config.apply_overrides(config.Config(), [f"model.{k}={v}" for k, v in kw.items()]).model
+
+
+def test_report_init_equals_the_reports_construction():
+    """nn.Linear x2 under torch.manual_seed, then kaiming_uniform_ on both weights, as the report does."""
+    torch.manual_seed(123)
+    l1, l2 = nn.Linear(784, 1024), nn.Linear(1024, 10)
+    nn.init.kaiming_uniform_(l1.weight)
+    nn.init.kaiming_uniform_(l2.weight)
+    model = models.build_model(config.ModelConfig(), torch.Generator().manual_seed(123))
+    got = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for ours, theirs in zip(got, (l1, l2)):
+        assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+
+
+def test_build_model_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    models.build_model(_cfg(arch='"cnn"'), torch.Generator().manual_seed(1))
+    assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("kw, params", [
+    ({}, 784 * 1024 + 1024 + 1024 * 10 + 10),
+    ({"hidden": "[512, 256]"}, 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10),
+    ({"hidden": "[100]", "batchnorm": "true"}, 784 * 100 + 100 + 200 + 100 * 10 + 10),
+    ({"arch": '"lenet5"'}, 6 * 25 + 6 + 16 * 6 * 25 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10),
+])
+def test_parameter_counts(kw, params):
+    model = models.build_model(_cfg(**kw), torch.Generator().manual_seed(0))
+    assert models.count_parameters(model) == params
+
+
+@pytest.mark.parametrize("arch", list(models.ARCHS))
+@pytest.mark.parametrize("activation", list(models.ACTIVATIONS))
+def test_output_shape_and_finite(arch, activation):
+    cfg = _cfg(arch=f'"{arch}"', activation=f'"{activation}"')
+    model = models.build_model(cfg, torch.Generator().manual_seed(0)).eval()
+    out = model(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+
+
+def test_activation_registry_matches_definitions():
+    x = torch.linspace(-3, 3, 13)
+    assert torch.allclose(models.ACTIVATIONS["sigmoid"]()(x), 1 / (1 + torch.exp(-x)))
+    assert torch.allclose(models.ACTIVATIONS["tanh"]()(x), torch.tanh(x))
+    assert torch.equal(models.ACTIVATIONS["relu"]()(x), x.clamp(min=0))
+    assert torch.allclose(models.ACTIVATIONS["leaky_relu"]()(x), torch.maximum(0.01 * x, x))
+
+
+def test_init_schemes_differ_and_are_seeded():
+    def first_weight(init, seed):
+        m = models.build_model(_cfg(init=f'"{init}"'), torch.Generator().manual_seed(seed))
+        return m.net[1].weight
+    assert torch.equal(first_weight("report", 5), first_weight("report", 5))
+    assert not torch.equal(first_weight("report", 5), first_weight("report", 6))
+    w = first_weight("report", 5)
+    bound = math.sqrt(2) * math.sqrt(3 / 784)  # kaiming_uniform_, relu gain, fan_in
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert first_weight("default", 5).abs().max() <= 1 / math.sqrt(784)
+
+
+def test_normalize_inside_model():
+    m = models.build_model(_cfg(normalize="true"), torch.Generator().manual_seed(0))
+    assert isinstance(m.net[1], models.Normalize)
