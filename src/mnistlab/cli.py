@@ -93,6 +93,11 @@ def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> "object
     log = _logger(args.quiet)
     result = run(cfg, args.out or default_out(cfg.name), overwrite=args.overwrite, log=log,
                  show_progress=_show_progress(args))
+    _print_summary(result)
+    return result
+
+
+def _print_summary(result: "object") -> None:
     s = result.info["summary"]
     if result.convergence is not None:
         print(f"converged at epoch {result.convergence} (validation accuracy within ±0.25 points of its "
@@ -103,10 +108,18 @@ def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> "object
     else:
         print(f"final test accuracy {s['final_test_acc']:.3f}%")
     print(f"wrote {result.run_dir.path}")
-    return result
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        from .experiment import resume
+        given = [f for f in ("config", "set", "out", *(k.replace(".", "__") for k, _ in OVERRIDE_FLAGS.values()))
+                 if getattr(args, f, None)]
+        if given or args.overwrite:
+            raise MnistlabError("--resume continues a run with its own config; it takes no other run options")
+        result = resume(args.resume, log=_logger(args.quiet), show_progress=_show_progress(args))
+        _print_summary(result)
+        return 0
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     cfg = config_mod.apply_overrides(cfg, _overrides_from_flags(args) + list(args.set or []))
     _run_and_report(cfg, args)
@@ -154,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train from a TOML config with overrides")
     p.add_argument("--config", type=Path, help="TOML config (default: the report's experiment)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.momentum=0.9")
     _add_run_options(p, list(OVERRIDE_FLAGS))
     p.set_defaults(func=cmd_train)

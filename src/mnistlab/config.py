@@ -233,7 +233,7 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
     _check(m.width > 0, "model.width", m.width, "must be > 0")
     defaults = ModelConfig()
-    if m.arch != "cnn" and m.width != defaults.width:
+    if m.arch not in ("cnn", "fastcnn") and m.width != defaults.width:
         raise ConfigError(f"config key 'model.width' is a CNN option and does not fit model.arch = {m.arch!r}")
     if m.arch != "mlp":
         for key in MLP_ONLY_OPTIONS:

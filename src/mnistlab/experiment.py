@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -11,9 +12,10 @@ from typing import Any, Callable
 
 import torch
 
+from . import checkpoint, data
 from . import config as config_mod
-from . import data
 from .config import Config
+from .errors import MnistlabError
 from .metrics import best_epoch, convergence_epoch
 from .models import count_parameters
 from .plots import run_figures
@@ -78,11 +80,45 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
         "data_is_mnist": dataset.is_mnist, "parameters": count_parameters(trainer.model),
     }
     run_dir.write_config(cfg)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress)
+
+
+def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> RunResult:
+    """Continue an interrupted run from its last checkpoint; ends with the metrics of an uninterrupted run."""
+    run_dir = RunDir(path)
+    if not run_dir.file("config.toml").is_file():
+        raise MnistlabError(f"{run_dir.path} is not a run directory (no config.toml)")
+    cfg = run_dir.read_config()
+    info = run_dir.read_info()
+    tensors, meta = checkpoint.load(run_dir)
+    dataset, device, cfg = prepare(cfg, log)
+    if dataset.checksum != meta["data_sha256"]:
+        raise MnistlabError(f"the data differs from the run's (SHA-256 {dataset.checksum[:12]}... vs "
+                            f"{meta['data_sha256'][:12]}...): resume with the same --data-dir")
+    trainer = Trainer(cfg, dataset, device)
+    trainer.load_state(tensors, meta)
+    if trainer.done:
+        raise MnistlabError(f"{run_dir.path} is already complete ({trainer.epoch} epochs)")
+    log(f"resuming {run_dir.path} after epoch {trainer.epoch}")
+    info.setdefault("resumed", []).append({"at": now(), "after_epoch": trainer.epoch,
+                                           "environment": environment(device, dataset.checksum, dataset.source,
+                                                                      cfg.train.seed)})
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress)
+
+
+def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
+             show_progress: bool) -> RunResult:
+    cfg = trainer.cfg
+    info.update(status="running")
     run_dir.write_info(info)
     log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
-        f"device {device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
+        f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
 
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
+        if math.isfinite(row["train_loss"]):  # a diverged epoch is recorded but never checkpointed
+            if improved or tr.val is None:
+                checkpoint.save_weights(run_dir, tr.model, tr.epoch)
+            checkpoint.save(run_dir, *tr.state(), data_sha256)
         run_dir.write_history(tr.history)
         log(format_row(row))
 
@@ -97,7 +133,8 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
         info["status"] = "failed"
         raise
     finally:
-        info.update(finished=now(), train_seconds=round(time.perf_counter() - start, 3),
+        info.update(finished=now(), wall_seconds=round(info.get("wall_seconds", 0) + time.perf_counter() - start, 3),
+                    train_seconds=round(sum(r["seconds"] for r in trainer.history), 3),
                     epochs_done=len(trainer.history))
         if trainer.history:
             info["summary"] = summarize(trainer.history)

@@ -1,10 +1,12 @@
 """A fused training step for the report's kind of model: a plain ReLU MLP trained by plain SGD.
 
 Forward, hand-written backward and the SGD update run as a few matrix multiplies with no autograd graph,
-no gradient tensors and no optimizer bookkeeping: each weight update is one in-place GEMM
-(``W.addmm_(dZ.T, A, alpha=-lr)``). The parameters stay those of the ``nn.Module``, so evaluation,
-checkpoints and export are untouched. The numbers equal the autograd step's within float rounding
-(tests/test_fused.py); the step is used only where it computes exactly the same update.
+no gradient tensors and no optimizer bookkeeping: in fp32 each weight update is one in-place GEMM
+(``W.addmm_(dZ.T, A, alpha=-lr)``). In bf16 the matrix multiplies take bf16 operands (one cast of each
+weight per step, reused by forward and backward) and update fp32 master weights, as autocast does.
+The parameters stay those of the ``nn.Module``, so evaluation, checkpoints and export are untouched.
+The numbers equal the autograd step's within float rounding (tests/test_fused.py); the step is used only
+where it computes the same update as autograd + ``torch.optim.SGD``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from torch import nn
 from .config import Config
 from .models import MLP
 
+SKINNY = 64  # a layer with fewer outputs runs faster as (W @ A^T)^T
+
 
 def applies(model: nn.Module, cfg: Config) -> bool:
     """True when the fused step computes the same update as autograd + torch.optim.SGD would."""
@@ -25,6 +29,22 @@ def applies(model: nn.Module, cfg: Config) -> bool:
             and o.weight_decay == 0 and o.label_smoothing == 0 and o.max_norm == 0)
 
 
+def _linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ w.T + b, (B, in) -> (B, out)."""
+    if w.shape[0] < SKINNY:
+        return torch.addmm(b[:, None], w, a.t()).t()
+    return torch.addmm(b, a, w.t())
+
+
+def _softmax_xent_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and its gradient with respect to the logits, (B, C) fp32."""
+    logp = torch.log_softmax(logits, 1)
+    loss = -logp.gather(1, y[:, None]).mean()
+    g = logp.exp_()  # softmax
+    g[torch.arange(len(y), device=y.device), y] -= 1
+    return loss, g.div_(len(y))
+
+
 class FusedMLPStep:
     """Train step for ``Linear -> ReLU -> ... -> Linear`` with SGD; the lr is read from ``optimizer``."""
 
@@ -32,7 +52,7 @@ class FusedMLPStep:
         self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.pre = [m for m in model.net if not isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten))]  # e.g. Normalize
         self.optimizer = optimizer
-        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.bf16 = precision == "bf16"
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -40,34 +60,42 @@ class FusedMLPStep:
         a = x.flatten(1)  # (B, 784)
         for m in self.pre:
             a = m(a)
-        cast = (lambda t: t.to(self.dtype)) if self.dtype else (lambda t: t)
+        if self.bf16:
+            return self._bf16(a, y, lr)
         acts = []  # input of each Linear, (B, in)
-        weights = [cast(lin.weight) for lin in self.linears]  # low-precision copies made once per step
         for i, lin in enumerate(self.linears):
-            acts.append(cast(a))
-            if lin.out_features < 64:  # a skinny output runs faster as (W @ A^T)^T
-                a = torch.addmm(cast(lin.bias)[:, None], weights[i], acts[-1].t()).t()  # (B, out)
-            else:
-                a = torch.addmm(cast(lin.bias), acts[-1], weights[i].t())  # (B, out)
+            acts.append(a)
+            a = _linear(a, lin.weight, lin.bias)
             if i < len(self.linears) - 1:
                 a = a.relu_()
-        logits = a.float()  # (B, 10)
-        logp = torch.log_softmax(logits, 1)
-        loss = -logp.gather(1, y[:, None]).mean()
-        g = logp.exp_()  # softmax
-        g[torch.arange(len(y), device=y.device), y] -= 1
-        g.div_(len(y))  # dLoss/dlogits, (B, 10)
+        loss, g = _softmax_xent_grad(a, y)
         for i in range(len(self.linears) - 1, -1, -1):
-            lin, a_in = self.linears[i], acts[i]
-            g_in = None
-            if i > 0:  # gradient for the layer below, through ReLU (a_in > 0 where the unit fired)
-                g_in = torch.ops.aten.threshold_backward(torch.mm(cast(g), weights[i]).float(), a_in, 0)
-            if self.dtype is None:
-                lin.weight.addmm_(g.t(), a_in, alpha=-lr)  # the update is the gradient GEMM itself
-            else:  # bf16 GEMM, fp32 master weights (as under autocast)
-                lin.weight.sub_(torch.mm(cast(g).t(), a_in), alpha=lr)
+            lin = self.linears[i]
+            # gradient for the layer below (before this layer's update), through ReLU
+            g_in = torch.ops.aten.threshold_backward(torch.mm(g, lin.weight), acts[i], 0) if i else None
+            lin.weight.addmm_(g.t(), acts[i], alpha=-lr)  # the update is the gradient GEMM itself
             lin.bias.sub_(g.sum(0), alpha=lr)
             g = g_in
+        return loss
+
+    def _bf16(self, a: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        bf16 = torch.bfloat16
+        weights = [lin.weight.to(bf16) for lin in self.linears]  # one cast per weight per step
+        acts = []
+        a = a.to(bf16)
+        for i, lin in enumerate(self.linears):
+            acts.append(a)
+            a = _linear(a, weights[i], lin.bias.to(bf16))
+            if i < len(self.linears) - 1:
+                a = a.relu_()
+        loss, g = _softmax_xent_grad(a.float(), y)
+        g16 = g.to(bf16)
+        for i in range(len(self.linears) - 1, -1, -1):
+            lin = self.linears[i]
+            g_in = torch.ops.aten.threshold_backward(torch.mm(g16, weights[i]), acts[i], 0) if i else None
+            lin.weight.sub_(torch.mm(g16.t(), acts[i]), alpha=lr)  # bf16 gradient into fp32 master
+            lin.bias.sub_(g16.sum(0, dtype=torch.float32), alpha=lr)
+            g16 = g_in
         return loss
 
 

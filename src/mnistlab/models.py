@@ -118,11 +118,34 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class FastCNN(nn.Module):
+    """Two strided convolutions and a dense head: cheap enough to train to 99% in seconds on a CPU."""
+
+    def __init__(self, width: int = 32, activation: str = "relu", dropout: float = 0.0, normalize: bool = False,
+                 n_classes: int = 10) -> None:
+        super().__init__()
+        act, w = ACTIVATIONS[activation], width
+        self.features = nn.Sequential(
+            *([Normalize()] if normalize else []),
+            nn.Conv2d(1, w, 5, stride=2, padding=2), act(),  # (B, w, 14, 14)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), act(),  # (B, 2w, 7, 7)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * w * 49, 4 * w), act(), *([nn.Dropout(dropout)] if dropout else []),
+            nn.Linear(4 * w, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "mlp": lambda c: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize),
     "lenet5": lambda c: LeNet5(c.activation, c.dropout, c.normalize),
     "cnn": lambda c: SmallCNN(c.width, c.activation, c.dropout, c.normalize),
+    "fastcnn": lambda c: FastCNN(c.width, c.activation, c.dropout, c.normalize),
 }
+CONV_ARCHS = ("lenet5", "cnn", "fastcnn")
 
 
 # ---------------------------------------------------------------- initialisation
@@ -175,6 +198,8 @@ def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.devi
         model = ARCHS[cfg.arch](cfg)
     model = model.to_empty(device=device)
     init_parameters(model, cfg.init, generator)
+    if cfg.arch in CONV_ARCHS:  # NHWC: the fast layout for oneDNN (CPU) and cuDNN tensor cores
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

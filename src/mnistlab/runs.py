@@ -4,7 +4,10 @@ Layout of a run directory::
 
     config.toml     the resolved config
     run.json        environment (versions, threads, device, data checksum, seed), status and summary
-    metrics.csv     one row per epoch: epoch, train_loss, val_loss, val_acc, test_loss, test_acc, lr, seconds
+    metrics.csv     one row per epoch: epoch, train_loss, val_loss, val_acc, test_loss, test_acc, lr,
+                    seconds (training steps), eval_seconds
+    checkpoint.safetensors + checkpoint.json   the full training state after the last epoch (resume)
+    best.safetensors   the weights of the best-validation epoch (or the last epoch without validation)
     metrics.json    the same rows as a list of objects
     accuracy.png    validation and test accuracy per epoch, convergence epoch marked
     loss.png        losses per epoch
@@ -30,8 +33,10 @@ from . import __version__
 from .config import Config, dumps, from_dict, load
 from .errors import MnistlabError
 
-RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png")
-CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds")
+RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
+             "checkpoint.safetensors", "checkpoint.json", "best.safetensors")
+CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
+               "eval_seconds")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

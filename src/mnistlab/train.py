@@ -93,6 +93,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_val_acc = -math.inf
         self.bad_epochs = 0  # epochs since validation accuracy last improved
+        self.stopped_early = False
+
+    @property
+    def done(self) -> bool:
+        return self.stopped_early or self.epoch >= self.cfg.train.epochs
 
     # ------------------------------------------------------------ one epoch
 
@@ -144,23 +149,24 @@ class Trainer:
             show_progress: bool = False) -> list[dict[str, Any]]:
         """Train until ``train.epochs`` (or early stopping); ``on_epoch(trainer, row, improved)`` after each."""
         t = self.cfg.train
-        while self.epoch < t.epochs:
+        while not self.done:
             start = time.perf_counter()
             lr = self.current_lr()
             with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False,
                       disable=not show_progress, unit="batch") as bar:
                 train_loss = self.train_epoch(lambda: bar.update())
-            row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss}
+            row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": lr,
+                                   "seconds": time.perf_counter() - start}
             if not math.isfinite(train_loss):
-                row.update(lr=lr, seconds=time.perf_counter() - start)
                 self.history.append(row)
                 on_epoch(self, row, False)
                 raise DivergenceError(f"training diverged: mean loss of epoch {self.epoch + 1} is {train_loss} "
                                       f"(try a smaller optim.lr)")
+            start = time.perf_counter()
             if self.val is not None:
                 row["val_loss"], row["val_acc"] = self.evaluate(self.val)
             row["test_loss"], row["test_acc"] = self.evaluate(self.test)
-            row.update(lr=lr, seconds=time.perf_counter() - start)
+            row["eval_seconds"] = time.perf_counter() - start
             self.epoch += 1
             self.history.append(row)
             improved = self.val is not None and row["val_acc"] > self.best_val_acc
@@ -168,7 +174,57 @@ class Trainer:
                 self.best_val_acc, self.bad_epochs = row["val_acc"], 0
             else:
                 self.bad_epochs += 1
+            self.stopped_early = bool(t.patience and self.bad_epochs >= t.patience)
             on_epoch(self, row, improved)
-            if t.patience and self.bad_epochs >= t.patience:
-                break
         return self.history
+
+    # ------------------------------------------------------------ state, for exact resume
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything that determines the rest of the run: tensors (weights, optimizer state, RNG states)
+        and JSON-able metadata (epoch, history, schedule, early-stopping counters)."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        scalars = {}
+        for idx, st in opt["state"].items():
+            for key, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{idx}.{key}"] = v
+                else:
+                    scalars[f"{idx}.{key}"] = v
+        tensors["rng.data"] = self.g.get_state()
+        tensors["rng.augment"] = self.g_aug.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
+        meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
+                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
+                "optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore a :meth:`state`; the trainer must have been built from the same config and data."""
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                state.setdefault(int(idx), {})[key] = v.to(self.device)
+        for k, v in meta["optimizer_scalars"].items():
+            idx, key = k.split(".", 1)
+            state.setdefault(int(idx), {})[key] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(meta["scheduler"])
+        self.g.set_state(tensors["rng.data"])
+        self.g_aug.set_state(tensors["rng.augment"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.epoch, self.history = meta["epoch"], meta["history"]
+        best = meta["best_val_acc"]
+        self.best_val_acc = -math.inf if best is None else best
+        self.bad_epochs = meta["bad_epochs"]
+        self.stopped_early = meta["stopped_early"]
