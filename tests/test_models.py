@@ -73,3 +73,25 @@ def test_init_schemes_differ_and_are_seeded():
 def test_normalize_inside_model():
     m = models.build_model(_cfg(normalize="true"), torch.Generator().manual_seed(0))
     assert isinstance(m.net[1], models.Normalize)
+
+
+def test_dropout_rate_scale_and_determinism():
+    d = models.Dropout(0.3).train()
+    d.generator = torch.Generator().manual_seed(0)
+    x = torch.ones(200, 1000)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 200,000 draws
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7), rtol=1e-4)
+    assert abs(y.mean().item() - 1.0) < 0.01  # inverted dropout keeps the expectation
+    d.generator = torch.Generator().manual_seed(0)
+    assert torch.equal(d(x), y)
+    assert torch.equal(d.eval()(x), x)
+
+
+def test_dropout_masks_are_not_correlated_across_positions():
+    d = models.Dropout(0.5).train()
+    d.generator = torch.Generator().manual_seed(1)
+    m = (d(torch.ones(4000, 6)) != 0).float()
+    corr = torch.corrcoef(m.t())
+    assert (corr - torch.eye(6)).abs().max() < 0.06

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -19,6 +19,9 @@ from safetensors import SafetensorError
 from . import __version__
 from .errors import MnistlabError
 from .runs import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FORMAT = 1
 
@@ -67,3 +70,19 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:
     save_tensors(run.file("best.safetensors"), model.state_dict(), {"epoch": str(epoch)})
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
+    """The model of a run directory, in eval mode: its best-validation weights (best.safetensors)."""
+    from .models import build_model
+
+    run = RunDir(path)
+    if not run.file("config.toml").is_file() or not run.file("best.safetensors").is_file():
+        raise MnistlabError(f"{run.path} is not a trained run directory (needs config.toml and best.safetensors)")
+    cfg = run.read_config()
+    model = build_model(cfg.model, torch.Generator().manual_seed(0), device)
+    try:
+        model.load_state_dict(load_tensors(run.file("best.safetensors")))
+    except RuntimeError as e:
+        raise MnistlabError(f"{run.file('best.safetensors')} does not fit the run's model: {str(e).splitlines()[0]}") from None
+    return model.eval(), cfg

@@ -156,6 +156,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import add_ensembles, load_configs, markdown_table, run_study, write_outputs
+
+    if args.seeds < 1:
+        raise MnistlabError("--seeds must be at least 1")
+    cfgs = load_configs(args.configs)
+    out = args.out or Path("runs") / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_study(cfgs, args.seeds, out, log=_logger(args.quiet), show_progress=_show_progress(args))
+    if args.ensemble:
+        add_ensembles(rows, out)
+    write_outputs(rows, out)
+    print(markdown_table(rows), end="")
+    print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and curves.png")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .compare import ensemble_test_accuracy
+
+    acc = ensemble_test_accuracy(args.run_dirs)
+    print(f"ensemble of {len(args.run_dirs)} runs (mean softmax of best-validation models): test accuracy {acc:.2f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistlab", description="A fast, reproducible MNIST lab.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
@@ -171,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.momentum=0.9")
     _add_run_options(p, list(OVERRIDE_FLAGS))
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="run configs over seeds; table, overlay figure, ensembles")
+    p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per config: train.seed, +1, ... (default 3)")
+    p.add_argument("--ensemble", action="store_true", help="also score the mean softmax of each config's seeds")
+    p.add_argument("--out", type=Path, help="study directory (default runs/compare); rerunning resumes it")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("plot", help="redraw a run's figures from its metrics files")
     p.add_argument("run_dir", type=Path)

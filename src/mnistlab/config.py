@@ -80,6 +80,7 @@ class TrainConfig:
 @dataclass
 class Config:
     name: str = "seed"
+    label: str = ""  # what a study table calls this config, e.g. "MLP + dropout" (default: name)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

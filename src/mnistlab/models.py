@@ -8,6 +8,7 @@ order of draws as PyTorch's own constructors, so the report's initial weights ar
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable
 
 import torch
@@ -27,6 +28,34 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 MLP_ONLY_OPTIONS = ("hidden", "input_dropout", "batchnorm")
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose masks come from ``self.generator`` (the trainer sets one; else torch's global).
+
+    A mask element costs 16 random bits instead of a float draw: each 63-bit word from ``random_`` gives
+    three 16-bit numbers, about 10x faster than ``bernoulli_`` on a CPU. The drop probability is rounded
+    to a multiple of 1/65536.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+        self._threshold = round(p * 65536) - 32768  # drop where the signed 16-bit draw is below this
+        self._scale = 1.0 / (1.0 - round(p * 65536) / 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        words = torch.empty((n + 2) // 3, dtype=torch.int64, device=x.device).random_(generator=self.generator)
+        chunks = words.view(torch.int16).view(-1, 4)  # the top chunk of each word has a zero sign bit: skip it
+        r = (chunks[:, :3] if sys.byteorder == "little" else chunks[:, 1:]).reshape(-1)[:n].view(x.shape)
+        return x * ((r >= self._threshold).to(x.dtype) * self._scale)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class Normalize(nn.Module):
@@ -54,7 +83,7 @@ class MLP(nn.Module):
         if normalize:
             layers.append(Normalize())
         if input_dropout:
-            layers.append(nn.Dropout(input_dropout))
+            layers.append(Dropout(input_dropout))
         width = in_features
         for h in hidden:
             layers.append(nn.Linear(width, h))
@@ -62,7 +91,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(h))
             layers.append(ACTIVATIONS[activation]())
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, n_classes))
         self.net = nn.Sequential(*layers)
@@ -84,7 +113,7 @@ class LeNet5(nn.Module):
             nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2),  # (B, 16, 5, 5)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), act(), *([nn.Dropout(dropout)] if dropout else []),
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), act(), *([Dropout(dropout)] if dropout else []),
             nn.Linear(120, 84), act(), nn.Linear(84, n_classes),
         )
 
@@ -111,7 +140,7 @@ class SmallCNN(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(4 * w * 9, 8 * w, bias=False), nn.BatchNorm1d(8 * w), act(),
-            *([nn.Dropout(dropout)] if dropout else []), nn.Linear(8 * w, n_classes),
+            *([Dropout(dropout)] if dropout else []), nn.Linear(8 * w, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +160,7 @@ class FastCNN(nn.Module):
             nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), act(),  # (B, 2w, 7, 7)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * w * 49, 4 * w), act(), *([nn.Dropout(dropout)] if dropout else []),
+            nn.Flatten(), nn.Linear(2 * w * 49, 4 * w), act(), *([Dropout(dropout)] if dropout else []),
             nn.Linear(4 * w, n_classes),
         )
 

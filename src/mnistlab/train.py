@@ -6,7 +6,7 @@ Random streams, each from an explicit generator seeded by ``train.seed``:
   the validation DataLoader's base seed, the layers' initialisation, then per epoch the training
   DataLoader's base seed and its RandomSampler's seed.
 * ``g_aug`` (on the training device) draws the augmentation.
-* dropout draws from torch's global generator, which the trainer seeds and checkpoints.
+* ``g_drop`` (on the training device) draws the dropout masks.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from .augment import augment
 from .config import Config
 from .errors import ConfigError, DivergenceError
 from .metrics import autocast, evaluate
-from .models import build_model
+from .models import Dropout, build_model
 from .optim import apply_max_norm, build_optimizer, build_scheduler
 
-AUG_SEED_OFFSET = 1_000_003  # keeps the augmentation stream apart from the data stream
+AUG_SEED_OFFSET = 1_000_003  # keep the augmentation and dropout streams apart from the data stream
+DROPOUT_SEED_OFFSET = 2_000_003
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,12 +64,15 @@ class Trainer:
         t = cfg.train
         self.g = torch.Generator().manual_seed(t.seed)
         self.g_aug = torch.Generator(device=device).manual_seed(t.seed + AUG_SEED_OFFSET)
-        torch.manual_seed(t.seed)  # dropout's global stream
+        self.g_drop = torch.Generator(device=device).manual_seed(t.seed + DROPOUT_SEED_OFFSET)
 
         n = len(dataset.train_images)
         train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g)
         data.loader_seed(self.g)  # the report's validation DataLoader draws its base seed here
         self.model = build_model(cfg.model, self.g, device)
+        for m in self.model.modules():
+            if isinstance(m, Dropout):
+                m.generator = self.g_drop
         if cfg.data.train_on_val:
             train_idx, val_idx = torch.arange(n), None
 
@@ -194,9 +198,7 @@ class Trainer:
                     scalars[f"{idx}.{key}"] = v
         tensors["rng.data"] = self.g.get_state()
         tensors["rng.augment"] = self.g_aug.get_state()
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors["rng.dropout"] = self.g_drop.get_state()
         best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
         meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
@@ -220,9 +222,7 @@ class Trainer:
             self.scheduler.load_state_dict(meta["scheduler"])
         self.g.set_state(tensors["rng.data"])
         self.g_aug.set_state(tensors["rng.augment"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.g_drop.set_state(tensors["rng.dropout"])
         self.epoch, self.history = meta["epoch"], meta["history"]
         best = meta["best_val_acc"]
         self.best_val_acc = -math.inf if best is None else best

@@ -1,0 +1,95 @@
+"""`mnistlab compare` and ensembles through the CLI, on small data."""
+
+import csv
+import json
+
+import pytest
+
+from mnistlab import train
+from mnistlab.cli import main
+
+
+def _config(path, name, small_mnist_dir, extra=""):
+    path.write_text(f'name = "{name}"\nlabel = "{name} label"\n[data]\ndir = "{small_mnist_dir}"\n'
+                    f'[model]\nhidden = [16]\n[train]\nepochs = 2\n{extra}')
+    return path
+
+
+def test_compare_table_curves_ensemble_and_resume(small_mnist_dir, tmp_path, monkeypatch, capsys):
+    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+    b = _config(tmp_path / "b.toml", "momentum", small_mnist_dir, "[optim]\nmomentum = 0.9\nlr = 0.05\n")
+    out = tmp_path / "study"
+
+    # interrupt the study in the second epoch of the second config's first run
+    real, calls = train.Trainer.train_epoch, {"n": 0}
+
+    def interrupt_sixth(self, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)
+    monkeypatch.setattr(train.Trainer, "train_epoch", interrupt_sixth)
+    assert main(["compare", str(a), str(b), "--seeds", "2", "--out", str(out), "--quiet"]) == 130
+    monkeypatch.setattr(train.Trainer, "train_epoch", real)
+    first_run = (out / "plain" / "seed123" / "metrics.csv").read_bytes()
+
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--seeds", "2", "--out", str(out), "--ensemble"]) == 0
+    printed = capsys.readouterr().out
+    assert "plain seed 123: complete, skipped" in printed and "momentum seed 123: resuming" in printed
+    assert (out / "plain" / "seed123" / "metrics.csv").read_bytes() == first_run  # not retrained
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["config"] for r in rows] == ["plain label", "momentum label"]
+    for r in rows:
+        assert r["seeds"] == "2" and float(r["test_acc_mean"]) > 30 and float(r["ensemble_test_acc"]) > 30
+        assert int(r["parameters"]) == 784 * 16 + 16 + 16 * 10 + 10
+    md = (out / "compare.md").read_text()
+    assert "| plain label | 2 |" in md and "±" in md
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert sorted(r["seed"] for r in runs["momentum"]) == [123, 124]
+    # the reported test accuracy is the one at the best *validation* epoch
+    for r in runs["plain"]:
+        hist = list(csv.DictReader((out / "plain" / f"seed{r['seed']}" / "metrics.csv").open()))
+        vals = [float(h["val_acc"]) for h in hist]
+        best = vals.index(max(vals))
+        assert r["test_acc"] == pytest.approx(float(hist[best]["test_acc"]))
+
+
+def test_compare_rejects_configs_on_different_data(small_mnist_dir, tmp_path, capsys):
+    a = _config(tmp_path / "a.toml", "a", small_mnist_dir)
+    b = _config(tmp_path / "b.toml", "b", tmp_path)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "another dataset" in err and err.count("\n") == 1
+
+
+def test_compare_rejects_duplicate_names(small_mnist_dir, tmp_path, capsys):
+    a = _config(tmp_path / "a.toml", "same", small_mnist_dir)
+    b = _config(tmp_path / "b.toml", "same", small_mnist_dir)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "s")]) == 2
+    assert "distinct names" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[model]\narch = "cnn"\ninput_dropout = 0.2\n', "'model.input_dropout' is an MLP option"),
+    ('[optim]\nschedule = "exponential"\n', "'optim.schedule' = 'exponential' is unknown"),
+    ('[data]\naugment = "mixup"\n', "'data.augment' = 'mixup' is unknown"),
+])
+def test_bad_study_configs(tmp_path, capsys, extra, message):
+    p = tmp_path / "bad.toml"
+    p.write_text(extra)
+    assert main(["compare", str(p), "--out", str(tmp_path / "s")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ensemble_command(small_mnist_dir, tmp_path, capsys):
+    dirs = []
+    for seed in (1, 2):
+        out = tmp_path / f"r{seed}"
+        assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "16", "--seed",
+                     str(seed), "--quiet", "--out", str(out)]) == 0
+        dirs.append(str(out))
+    capsys.readouterr()
+    assert main(["ensemble", *dirs]) == 0
+    assert "ensemble of 2 runs" in capsys.readouterr().out
