@@ -57,12 +57,14 @@ OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], str]]] = {
     "--threads": ("train.threads", str),
     "--optimizer": ("optim.name", lambda s: f'"{s}"'),
     "--arch": ("model.arch", lambda s: f'"{s}"'),
+    "--engine": ("train.engine", lambda s: f'"{s}"'),
 }
 _HELP = {
     "--hidden": "hidden widths, comma-separated (e.g. 512,512)",
     "--data-dir": "a directory with the four MNIST-format files (default: the bundled MNIST)",
     "--precision": "fp32 or bf16",
     "--device": "auto, cpu, cuda or cuda:N",
+    "--engine": "torch, or numpy for the from-scratch NumPy MLP",
 }
 
 
@@ -181,6 +183,37 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gradcheck(args: argparse.Namespace) -> int:
+    from .gradcheck import format_table, run_all
+
+    rows = run_all(args.activation, seed=args.seed)
+    print(format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        print(f"gradcheck FAILED for {len(failed)} of {len(rows)} parameters", file=sys.stderr)
+        return 1
+    print(f"gradcheck passed: {len(rows)} parameter gradients")
+    return 0
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    from .mechanics import run_study
+
+    if args.epochs < 1 or args.depth < 1:
+        raise MnistlabError("--epochs and --depth must be at least 1")
+    run_study(args.out, args.epochs, args.depth, log=_logger(args.quiet))
+    print(f"wrote {args.out}/activations.png, dead_relu.png, gradient_norms.png and activations.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    md, page = write_report(args.run_dirs, args.out, args.lang, args.compare, args.activations)
+    print(f"wrote {md} (with its figures) and {page} (self-contained)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistlab", description="A fast, reproducible MNIST lab.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
@@ -208,6 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("gradcheck", help="check the NumPy MLP's backprop against float64 autograd and finite differences")
+    p.add_argument("--activation", action="append", choices=["relu", "sigmoid", "tanh", "leaky_relu"],
+                   help="check only these (repeatable; default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("activations", help="activation functions, dead ReLUs and vanishing gradients, measured")
+    p.add_argument("--out", type=Path, default=Path("runs") / "activations")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs per measured run (default 5)")
+    p.add_argument("--depth", type=int, default=8, help="hidden layers of the deep MLP (default 8)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser("report", help="write the homework report (Markdown + self-contained HTML) from runs")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--lang", choices=["en", "ko"], default="en")
+    p.add_argument("--compare", type=Path, metavar="STUDY_DIR", help="a `mnistlab compare` directory to include")
+    p.add_argument("--activations", type=Path, metavar="DIR", help="a `mnistlab activations` directory to include")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="redraw a run's figures from its metrics files")
     p.add_argument("run_dir", type=Path)

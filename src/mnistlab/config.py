@@ -75,6 +75,7 @@ class TrainConfig:
     eval_batch_size: int = 2000  # chunks that stay in cache
     patience: int = 0  # early stopping on validation accuracy; 0 = off
     fast: bool = True  # fused fp32 MLP/SGD step where it applies (same numbers within float tolerance)
+    engine: str = "torch"  # torch | numpy (the from-scratch NumPy MLP: plain SGD MLPs only)
 
 
 @dataclass
@@ -269,3 +270,19 @@ def validate(cfg: Config) -> None:
     _check(t.patience >= 0, "train.patience", t.patience, "must be >= 0 (0 = off)")
     _check(not (d.train_on_val and t.patience), "train.patience", t.patience,
            "early stopping needs a validation set (data.train_on_val = true has none)")
+    _check_choice("train.engine", t.engine, ("torch", "numpy"))
+    if t.engine == "numpy":
+        from .numpy_mlp import ACTIVATIONS as NUMPY_ACTIVATIONS
+        plain = ConfigError  # the NumPy MLP implements exactly the report's kind of training
+        checks = [(m.arch == "mlp", "model.arch", "mlp"), (m.activation in NUMPY_ACTIVATIONS, "model.activation",
+                  "/".join(NUMPY_ACTIVATIONS)), (not m.batchnorm, "model.batchnorm", "false"),
+                  (m.dropout == 0 and m.input_dropout == 0, "model.dropout", "0"),
+                  (not m.normalize, "model.normalize", "false"), (o.name == "sgd", "optim.name", "sgd"),
+                  (o.momentum == 0 and o.weight_decay == 0, "optim.momentum", "0 (and no weight decay)"),
+                  (o.schedule == "constant" and o.warmup_epochs == 0, "optim.schedule", "constant"),
+                  (o.max_norm == 0 and o.label_smoothing == 0, "optim.max_norm", "0 (and no label smoothing)"),
+                  (d.augment == "none", "data.augment", "none"), (t.precision == "fp32", "train.precision", "fp32"),
+                  (t.device in ("auto", "cpu"), "train.device", "cpu")]
+        for ok, key, want in checks:
+            if not ok:
+                raise plain(f"train.engine = 'numpy' needs {key} = {want}")

@@ -56,6 +56,13 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Trainer:
+    if cfg.train.engine == "numpy":
+        from .numpy_train import NumpyTrainer
+        return NumpyTrainer(cfg, dataset, torch.device("cpu"))
+    return Trainer(cfg, dataset, device)
+
+
 def prepare(cfg: Config, log: Log) -> tuple[data.Dataset, torch.device, Config]:
     """Load the data and resolve device and precision (falling back from bf16 with a message)."""
     if cfg.train.threads:
@@ -72,7 +79,7 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
         show_progress: bool = False) -> RunResult:
     """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists."""
     dataset, device, cfg = prepare(cfg, log)
-    trainer = Trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
+    trainer = make_trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
     run_dir = RunDir.create(out, overwrite)
     info: dict[str, Any] = {
         "name": cfg.name, "status": "running", "started": now(), "config": config_mod.to_dict(cfg),
@@ -95,7 +102,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> R
     if dataset.checksum != meta["data_sha256"]:
         raise MnistlabError(f"the data differs from the run's (SHA-256 {dataset.checksum[:12]}... vs "
                             f"{meta['data_sha256'][:12]}...): resume with the same --data-dir")
-    trainer = Trainer(cfg, dataset, device)
+    trainer = make_trainer(cfg, dataset, device)
     trainer.load_state(tensors, meta)
     if trainer.done:
         raise MnistlabError(f"{run_dir.path} is already complete ({trainer.epoch} epochs)")

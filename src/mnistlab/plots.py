@@ -15,7 +15,7 @@ from .metrics import convergence_epoch  # noqa: E402
 from .runs import atomic_write  # noqa: E402
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
@@ -46,7 +46,7 @@ def accuracy_figure(history: Sequence[dict[str, Any]], path: Path, title: str = 
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "Accuracy per epoch")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
     return conv
 
 
@@ -64,7 +64,7 @@ def loss_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "") 
     ax.set(xlabel="epoch", ylabel="cross-entropy", title=title or "Loss per epoch", yscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def run_figures(history: Sequence[dict[str, Any]], run_dir: Path, name: str = "") -> int | None:
@@ -91,4 +91,4 @@ def overlay_figure(curves: dict[str, list[list[float]]], path: Path, ylabel: str
     ax.set_ylim(max(lo - 0.3, 0), None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)

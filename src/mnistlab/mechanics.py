@@ -1,0 +1,154 @@
+"""Activation studies: the functions and their derivatives, dead ReLUs during training, and per-layer
+gradient norms in a deep sigmoid vs ReLU MLP (the vanishing gradient the report describes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import config, data
+from .models import ACTIVATIONS
+from .runs import atomic_write
+from .train import Trainer
+
+Log = Callable[[str], None]
+
+# the report's four, then two modern ones
+FIGURE_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu")
+
+
+def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each activation and its derivative (by autograd) on the points ``x``."""
+    out = {}
+    for name in FIGURE_ACTIVATIONS:
+        xg = x.clone().requires_grad_(True)
+        y = ACTIVATIONS[name]()(xg)
+        (dy,) = torch.autograd.grad(y.sum(), xg)
+        out[name] = (y.detach(), dy)
+    return out
+
+
+def activation_figure(path: Path) -> None:
+    """Two panels: the functions, and their derivatives."""
+    from .plots import plt, save_figure
+
+    x = torch.linspace(-5, 5, 1001)
+    curves = activation_curves(x)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, (y, dy) in curves.items():
+        a.plot(x, y, label=name)
+        b.plot(x, dy, label=name)
+    a.set(title="activation functions f(x)", xlabel="x", ylim=(-1.5, 5))
+    b.set(title="derivatives f'(x)", xlabel="x", ylim=(-0.2, 1.2))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.axvline(0, color="black", lw=0.5)
+    a.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _hidden_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Outputs of every activation module (in order) for input ``x``, in eval mode."""
+    acts = tuple(type(ACTIVATIONS[n]()) for n in ACTIVATIONS)
+    outs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append(o.detach()))
+             for m in model.modules() if isinstance(m, acts)]
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train(was)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def dead_fraction(model: nn.Module, x: torch.Tensor) -> list[float]:
+    """Per hidden layer: the fraction of units whose output is <= 0 for every image in ``x`` (dead ReLUs;
+    a leaky ReLU unit counts when its output is never positive)."""
+    return [float((h <= 0).all(0).float().mean()) for h in _hidden_outputs(model, x)]
+
+
+def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """L2 norm of d(loss)/d(weight) for each Linear layer, input side first."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    return [float(m.weight.grad.norm()) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def dead_relu_study(dataset: data.Dataset, epochs: int, log: Log) -> dict[str, Any]:
+    """Dead units per epoch of the report's MLP: ReLU at the report's lr 0.1 and at a large lr 1.0, where
+    big updates push units below zero for every input; leaky ReLU at lr 1.0 keeps a gradient and cannot die."""
+    variants = {"relu, lr 0.1 (report)": ("relu", 0.1), "relu, lr 1.0": ("relu", 1.0),
+                "leaky_relu, lr 1.0": ("leaky_relu", 1.0)}
+    result = {}
+    for label, (act, lr) in variants.items():
+        cfg = config.apply_overrides(config.Config(), [f"model.activation='{act}'", f"optim.lr={lr}",
+                                                       f"train.epochs={epochs}"])
+        tr = Trainer(cfg, dataset, torch.device("cpu"))
+        probe = tr.val.x  # the 6,000 validation images
+        series = [dead_fraction(tr.model, probe)[0]]
+        tr.fit(lambda t, row, _: series.append(dead_fraction(t.model, probe)[0]))
+        result[label] = {"dead_fraction": series, "final_val_acc": tr.history[-1]["val_acc"]}
+        log(f"dead units, {label}: " + " ".join(f"{v:.3f}" for v in series))
+    return result
+
+
+def gradient_study(dataset: data.Dataset, epochs: int, depth: int, width: int, log: Log) -> dict[str, Any]:
+    """Per-layer weight-gradient norms of a deep MLP at initialisation and after training, sigmoid vs ReLU."""
+    result = {}
+    for act in ("sigmoid", "relu"):
+        cfg = config.apply_overrides(config.Config(), [f"model.activation='{act}'", f"model.hidden={[width] * depth}",
+                                                       f"train.epochs={epochs}"])
+        tr = Trainer(cfg, dataset, torch.device("cpu"))
+        x, y = tr.val.x[:1000], tr.val.y[:1000]
+        init = layer_grad_norms(tr.model, x, y)
+        tr.fit()
+        trained = layer_grad_norms(tr.model, x, y)
+        result[act] = {"init": init, "trained": trained, "val_acc": [r["val_acc"] for r in tr.history]}
+        log(f"gradient norms, {act}: init " + " ".join(f"{v:.1e}" for v in init) + f"; val acc {tr.history[-1]['val_acc']:.2f}%")
+    return result
+
+
+def study_figures(res: dict[str, Any], out: Path) -> None:
+    from .plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, r in res["dead_relu"].items():
+        ax.plot(range(len(r["dead_fraction"])), [100 * v for v in r["dead_fraction"]], marker="o", ms=3, label=label)
+    ax.set(xlabel="epoch (0 = initialisation)", ylabel="dead hidden units (%)",
+           title="Units that output 0 for all 6,000 validation images")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, out / "dead_relu.png")
+
+    g = res["gradients"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for act, style in (("sigmoid", "-"), ("relu", "--")):
+        n = len(g[act]["init"])
+        ax.semilogy(range(1, n + 1), g[act]["init"], style, marker="o", label=f"{act}, at initialisation")
+        ax.semilogy(range(1, n + 1), g[act]["trained"], style, marker="s", label=f"{act}, after training")
+    ax.set(xlabel="layer (1 = next to the input)", ylabel="||dL/dW|| (log scale)",
+           title=f"Weight-gradient norm per layer, {n - 1} hidden layers")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "gradient_norms.png")
+
+
+def run_study(out: Path, epochs: int = 5, depth: int = 8, width: int = 256, log: Log = print) -> dict[str, Any]:
+    """All activation studies into ``out``: activations.png, dead_relu.png, gradient_norms.png, activations.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    activation_figure(out / "activations.png")
+    dataset = data.load()
+    res = {"epochs": epochs, "depth": depth, "width": width,
+           "dead_relu": dead_relu_study(dataset, epochs, log),
+           "gradients": gradient_study(dataset, epochs, depth, width, log)}
+    atomic_write(out / "activations.json", json.dumps(res, indent=1) + "\n")
+    study_figures(res, out)
+    return res

@@ -1,0 +1,344 @@
+"""The homework, written from real runs: Markdown (LaTeX math, PNGs beside it) and one self-contained HTML
+file (figures embedded, math as MathML, no scripts or external styles), in English or Korean."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import MnistlabError
+from .metrics import BAND, WINDOW, convergence_epoch
+from .runs import RunDir, atomic_write
+
+TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "title": "Artificial Neural Networks on MNIST: a report generated from real runs",
+        "intro": "This report answers the four questions of the KECE470 homework (data, activation functions, "
+                 "the MLP and backpropagation, training and evaluation) with numbers and figures produced by "
+                 "mnistlab from the runs listed below. Every number here was measured; none was typed in.",
+        "data": "1. Data and validation split",
+        "data_text": "MNIST's 60,000 training images are split at random (seed {seed}) into a training set and a "
+                     "validation set holding {val_pct:.0f}% of them; the 10,000 test images are used only to report "
+                     "accuracy, never to choose an epoch or a setting.",
+        "split": "split", "images": "images", "role": "role", "train_set": "train", "val_set": "validation",
+        "test_set": "test", "trainval_set": "train + validation", "model": "model", "optimizer": "optimizer",
+        "batch_epochs": "batch size / epochs", "precision_seed": "precision / seed", "parameters": "parameters",
+        "train_role": "fits the weights", "val_role": "chooses epochs and settings",
+        "test_role": "reports the final accuracy",
+        "checksum": "Data SHA-256 (decompressed IDX files): `{sha}`; source: {source}.",
+        "act": "2. Activation functions",
+        "act_text": "An activation function makes the network non-linear: without it a stack of linear layers is "
+                    "one linear map, however deep. It decides how strongly each unit passes its input on; its "
+                    "derivative decides how much gradient flows back through the unit.",
+        "act_defs": "Definitions (the report's four, then two modern ones):",
+        "act_fig": "The functions and their derivatives.",
+        "act_notes": "Sigmoid and tanh saturate: for large |x| their derivative is almost 0, so gradients vanish "
+                     "through many layers (sigmoid's derivative is at most 1/4). ReLU's derivative is exactly 1 for "
+                     "x > 0, cheap to compute and non-saturating, but a unit whose input is negative for every "
+                     "image gets no gradient and stays at 0 (a dead ReLU). Leaky ReLU keeps a small slope (0.01) "
+                     "for x < 0 so that no unit can die.",
+        "act_measured": "Measured ({epochs} epochs per run):",
+        "dead_text": "Dead hidden units of the report's MLP (units that output 0 for all 6,000 validation images): "
+                     "{dead}.",
+        "grad_text": "Weight-gradient norms per layer of an MLP with {depth} hidden layers of {width} units at "
+                     "initialisation: sigmoid, layer 1 / top layer = {s_ratio:.1e}; ReLU = {r_ratio:.1e}. "
+                     "Validation accuracy after training: sigmoid {s_acc:.1f}%, ReLU {r_acc:.1f}%.",
+        "act_missing": "Run `mnistlab activations` and pass its directory with `--activations` to include measured "
+                       "dead-unit and gradient-norm figures.",
+        "mlp": "3. The multilayer perceptron and backpropagation",
+        "mlp_text": "Each layer computes a weighted sum of its inputs plus a bias, then an activation. For the "
+                    "report's 784-1024-10 network with input x (784 pixels in [0, 1]):",
+        "loss_text": "Training minimises the mean cross-entropy of the softmax over a batch of B images:",
+        "bp_text": "Backpropagation applies the chain rule from the loss back to every weight. With "
+                   "$\\delta$ denoting the gradient of the loss with respect to a layer's pre-activation:",
+        "sgd_text": "and stochastic gradient descent moves every parameter against its gradient with learning "
+                    "rate $\\eta$:",
+        "gc_text": "mnistlab's NumPy MLP (`mnistlab.numpy_mlp`) implements exactly these equations. Checked "
+                   "against PyTorch float64 autograd and central finite differences (`mnistlab gradcheck`), "
+                   "largest relative errors per activation:",
+        "act_col": "activation", "ag_col": "vs autograd", "fd_col": "vs finite differences",
+        "train": "4. Training and evaluation",
+        "run_config": "Configuration",
+        "curves": "Validation and test accuracy per epoch (the convergence epoch marked), and the losses.",
+        "conv_text": "Convergence: validation accuracy stays within ±{band} points of its last-{window}-epoch mean "
+                     "({plateau:.2f}%) from epoch **{conv}** on. The best validation accuracy, {best_val:.2f}%, is "
+                     "at epoch {best}; the test accuracy there is **{test_at_best:.2f}%** (final epoch: "
+                     "{final_test:.2f}%).",
+        "no_val": "This run trained on training + validation data; the last epoch is its model (test accuracy "
+                  "{final_test:.2f}%).",
+        "epoch_table": "Per-epoch numbers",
+        "improve": "5. Doing better than the report's MLP",
+        "improve_text": "Each row is a config run over several seeds (mean ± standard deviation); every run is "
+                        "read at its best-validation epoch, so the test set chooses nothing.",
+        "improve_fig": "Validation accuracy per epoch, mean over seeds (band: min to max).",
+        "repro": "Reproducibility",
+        "repro_text": "Run {name}: seed {seed}, torch {torch}, Python {python}, {threads} threads on {device}; "
+                      "config in `config.toml` of its run directory.",
+        "key": "key", "value": "value",
+    },
+    "ko": {
+        "title": "MNIST 인공신경망 실험: 실제 실행 결과로 작성한 보고서",
+        "intro": "이 보고서는 KECE470 과제의 네 가지 질문(데이터, 활성화 함수, MLP와 역전파, 학습과 평가)에 "
+                 "아래 실행들로 mnistlab이 만든 수치와 그림으로 답한다. 모든 수치는 측정값이며 손으로 입력한 값은 없다.",
+        "data": "1. 데이터와 검증 세트 분할",
+        "data_text": "MNIST 학습 이미지 60,000개를 무작위로(시드 {seed}) 학습 세트와 그 {val_pct:.0f}%인 검증 세트로 "
+                     "나눈다. 테스트 이미지 10,000개는 정확도 보고에만 쓰고, 에폭이나 설정을 고르는 데는 쓰지 않는다.",
+        "split": "세트", "images": "이미지 수", "role": "역할", "train_set": "학습", "val_set": "검증",
+        "test_set": "테스트", "trainval_set": "학습 + 검증", "model": "모델", "optimizer": "최적화",
+        "batch_epochs": "배치 크기 / 에폭", "precision_seed": "정밀도 / 시드", "parameters": "파라미터 수",
+        "train_role": "가중치 학습", "val_role": "에폭과 설정 선택", "test_role": "최종 정확도 보고",
+        "checksum": "데이터 SHA-256 (압축 해제한 IDX 파일): `{sha}`; 출처: {source}.",
+        "act": "2. 활성화 함수",
+        "act_text": "활성화 함수는 신경망에 비선형성을 더한다. 활성화 함수가 없으면 선형 층을 아무리 깊게 쌓아도 하나의 "
+                    "선형 변환일 뿐이다. 활성화 함수는 각 노드가 입력을 얼마나 강하게 다음 층으로 전달할지 정하고, "
+                    "그 도함수는 역전파 때 노드를 통해 흐르는 기울기의 크기를 정한다.",
+        "act_defs": "정의 (보고서의 네 함수와 최근에 쓰이는 두 함수):",
+        "act_fig": "활성화 함수와 그 도함수.",
+        "act_notes": "Sigmoid와 tanh는 포화된다. |x|가 크면 도함수가 거의 0이 되어 여러 층을 거치며 기울기가 사라진다 "
+                     "(sigmoid의 도함수는 최대 1/4). ReLU의 도함수는 x > 0에서 정확히 1이라 계산이 간단하고 포화되지 "
+                     "않지만, 모든 이미지에서 입력이 음수인 노드는 기울기를 받지 못해 0에 머문다(죽은 ReLU). "
+                     "Leaky ReLU는 x < 0에서 작은 기울기(0.01)를 남겨 노드가 죽지 않게 한다.",
+        "act_measured": "측정 결과 (실행마다 {epochs} 에폭):",
+        "dead_text": "보고서 MLP의 죽은 은닉 노드 (검증 이미지 6,000개 모두에서 0을 출력하는 노드): {dead}.",
+        "grad_text": "은닉층 {depth}개(각 {width} 노드)인 MLP의 초기화 시점 층별 가중치 기울기 노름: sigmoid는 "
+                     "1층 / 최상위 층 = {s_ratio:.1e}, ReLU는 {r_ratio:.1e}. 학습 후 검증 정확도: sigmoid "
+                     "{s_acc:.1f}%, ReLU {r_acc:.1f}%.",
+        "act_missing": "죽은 노드와 기울기 노름 측정 그림을 넣으려면 `mnistlab activations`를 실행하고 그 디렉터리를 "
+                       "`--activations`로 넘긴다.",
+        "mlp": "3. 다층 퍼셉트론과 역전파",
+        "mlp_text": "각 층은 입력의 가중합에 편향을 더한 뒤 활성화 함수를 적용한다. 보고서의 784-1024-10 신경망에서 "
+                    "입력 x(0~1 범위의 픽셀 784개)에 대해:",
+        "loss_text": "학습은 배치 B개 이미지에 대한 softmax 교차 엔트로피의 평균을 최소화한다:",
+        "bp_text": "역전파는 연쇄 법칙으로 손실에서 모든 가중치까지 기울기를 거꾸로 전달한다. "
+                   "$\\delta$를 각 층의 활성화 이전 값에 대한 손실의 기울기라 하면:",
+        "sgd_text": "확률적 경사 하강법은 학습률 $\\eta$로 모든 파라미터를 기울기의 반대 방향으로 움직인다:",
+        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
+                   "중심 차분으로 검증한 결과(`mnistlab gradcheck`), 활성화 함수별 최대 상대 오차:",
+        "act_col": "활성화 함수", "ag_col": "자동 미분 대비", "fd_col": "유한 차분 대비",
+        "train": "4. 학습과 평가",
+        "run_config": "설정",
+        "curves": "에폭별 검증·테스트 정확도(수렴 에폭 표시)와 손실.",
+        "conv_text": "수렴: 에폭 **{conv}**부터 검증 정확도가 마지막 {window} 에폭 평균({plateau:.2f}%)의 ±{band}%p 안에 "
+                     "머문다. 최고 검증 정확도 {best_val:.2f}%는 에폭 {best}이며, 그때의 테스트 정확도는 "
+                     "**{test_at_best:.2f}%**이다 (마지막 에폭: {final_test:.2f}%).",
+        "no_val": "이 실행은 학습+검증 데이터로 학습했으므로 마지막 에폭이 모델이다 (테스트 정확도 {final_test:.2f}%).",
+        "epoch_table": "에폭별 수치",
+        "improve": "5. 보고서의 MLP보다 잘하기",
+        "improve_text": "각 행은 여러 시드로 실행한 설정이다(평균 ± 표준편차). 모든 실행은 검증 정확도가 가장 높은 에폭에서 "
+                        "읽으므로 테스트 세트는 아무것도 고르지 않는다.",
+        "improve_fig": "에폭별 검증 정확도, 시드 평균 (띠: 최솟값~최댓값).",
+        "repro": "재현성",
+        "repro_text": "실행 {name}: 시드 {seed}, torch {torch}, Python {python}, {device}에서 스레드 {threads}개; "
+                      "설정은 실행 디렉터리의 `config.toml`.",
+        "key": "항목", "value": "값",
+    },
+}
+
+ACT_FORMULAS = [
+    ("sigmoid", r"\sigma(x) = \frac{1}{1 + e^{-x}}, \quad \sigma'(x) = \sigma(x)\,(1 - \sigma(x))"),
+    ("tanh", r"\tanh x = \frac{e^{x} - e^{-x}}{e^{x} + e^{-x}}, \quad \tanh'(x) = 1 - \tanh^2 x"),
+    ("ReLU", r"f(x) = \max(0, x), \quad f'(x) = \mathbf{1}[x > 0]"),
+    ("leaky ReLU", r"f(x) = \max(0.01x, x), \quad f'(x) = 1 \text{ if } x > 0 \text{ else } 0.01"),
+    ("GELU", r"f(x) = x\,\Phi(x)"),
+    ("SiLU", r"f(x) = x\,\sigma(x)"),
+]
+MLP_EQ = [r"a = W^{(1)} x + b^{(1)}, \quad h = f(a), \quad z = W^{(2)} h + b^{(2)}, \quad "
+          r"p = \mathrm{softmax}(z), \; p_k = \frac{e^{z_k}}{\sum_j e^{z_j}}"]
+LOSS_EQ = r"L = -\frac{1}{B} \sum_{i=1}^{B} \log p_{i, y_i}"
+BP_EQ = [
+    r"\delta^{(2)} = \frac{\partial L}{\partial z} = \frac{1}{B}\,(p - \mathrm{onehot}(y))",
+    r"\frac{\partial L}{\partial W^{(2)}} = {\delta^{(2)}}^{\top} h, \quad "
+    r"\frac{\partial L}{\partial b^{(2)}} = \sum_{i} \delta^{(2)}_i",
+    r"\delta^{(1)} = \left(\delta^{(2)} W^{(2)}\right) \odot f'(a)",
+    r"\frac{\partial L}{\partial W^{(1)}} = {\delta^{(1)}}^{\top} x, \quad "
+    r"\frac{\partial L}{\partial b^{(1)}} = \sum_{i} \delta^{(1)}_i",
+]
+SGD_EQ = r"W \leftarrow W - \eta \, \frac{\partial L}{\partial W}, \quad b \leftarrow b - \eta \, \frac{\partial L}{\partial b}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _copy_figure(src: Path, out: Path, name: str) -> str | None:
+    if not src.is_file():
+        return None
+    shutil.copyfile(src, out / name)
+    return name
+
+
+def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
+    cfg = info["config"]
+    n_val = round(60000 * cfg["data"]["val_fraction"])
+    rows = [[t["train_set"], f"{60000 - n_val:,}", t["train_role"]], [t["val_set"], f"{n_val:,}", t["val_role"]],
+            [t["test_set"], "10,000", t["test_role"]]]
+    if cfg["data"]["train_on_val"]:
+        rows = [[t["trainval_set"], "60,000", t["train_role"]], [t["test_set"], "10,000", t["test_role"]]]
+    env = info["environment"]
+    return (f"## {t['data']}\n\n" + t["data_text"].format(seed=cfg["train"]["seed"],
+                                                           val_pct=100 * cfg["data"]["val_fraction"]) + "\n\n"
+            + _table([t["split"], t["images"], t["role"]], rows) + "\n"
+            + t["checksum"].format(sha=env["data_sha256"], source=env["data_source"]) + "\n")
+
+
+def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None) -> str:
+    from .mechanics import activation_figure
+
+    activation_figure(out / "activations.png")
+    parts = [f"## {t['act']}\n", t["act_text"] + "\n", t["act_defs"] + "\n"]
+    parts += [f"- {name}: ${formula}$" for name, formula in ACT_FORMULAS]
+    parts += ["", f"![{t['act_fig']}](activations.png)", "", t["act_notes"], ""]
+    if act_dir is None:
+        parts.append(f"_{t['act_missing']}_\n")
+        return "\n".join(parts)
+    try:
+        res = json.loads((act_dir / "activations.json").read_text())
+    except (OSError, ValueError):
+        raise MnistlabError(f"{act_dir} holds no activation study (activations.json); run mnistlab activations") from None
+    dead = "; ".join(f"{label}: {100 * r['dead_fraction'][-1]:.1f}%" for label, r in res["dead_relu"].items())
+    g = res["gradients"]
+    parts += [t["act_measured"].format(epochs=res["epochs"]), "",
+              "- " + t["dead_text"].format(dead=dead),
+              "- " + t["grad_text"].format(depth=res["depth"], width=res["width"],
+                                           s_ratio=g["sigmoid"]["init"][0] / g["sigmoid"]["init"][-1],
+                                           r_ratio=g["relu"]["init"][0] / g["relu"]["init"][-1],
+                                           s_acc=g["sigmoid"]["val_acc"][-1], r_acc=g["relu"]["val_acc"][-1]), ""]
+    for name in ("dead_relu.png", "gradient_norms.png"):
+        if _copy_figure(act_dir / name, out, name):
+            parts += [f"![{name}]({name})", ""]
+    return "\n".join(parts)
+
+
+def _section_mlp(t: dict[str, str]) -> str:
+    from .gradcheck import run_all
+
+    rows = run_all()
+    by_act: dict[str, list] = {}
+    for r in rows:
+        by_act.setdefault(r.activation, []).append(r)
+    gc = _table([t["act_col"], t["ag_col"], t["fd_col"]],
+                [[a, f"{max(r.autograd_rel_err for r in rs):.1e}", f"{max(r.fd_rel_err for r in rs):.1e}"]
+                 for a, rs in by_act.items()])
+    return "\n".join([f"## {t['mlp']}\n", t["mlp_text"], "", *[f"$${e}$$" for e in MLP_EQ], "", t["loss_text"], "",
+                      f"$${LOSS_EQ}$$", "", t["bp_text"], "", *[f"$${e}$$\n" for e in BP_EQ], t["sgd_text"], "",
+                      f"$${SGD_EQ}$$", "", t["gc_text"], "", gc])
+
+
+def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int) -> str:
+    info, history = run.read_info(), run.read_history()
+    cfg = info["config"]
+    name = info.get("name", run.path.name)
+    conf_rows = [[t["model"], f"{cfg['model']['arch']} {cfg['model']['hidden'] if cfg['model']['arch'] == 'mlp' else ''}"
+                  f" {cfg['model']['activation']}, init {cfg['model']['init']}"],
+                 [t["optimizer"], f"{cfg['optim']['name']}, lr {cfg['optim']['lr']}, schedule {cfg['optim']['schedule']}"],
+                 [t["batch_epochs"], f"{cfg['train']['batch_size']} / {cfg['train']['epochs']}"],
+                 [t["precision_seed"], f"{cfg['train']['precision']} / {cfg['train']['seed']}"],
+                 [t["parameters"], f"{info.get('parameters', 0):,}"]]
+    parts = [f"### {name}\n", f"**{t['run_config']}**\n", _table([t["key"], t["value"]], conf_rows)]
+    for fig in ("accuracy.png", "loss.png"):
+        if _copy_figure(run.file(fig), out, f"run{index}_{fig}"):
+            parts.append(f"![{t['curves']}](run{index}_{fig})\n")
+    val = [r.get("val_acc") for r in history]
+    final_test = history[-1]["test_acc"]
+    if all(v is not None for v in val):
+        conv = convergence_epoch(val)
+        best = max(range(len(val)), key=lambda i: (val[i], -i))
+        plateau = sum(val[-WINDOW:]) / min(WINDOW, len(val))
+        parts.append(t["conv_text"].format(band=BAND, window=WINDOW, plateau=plateau, conv=conv if conv else "-",
+                                           best_val=val[best], best=best + 1, test_at_best=history[best]["test_acc"],
+                                           final_test=final_test) + "\n")
+    else:
+        parts.append(t["no_val"].format(final_test=final_test) + "\n")
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    parts += [f"**{t['epoch_table']}**\n", _table(
+        ["epoch", "train loss", "val loss", "val acc %", "test loss", "test acc %"],
+        [[r["epoch"], fmt(r.get("train_loss"), ".5f"), fmt(r.get("val_loss"), ".4f"), fmt(r.get("val_acc"), ".2f"),
+          fmt(r.get("test_loss"), ".4f"), fmt(r.get("test_acc"), ".2f")] for r in history])]
+    env = info["environment"]
+    parts.append(f"_{t['repro']}: " + t["repro_text"].format(name=name, seed=env["seed"], torch=env["torch"],
+                                                             python=env["python"], threads=env["torch_threads"],
+                                                             device=env["device"]) + "_\n")
+    return "\n".join(parts)
+
+
+def _section_compare(t: dict[str, str], study: Path, out: Path) -> str:
+    try:
+        table = (study / "compare.md").read_text()
+    except OSError:
+        raise MnistlabError(f"{study} holds no comparison (compare.md); run mnistlab compare first") from None
+    parts = [f"## {t['improve']}\n", t["improve_text"] + "\n", table]
+    if _copy_figure(study / "curves.png", out, "compare_curves.png"):
+        parts.append(f"![{t['improve_fig']}](compare_curves.png)\n")
+    return "\n".join(parts)
+
+
+def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_dir: Path | None = None,
+                   activations_dir: Path | None = None) -> str:
+    t = TEXT[lang]
+    runs = [RunDir(p) for p in run_dirs]
+    for r in runs:
+        if not r.is_run() or not r.file("run.json").is_file():
+            raise MnistlabError(f"{r.path} is not a run directory (needs run.json and metrics.csv)")
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {t['title']}\n", t["intro"] + "\n", _section_data(t, runs[0].read_info()),
+             _section_activations(t, out, activations_dir), _section_mlp(t), f"## {t['train']}\n"]
+    parts += [_section_run(t, r, out, i + 1) for i, r in enumerate(runs)]
+    if compare_dir is not None:
+        parts.append(_section_compare(t, compare_dir, out))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- self-contained HTML
+
+CSS = """body{font-family:system-ui,-apple-system,'Segoe UI','Noto Sans KR','Malgun Gothic',sans-serif;max-width:60em;
+margin:2em auto;padding:0 1em;line-height:1.55;color:#222}table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}math[display=block]{margin:.6em 0;font-size:1.1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
+
+_MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$", re.S)
+
+
+def markdown_to_html(md: str, figures_dir: Path, title: str, lang: str) -> str:
+    """Markdown -> one HTML page: math as MathML, images as data URIs, styles inline."""
+    try:
+        import latex2mathml.converter
+        import markdown
+    except ImportError:
+        raise MnistlabError("the report needs the 'report' extra: pip install 'mnistlab[report]'") from None
+    maths: list[str] = []
+
+    def stash(m: re.Match) -> str:
+        tex, display = (m.group(1), "block") if m.group(1) is not None else (m.group(2), "inline")
+        maths.append(latex2mathml.converter.convert(tex.strip(), display=display))
+        return f"MATHPLACEHOLDER{len(maths) - 1}X"
+
+    body = markdown.markdown(_MATH.sub(stash, md), extensions=["tables"])
+    body = re.sub(r"MATHPLACEHOLDER(\d+)X", lambda m: maths[int(m.group(1))], body)
+
+    def embed(m: re.Match) -> str:
+        path = figures_dir / html.unescape(m.group(1))
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    return (f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}'
+            f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def write_report(run_dirs: list[Path], out: Path, lang: str = "en", compare_dir: Path | None = None,
+                 activations_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` (+ PNGs) and ``report.html`` into ``out``."""
+    if lang not in TEXT:
+        raise MnistlabError(f"unknown language {lang!r} (choose from {', '.join(TEXT)})")
+    md = build_markdown(run_dirs, out, lang, compare_dir, activations_dir)
+    atomic_write(out / "report.md", md)
+    atomic_write(out / "report.html", markdown_to_html(md, out, TEXT[lang]["title"], lang))
+    return out / "report.md", out / "report.html"
