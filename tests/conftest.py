@@ -46,3 +46,12 @@ def mnist() -> data.Dataset:
 def small_mnist_dir(tmp_path_factory, mnist) -> Path:
     """2,000 training and 500 test images of real MNIST, gzip-compressed, in the official names."""
     return write_mnist_dir(tmp_path_factory.mktemp("small_mnist"), mnist, 2000, 500)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A usable model: the report's MLP with 256 hidden units, 2 epochs on the full bundled MNIST (~96%)."""
+    from mnistlab.cli import main
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", "--hidden", "256", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
+    return out

@@ -214,6 +214,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .predict import Classifier, ImageError
+
+    clf = Classifier.load(args.model)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            (pred,) = clf.predict([str(path)])
+        except ImageError as e:
+            failed += 1
+            print(f"mnistlab: error: {e}", file=sys.stderr)
+            results.append({"path": str(path), "error": str(e)})
+            continue
+        results.append(pred.as_json())
+        if not args.json:
+            print(f"{path}: " + ", ".join(f"{c} ({p:.1%})" for c, p in pred.top(3)))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return EXIT_USER_ERROR if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx
+
+    export_onnx(args.run_dir, args.onnx)
+    c = check_onnx(args.run_dir, args.onnx)
+    print(f"wrote {args.onnx}; onnxruntime check on {c.images:,} test images: max |logit difference| "
+          f"{c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
+          f"test accuracy {c.onnx_test_acc:.2f}% (torch {c.torch_test_acc:.2f}%)")
+    if not c.ok:
+        print("mnistlab: error: the ONNX model does not reproduce the torch model", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.model, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistlab", description="A fast, reproducible MNIST lab.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
@@ -262,6 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", type=Path, metavar="STUDY_DIR", help="a `mnistlab compare` directory to include")
     p.add_argument("--activations", type=Path, metavar="DIR", help="a `mnistlab activations` directory to include")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("predict", help="classify images (PNG, JPEG, ...) with a trained run's model")
+    p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {path, prediction, probabilities}")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's model to ONNX and check it with onnxruntime")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--onnx", type=Path, required=True, metavar="FILE")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="web demo: draw a digit, see the prediction (FastAPI + uvicorn)")
+    p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plot", help="redraw a run's figures from its metrics files")
     p.add_argument("run_dir", type=Path)

@@ -1,0 +1,87 @@
+"""ONNX export: float32 pixels in [0, 1], shape (N, 1, 28, 28), to logits (N, 10); normalisation (when the
+model has it) inside the graph; a dynamic batch. The export checks itself with onnxruntime on the test set."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .checkpoint import load_model
+from .errors import MnistlabError
+from .runs import atomic_write
+
+OPSET = 18
+
+
+@dataclass
+class ExportCheck:
+    images: int
+    max_abs_logit_diff: float
+    same_predictions: int
+    onnx_test_acc: float
+    torch_test_acc: float
+
+    @property
+    def ok(self) -> bool:
+        return self.same_predictions == self.images and self.max_abs_logit_diff < 1e-3
+
+
+def _require():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise MnistlabError("ONNX export needs the 'export' extra: pip install 'mnistlab[export]'") from None
+    return onnx, onnxruntime
+
+
+def export_onnx(run_dir: str | Path, out: str | Path) -> None:
+    """Write the run's best-validation model as an ONNX file (atomically)."""
+    onnx, _ = _require()
+    model, _ = load_model(run_dir)
+    model = model.float().to(memory_format=torch.contiguous_format)
+    example = torch.rand(2, 1, 28, 28)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the exporter's chatter about optional torchvision ops
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["pixels"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False)
+    quiet.setLevel(level)
+    proto = program.model_proto
+    proto.doc_string = ("mnistlab model: input 'pixels' float32 (N, 1, 28, 28) in [0, 1], light ink on dark, "
+                        "MNIST-style; output 'logits' (N, 10).")
+    onnx.checker.check_model(proto)
+    buf = io.BytesIO()
+    onnx.save_model(proto, buf)
+    atomic_write(Path(out), buf.getvalue())
+
+
+def check_onnx(run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000) -> ExportCheck:
+    """Run the ONNX file with onnxruntime and the torch model on the run's test set and compare."""
+    _, ort = _require()
+    model, cfg = load_model(run_dir)
+    ds = data.load(cfg.data.dir or None)
+    x = data.to_float(ds.test_images)  # (10000, 1, 28, 28)
+    y = ds.test_labels.numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    diffs, same, correct_onnx, correct_torch = 0.0, 0, 0, 0
+    for i in range(0, len(x), batch_size):
+        chunk = x[i:i + batch_size]
+        with torch.inference_mode():
+            ref = model(chunk).float().numpy()
+        got = session.run(["logits"], {"pixels": chunk.numpy()})[0]
+        diffs = max(diffs, float(np.abs(got - ref).max()))
+        same += int((got.argmax(1) == ref.argmax(1)).sum())
+        correct_onnx += int((got.argmax(1) == y[i:i + batch_size]).sum())
+        correct_torch += int((ref.argmax(1) == y[i:i + batch_size]).sum())
+    return ExportCheck(len(x), diffs, same, 100 * correct_onnx / len(x), 100 * correct_torch / len(x))

@@ -1,0 +1,161 @@
+"""Predictions on real images: MNIST-style preprocessing and a small Python API.
+
+Preprocessing follows how MNIST itself was made: grey levels, light ink on a dark background (inverted
+when the image is dark-on-light), cropped to the ink, scaled to fit a 20x20 box keeping the aspect ratio,
+then placed in a 28x28 frame so that the ink's centre of mass is at the centre.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import MnistlabError
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # beyond this PIL's decompression-bomb check refuses the image
+INK_THRESHOLD = 0.2  # of the ink range: what counts as ink when cropping
+
+
+class ImageError(MnistlabError):
+    """An image that cannot be read or holds no digit."""
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Open a PNG/JPEG (or any PIL-readable image) with size and decompression-bomb limits."""
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        raw = source
+    else:
+        try:
+            size = Path(source).stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"{name}: file too large ({size:,} bytes; limit {MAX_FILE_BYTES:,})")
+            raw = Path(source).read_bytes()
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: image too large ({len(raw):,} bytes; limit {MAX_FILE_BYTES:,})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels; limit {MAX_PIXELS:,})")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image too large (decompression bomb check)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"{name}: empty image")
+    return img
+
+
+def to_grey(img: Image.Image) -> np.ndarray:
+    """float32 (H, W) in [0, 1]; transparent pixels count as white paper."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(paper, rgba)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
+    """A grey image of any size and polarity -> (28, 28) float32, MNIST-style (see the module docstring)."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    x = 1.0 - grey if np.median(border) > 0.5 else grey  # make the ink light on a dark background
+    bg, top = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]))), float(x.max())
+    if top - bg < 0.1:
+        raise ImageError(f"{name}: no digit found (the image is blank)")
+    x = np.clip((x - bg) / (top - bg), 0, 1)  # background -> 0, strongest ink -> 1
+    rows, cols = np.nonzero(x > INK_THRESHOLD)
+    x = x[rows.min():rows.max() + 1, cols.min():cols.max() + 1]  # crop to the ink
+    h, w = x.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    box = np.asarray(Image.fromarray((x * 255).astype(np.uint8)).resize(size, Image.LANCZOS), np.float32) / 255
+    mass = box.sum()
+    cy, cx = (np.arange(box.shape[0]) @ box.sum(1)) / mass, (np.arange(box.shape[1]) @ box.sum(0)) / mass
+    top_left = (int(np.clip(round(14 - cy), 0, 28 - box.shape[0])), int(np.clip(round(14 - cx), 0, 28 - box.shape[1])))
+    out = np.zeros((28, 28), np.float32)
+    out[top_left[0]:top_left[0] + box.shape[0], top_left[1]:top_left[1] + box.shape[1]] = box
+    return out
+
+
+def preprocess(source: str | Path | bytes | Image.Image | np.ndarray, name: str | None = None) -> np.ndarray:
+    """A file path, encoded bytes, PIL image or array -> (28, 28) float32 in [0, 1].
+
+    A (28, 28) array with values in [0, 1] is taken as already MNIST-style (light ink on dark)."""
+    if isinstance(source, np.ndarray):
+        arr = np.asarray(source, np.float32)
+        if arr.ndim == 3:
+            arr = arr.mean(-1)
+        if arr.ndim != 2 or arr.size == 0:
+            raise ImageError(f"{name or 'array'}: expected a 2-D grey (or 3-D colour) array, got shape {source.shape}")
+        if arr.max() > 1.0:
+            arr = arr / 255.0
+        if arr.shape == (28, 28):
+            return arr
+        return mnist_style(arr, name or "array")
+    img = source if isinstance(source, Image.Image) else open_image(source)
+    return mnist_style(to_grey(img), name or (str(source) if isinstance(source, (str, Path)) else "image"))
+
+
+@dataclass
+class Prediction:
+    path: str
+    prediction: int
+    probabilities: list[float]
+    input: np.ndarray  # the (28, 28) image the model saw
+
+    def top(self, k: int = 3) -> list[tuple[int, float]]:
+        order = np.argsort(self.probabilities)[::-1][:k]
+        return [(int(i), float(self.probabilities[i])) for i in order]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "prediction": self.prediction,
+                "probabilities": [round(float(p), 6) for p in self.probabilities]}
+
+
+class Classifier:
+    """A trained run's model, ready to predict: ``Classifier.load(run_dir).predict(images)``."""
+
+    def __init__(self, model: torch.nn.Module, run_dir: str = "") -> None:
+        self.model, self.run_dir = model.eval(), run_dir
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Classifier":
+        from .checkpoint import load_model
+        model, _ = load_model(run_dir)
+        return cls(model, str(run_dir))
+
+    @torch.inference_mode()
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) MNIST-style float images -> (N, 10) softmax probabilities."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).unsqueeze(1)  # (N, 1, 28, 28)
+        return torch.softmax(self.model(x).float(), 1).numpy()
+
+    def predict(self, images: Sequence[Any] | Any) -> list[Prediction]:
+        """Predict file paths, bytes, PIL images or NumPy arrays (one or a list)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        inputs = np.stack([preprocess(im) for im in images])
+        probs = self.probabilities(inputs)
+        names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
+        return [Prediction(n, int(p.argmax()), p.tolist(), x) for n, p, x in zip(names, probs, inputs)]
+
+
+def load_model(run_dir: str | Path) -> Classifier:
+    """The public entry point: ``mnistlab.load_model("runs/reproduce-...").predict(["digit.png"])``."""
+    return Classifier.load(run_dir)

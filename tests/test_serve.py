@@ -1,0 +1,135 @@
+"""The web demo: the JSON API and its limits, OpenAPI, and the page driven in headless Chromium."""
+
+import base64
+import io
+import math
+import shutil
+import socket
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from mnistlab import serve
+
+
+@pytest.fixture(scope="module")
+def client(trained_run):
+    return TestClient(serve.create_app(trained_run))
+
+
+def _png(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_predict_api(client, mnist):
+    arr = 255 - np.asarray(Image.fromarray(mnist.test_images[0].numpy()).resize((200, 200)))
+    r = client.post("/api/predict", json={"image": "data:image/png;base64," + _png(arr)})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["prediction"] == int(mnist.test_labels[0]) and len(body["probabilities"]) == 10
+    assert np.array(body["input"]).shape == (28, 28) and abs(sum(body["probabilities"]) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    ({"image": "%%%"}, 400, "not valid base64"),
+    ({"image": base64.b64encode(b"plain text").decode()}, 400, "not an image"),
+    ({"image": _png(np.full((50, 50), 255, np.uint8))}, 400, "no digit found"),
+    ({"image": _png(np.zeros((3000, 10), np.uint8))}, 413, "too large"),
+    ({"picture": "x"}, 422, None),
+])
+def test_bad_requests_get_4xx(client, payload, status, message):
+    r = client.post("/api/predict", json=payload)
+    assert r.status_code == status
+    if message:
+        assert message in r.json()["detail"]
+
+
+def test_body_size_limit(client):
+    r = client.post("/api/predict", content=b"{" + b" " * (serve.MAX_BODY_BYTES + 10) + b"}",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+
+def test_openapi_describes_the_api(client):
+    spec = client.get("/openapi.json").json()
+    assert set(spec["paths"]) == {"/api/predict", "/api/health"}
+    assert "413" in spec["paths"]["/api/predict"]["post"]["responses"]
+    assert client.get("/api/health").json()["status"] == "ok"
+    page = client.get("/").text
+    assert "<canvas" in page and "http://" not in page and "https://" not in page  # works offline
+
+
+def test_default_bind_is_loopback():
+    import inspect
+    assert inspect.signature(serve.serve).parameters["host"].default == "127.0.0.1"
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_run):
+    import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(serve.create_app(trained_run), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+SHAPES = {  # strokes on the 280x280 pad
+    1: [[(140, 40), (140, 240)]],
+    0: [[(140 + 70 * math.sin(t / 24 * 2 * math.pi), 140 - 95 * math.cos(t / 24 * 2 * math.pi)) for t in range(25)]],
+    7: [[(70, 50), (210, 50), (120, 240)]],
+}
+
+
+def test_draw_a_digit_in_headless_chromium(server_url):
+    """Drives the real page with the mouse in Debian's Chromium (installed by .ci/run) and reads the answer."""
+    from playwright.sync_api import sync_playwright
+    assert shutil.which("chromium") or __import__("os").path.exists(CHROMIUM), \
+        "Debian's chromium is needed for the browser test: apt-get install chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(server_url + "/")
+        box = page.locator("#pad").bounding_box()
+        for digit, strokes in SHAPES.items():
+            page.click("#clear")
+            assert page.text_content("#prediction") == ""
+            for stroke in strokes:
+                page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+                page.mouse.down()
+                for x, y in stroke[1:]:
+                    page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+                page.mouse.up()
+            page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=15000)
+            assert page.text_content("#prediction") == str(digit)
+            assert page.locator("#probs .bar").count() == 10
+            assert page.locator(f"#probs .bar.top[data-digit='{digit}']").count() == 1
+        # the 28x28 input the model saw is drawn: not all black
+        lit = page.evaluate("""() => { const c = document.getElementById('seen').getContext('2d');
+            const d = c.getImageData(0, 0, 140, 140).data; let n = 0;
+            for (let i = 0; i < d.length; i += 4) if (d[i] > 100) n++; return n; }""")
+        assert lit > 100
+        browser.close()
