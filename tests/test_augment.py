@@ -71,3 +71,14 @@ def test_training_with_augmentation_keeps_labels(mnist):
     tr._step = lambda x, y: (seen.append(y.clone()), torch.zeros(()))[1]
     tr.train_epoch()
     assert torch.cat(seen).sort().values.tolist() == tr.train.y[tr.train_idx].sort().values.tolist()
+
+
+def test_smoothing_matrix_equals_separable_gaussian_convolution():
+    import torch.nn.functional as F
+    d = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    k = augment._gaussian_kernel(4.0, torch.device("cpu"))
+    r = (len(k) - 1) // 2
+    ref = F.conv2d(F.pad(d, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    ref = F.conv2d(F.pad(ref, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    m = augment._smoothing_matrix(28, 4.0, torch.device("cpu"))
+    torch.testing.assert_close(m.t() @ d[:, 0] @ m, ref[:, 0], atol=1e-6, rtol=0)
