@@ -133,3 +133,13 @@ def test_python_dash_m_and_version():
     r = subprocess.run([sys.executable, "-m", "mnistlab", "--version"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONWARNINGS": "error"})
     assert r.returncode == 0 and r.stdout.startswith("mnistlab ")
+
+
+def test_bf16_falls_back_with_a_message_without_hardware_support(small_mnist_dir, tmp_path, monkeypatch, capsys):
+    from mnistlab import experiment
+    monkeypatch.setattr(experiment, "bf16_supported", lambda device: False)
+    out = tmp_path / "run"
+    assert run_cli("train", "--data-dir", small_mnist_dir, "--epochs", 1, "--hidden", 8, "--precision", "bf16",
+                   "--out", out) == 0
+    assert "no bf16 support; falling back to fp32" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["precision"] == "fp32"
