@@ -55,3 +55,17 @@ def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
     assert main(["train", "--hidden", "256", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
     return out
+
+
+def interrupt_at_epoch(monkeypatch, n: int) -> None:
+    """Make the n-th call of Trainer.train_epoch (counted across trainers) raise KeyboardInterrupt,
+    as Ctrl-C would; ``monkeypatch.undo()`` restores training."""
+    from mnistlab import train
+    real, calls = train.Trainer.train_epoch, {"n": 0}
+
+    def interrupting(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(train.Trainer, "train_epoch", interrupting)

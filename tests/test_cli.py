@@ -12,6 +12,8 @@ import pytest
 
 from mnistlab.cli import main
 
+from conftest import interrupt_at_epoch
+
 
 def run_cli(*argv):
     return main([str(a) for a in argv])
@@ -97,16 +99,7 @@ def test_plot_rebuilds_figures_from_files(small_mnist_dir, tmp_path, capsys):
 
 
 def test_interrupted_run_keeps_its_epochs(small_mnist_dir, tmp_path, monkeypatch, capsys):
-    from mnistlab import train
-    calls = {"n": 0}
-    real = train.Trainer.train_epoch
-
-    def interrupt_second(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-    monkeypatch.setattr(train.Trainer, "train_epoch", interrupt_second)
+    interrupt_at_epoch(monkeypatch, 2)
     out = tmp_path / "run"
     assert _train(small_mnist_dir, out, "--hidden", "16") == 130
     assert "interrupted" in capsys.readouterr().err

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from mnistlab import train
 from mnistlab.cli import main
+
+from conftest import interrupt_at_epoch
 
 
 def _config(path, name, small_mnist_dir, extra=""):
@@ -21,16 +22,9 @@ def test_compare_table_curves_ensemble_and_resume(small_mnist_dir, tmp_path, mon
     out = tmp_path / "study"
 
     # interrupt the study in the second epoch of the second config's first run
-    real, calls = train.Trainer.train_epoch, {"n": 0}
-
-    def interrupt_sixth(self, *args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(self, *args, **kw)
-    monkeypatch.setattr(train.Trainer, "train_epoch", interrupt_sixth)
+    interrupt_at_epoch(monkeypatch, 6)
     assert main(["compare", str(a), str(b), "--seeds", "2", "--out", str(out), "--quiet"]) == 130
-    monkeypatch.setattr(train.Trainer, "train_epoch", real)
+    monkeypatch.undo()
     first_run = (out / "plain" / "seed123" / "metrics.csv").read_bytes()
 
     capsys.readouterr()

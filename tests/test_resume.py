@@ -6,11 +6,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from mnistlab import checkpoint, train
+from mnistlab import checkpoint
 from mnistlab.cli import main
-from mnistlab.runs import RunDir
+
+from conftest import interrupt_at_epoch
 
 # dropout (global RNG), momentum (optimizer state), cosine schedule with warm-up (scheduler state),
 # augmentation (its own generator): every piece of state that resume must restore
@@ -31,16 +31,9 @@ def _train(small_mnist_dir, out, epochs, *extra):
 def test_resume_after_interrupt_equals_uninterrupted(small_mnist_dir, tmp_path, monkeypatch):
     assert _train(small_mnist_dir, tmp_path / "full", 4) == 0
 
-    real, calls = train.Trainer.train_epoch, {"n": 0}
-
-    def interrupt_third(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-    monkeypatch.setattr(train.Trainer, "train_epoch", interrupt_third)
+    interrupt_at_epoch(monkeypatch, 3)
     assert _train(small_mnist_dir, tmp_path / "cut", 4) == 130
-    monkeypatch.setattr(train.Trainer, "train_epoch", real)
+    monkeypatch.undo()
     assert len(_numbers(tmp_path / "cut")) == 2
 
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
