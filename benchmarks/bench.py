@@ -45,16 +45,17 @@ def timed_process(cmd: list[str]) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "output": out}
 
 
-def section_reproduce(epochs: int) -> dict:
+def section_reproduce(epochs: int, device: str) -> dict:
     res = {}
+    dev = ["--device", device]
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             "report_script": [sys.executable, "benchmarks/report_pipeline.py", "--epochs", str(epochs), "--json",
                               f"{tmp}/report.json"],
             "mnistlab_fp32": [sys.executable, "-m", "mnistlab", "reproduce", "--quiet", "--epochs", str(epochs),
-                              "--out", f"{tmp}/fp32"],
+                              "--out", f"{tmp}/fp32", *dev],
             "mnistlab_bf16": [sys.executable, "-m", "mnistlab", "reproduce", "--quiet", "--epochs", str(epochs),
-                              "--precision", "bf16", "--out", f"{tmp}/bf16"],
+                              "--precision", "bf16", "--out", f"{tmp}/bf16", *dev],
         }
         for name, cmd in runs.items():
             print(f"[reproduce] {name} ...", flush=True)
@@ -108,13 +109,13 @@ def section_roofline() -> dict:
     return res
 
 
-def section_speedrun(seeds: int) -> dict:
+def section_speedrun(seeds: int, device: str) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             out = f"{tmp}/s{seed}"
             r = timed_process([sys.executable, "-m", "mnistlab", "train", "--config", "experiments/speedrun.toml",
-                               "--seed", str(seed), "--quiet", "--out", out])
+                               "--seed", str(seed), "--quiet", "--out", out, "--device", device])
             info = json.loads(Path(out, "run.json").read_text())
             rows.append({"seed": seed, "train_s": info["train_seconds"], "test_acc": info["summary"]["final_test_acc"],
                          "wall_s": r["wall_s"]})
@@ -125,7 +126,8 @@ def section_speedrun(seeds: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Machine: {res['machine']}; torch {res['torch']}, {res['threads']} threads.", ""]
+    lines = [f"Machine: {res['machine']}; torch {res['torch']}, {res['threads']} threads; mnistlab on "
+             f"{res['device']}; {res['date']}.", ""]
     if "reproduce" in res:
         r = res["reproduce"]
         lines += ["| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
@@ -159,17 +161,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--device", default="cpu", help="device for mnistlab's runs (the report's script picks "
+                        "cuda when available, as it did)")
     args = parser.parse_args()
     res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
                  "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d %H:%M")}
+                 "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device}
+    if args.device.startswith("cuda"):
+        res["machine"] += f", {torch.cuda.get_device_name(0)}"
     sections = args.sections.split(",")
     if "reproduce" in sections:
-        res["reproduce"] = section_reproduce(args.epochs)
+        res["reproduce"] = section_reproduce(args.epochs, args.device)
     if "roofline" in sections:
         res["roofline"] = section_roofline()
     if "speedrun" in sections:
-        res["speedrun"] = section_speedrun(args.seeds)
+        res["speedrun"] = section_speedrun(args.seeds, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)

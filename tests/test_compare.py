@@ -87,3 +87,20 @@ def test_ensemble_command(small_mnist_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["ensemble", *dirs]) == 0
     assert "ensemble of 2 runs" in capsys.readouterr().out
+
+
+def test_final_model_mode(small_mnist_dir, tmp_path, capsys):
+    """`mnistlab final RUN_DIR`: train + validation, for the epoch count validation chose."""
+    run = tmp_path / "run"
+    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "4", "--hidden", "16", "--quiet",
+                 "--out", str(run)]) == 0
+    best = json.loads((run / "run.json").read_text())["summary"]["best_epoch"]
+    out = tmp_path / "final"
+    assert main(["final", str(run), "--out", str(out), "--quiet"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["data"]["train_on_val"] and info["config"]["train"]["epochs"] == best
+    hist = json.loads((out / "metrics.json").read_text())
+    assert len(hist) == best and hist[-1].get("val_acc") is None and hist[-1]["test_acc"] > 30
+    capsys.readouterr()
+    assert main(["final", str(out)]) == 2  # a final model has no validation epoch to take
+    assert "no best-validation epoch" in capsys.readouterr().err

@@ -158,6 +158,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_final(args: argparse.Namespace) -> int:
+    from .runs import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.file("config.toml").is_file() or not run.file("run.json").is_file():
+        raise MnistlabError(f"{run.path} is not a run directory (needs config.toml and run.json)")
+    best = run.read_info().get("summary", {}).get("best_epoch")
+    if run.read_config().data.train_on_val or not best:
+        raise MnistlabError(f"{run.path} has no best-validation epoch to take (a finished run with validation needed)")
+    cfg = config_mod.apply_overrides(run.read_config(), [
+        "data.train_on_val=true", f"train.epochs={best}", "train.patience=0", f"name='{run.read_config().name}_final'"])
+    print(f"final model: {cfg.name}, trained on train + validation for {best} epochs (the best epoch on validation)")
+    _run_and_report(cfg, args)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import add_ensembles, load_configs, markdown_table, run_study, write_outputs
 
@@ -273,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.momentum=0.9")
     _add_run_options(p, list(OVERRIDE_FLAGS))
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("final", help="retrain a run's config on train+validation for its best-validation epoch count")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/NAME_final-TIMESTAMP)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_final)
 
     p = sub.add_parser("compare", help="run configs over seeds; table, overlay figure, ensembles")
     p.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
