@@ -35,6 +35,10 @@ def test_build_model_leaves_global_rng_alone():
     ({"hidden": "[512, 256]"}, 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10),
     ({"hidden": "[100]", "batchnorm": "true"}, 784 * 100 + 100 + 200 + 100 * 10 + 10),
     ({"arch": '"lenet5"'}, 6 * 25 + 6 + 16 * 6 * 25 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10),
+    # 5 bias-free 3x3 convs with BatchNorm (2 per channel), a bias-free dense layer with BatchNorm, the output
+    ({"arch": '"cnn"', "width": "8"}, 9 * 8 + 16 + 9 * 8 * 8 + 16 + 9 * 8 * 16 + 32 + 9 * 16 * 16 + 32 + 9 * 16 * 32
+     + 64 + 32 * 9 * 64 + 128 + 64 * 10 + 10),
+    ({"arch": '"fastcnn"', "width": "8"}, 25 * 8 + 8 + 9 * 8 * 16 + 16 + 16 * 49 * 32 + 32 + 32 * 10 + 10),
 ])
 def test_parameter_counts(kw, params):
     model = models.build_model(_cfg(**kw), torch.Generator().manual_seed(0))
