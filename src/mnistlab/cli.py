@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -366,3 +367,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnistlab: interrupted; the epochs already finished are kept in the run directory", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout piped into a program that stopped reading (e.g. `| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
