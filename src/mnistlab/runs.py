@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import Config, dumps, from_dict, load
+from .config import Config, dumps, load
 from .errors import MnistlabError
 
 RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
@@ -165,7 +165,3 @@ class RunDir:
                 raise MnistlabError(f"{path}: malformed row {i + 1}") from None
             rows.append(row)
         return rows
-
-
-def config_from_info(info: dict[str, Any]) -> Config:
-    return from_dict(info["config"])
