@@ -133,3 +133,31 @@ def test_draw_a_digit_in_headless_chromium(server_url):
             for (let i = 0; i < d.length; i += 4) if (d[i] > 100) n++; return n; }""")
         assert lit > 100
         browser.close()
+
+
+def test_serve_command_runs_a_server(trained_run):
+    """`mnistlab serve` as a user starts it: a process answering on loopback until stopped."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "--model", str(trained_run), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, health = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert health == {"status": "ok", "model": trained_run.name}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in out
