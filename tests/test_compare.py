@@ -104,3 +104,15 @@ def test_final_model_mode(small_mnist_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["final", str(out)]) == 2  # a final model has no validation epoch to take
     assert "no best-validation epoch" in capsys.readouterr().err
+
+
+def test_compare_refuses_a_stale_run_of_a_changed_config(small_mnist_dir, tmp_path, capsys):
+    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+    out = tmp_path / "study"
+    assert main(["compare", str(a), "--seeds", "1", "--out", str(out), "--quiet"]) == 0
+    _config(a, "plain", small_mnist_dir, "[optim]\nlr = 0.01\n")  # same name, other numbers
+    capsys.readouterr()
+    assert main(["compare", str(a), "--seeds", "1", "--out", str(out), "--quiet"]) == 2
+    assert "holds a run of a different plain config" in capsys.readouterr().err
+    a.write_text(a.read_text().replace('label = "plain label"', 'label = "renamed"').replace("lr = 0.01", "lr = 0.1"))
+    assert main(["compare", str(a), "--seeds", "1", "--out", str(out), "--quiet"]) == 0  # a label is not a change

@@ -58,6 +58,11 @@ def load_configs(paths: Sequence[str | Path]) -> list[config.Config]:
     return cfgs
 
 
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config without what does not define the experiment: its table label and thread count."""
+    return {**cfg, "label": "", "train": {**cfg["train"], "threads": 0}}
+
+
 def _run_summary(run_dir: RunDir) -> dict[str, Any]:
     info = run_dir.read_info()
     history = run_dir.read_history()
@@ -80,8 +85,13 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
         summaries = []
         for i in range(seeds):
             seed = cfg.train.seed + i
+            seeded = config.apply_overrides(cfg, [f"train.seed={seed}"])
             run_dir = RunDir(out / cfg.name / f"seed{seed}")
-            status = run_dir.read_info().get("status") if run_dir.file("run.json").is_file() else None
+            info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
+            status = info.get("status")
+            if status is not None and _comparable(info["config"]) != _comparable(config.to_dict(seeded)):
+                raise MnistlabError(f"{run_dir.path} holds a run of a different {cfg.name} config; "
+                                    f"delete it or choose another --out")
             if status == "complete":
                 log(f"{cfg.name} seed {seed}: complete, skipped")
             elif status in ("interrupted", "running") and run_dir.file("checkpoint.json").is_file():
@@ -89,7 +99,6 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
                 resume(run_dir.path, log=log, show_progress=show_progress)
             else:
                 log(f"{cfg.name} seed {seed}: training")
-                seeded = config.apply_overrides(cfg, [f"train.seed={seed}"])
                 run(seeded, run_dir.path, overwrite=status is not None, log=log, show_progress=show_progress)
             summaries.append(_run_summary(run_dir))
         rows.append(StudyRow(cfg.label or cfg.name, cfg.name, summaries, summaries[0]["parameters"]))
