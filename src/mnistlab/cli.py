@@ -7,11 +7,14 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from . import __version__
 from . import config as config_mod
 from .errors import MnistlabError
+
+if TYPE_CHECKING:
+    from .experiment import RunResult
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -90,7 +93,7 @@ def _overrides_from_flags(args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------- commands
 
 
-def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> "object":
+def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> RunResult:
     from .experiment import run
 
     log = _logger(args.quiet)
@@ -100,11 +103,13 @@ def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> "object
     return result
 
 
-def _print_summary(result: "object") -> None:
+def _print_summary(result: RunResult) -> None:
+    from .metrics import BAND, WINDOW
+
     s = result.info["summary"]
     if result.convergence is not None:
-        print(f"converged at epoch {result.convergence} (validation accuracy within ±0.25 points of its "
-              f"last-5-epoch mean from then on)")
+        print(f"converged at epoch {result.convergence} (validation accuracy within ±{BAND} points of its "
+              f"last-{WINDOW}-epoch mean from then on)")
     if "best_epoch" in s:
         print(f"best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']}; "
               f"test accuracy there {s['test_acc_at_best_val']:.3f}%; final test accuracy {s['final_test_acc']:.3f}%")
