@@ -20,8 +20,8 @@ import torch
 
 from . import checkpoint, config, data
 from .errors import MnistlabError
-from .experiment import resume, run
-from .metrics import best_epoch, predict_proba
+from .experiment import resume, run, summarize
+from .metrics import predict_proba
 from .plots import overlay_figure
 from .runs import RunDir, atomic_write
 
@@ -64,17 +64,13 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_summary(run_dir: RunDir) -> dict[str, Any]:
-    info = run_dir.read_info()
-    history = run_dir.read_history()
-    val = [r["val_acc"] for r in history]
-    out = {"seed": info["config"]["train"]["seed"], "epochs": len(history), "train_seconds": info.get("train_seconds"),
-           "final_test_acc": history[-1]["test_acc"], "parameters": info.get("parameters")}
-    if all(v is not None for v in val):
-        best = best_epoch(val)
-        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc=history[best - 1]["test_acc"])
-    else:  # no validation set (train_on_val): the last epoch is the model
-        out.update(best_epoch=len(history), best_val_acc=None, test_acc=history[-1]["test_acc"])
-    return out
+    """One finished run, read at its best-validation epoch (its last epoch when it has no validation set)."""
+    info, history = run_dir.read_info(), run_dir.read_history()
+    s = summarize(history)
+    return {"seed": info["config"]["train"]["seed"], "epochs": len(history), "parameters": info.get("parameters"),
+            "train_seconds": info.get("train_seconds"), "final_test_acc": s["final_test_acc"],
+            "best_epoch": s.get("best_epoch", len(history)), "best_val_acc": s.get("best_val_acc"),
+            "test_acc": s.get("test_acc_at_best_val", s["final_test_acc"])}
 
 
 def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print,
