@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MnistlabError
-from .metrics import BAND, WINDOW, convergence_epoch
+from .experiment import summarize
+from .metrics import BAND, WINDOW
 from .runs import RunDir, atomic_write
 
 TEXT: dict[str, dict[str, str]] = {
@@ -245,14 +246,14 @@ def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int) -> str:
     for fig in ("accuracy.png", "loss.png"):
         if _copy_figure(run.file(fig), out, f"run{index}_{fig}"):
             parts.append(f"![{t['curves']}](run{index}_{fig})\n")
-    val = [r.get("val_acc") for r in history]
-    final_test = history[-1]["test_acc"]
-    if all(v is not None for v in val):
-        conv = convergence_epoch(val)
-        best = max(range(len(val)), key=lambda i: (val[i], -i))
+    s = summarize(history)
+    final_test = s["final_test_acc"]
+    if "best_epoch" in s:
+        val = [r["val_acc"] for r in history]
         plateau = sum(val[-WINDOW:]) / min(WINDOW, len(val))
-        parts.append(t["conv_text"].format(band=BAND, window=WINDOW, plateau=plateau, conv=conv if conv else "-",
-                                           best_val=val[best], best=best + 1, test_at_best=history[best]["test_acc"],
+        parts.append(t["conv_text"].format(band=BAND, window=WINDOW, plateau=plateau,
+                                           conv=s["convergence_epoch"] or "-", best_val=s["best_val_acc"],
+                                           best=s["best_epoch"], test_at_best=s["test_acc_at_best_val"],
                                            final_test=final_test) + "\n")
     else:
         parts.append(t["no_val"].format(final_test=final_test) + "\n")
