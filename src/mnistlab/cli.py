@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--lang", choices=["en", "ko"], default="en")
-    p.add_argument("--compare", type=Path, metavar="STUDY_DIR", help="a `mnistlab compare` directory to include")
+    p.add_argument("--compare", type=Path, action="append", metavar="STUDY_DIR",
+                   help="a `mnistlab compare` directory to include (repeatable)")
     p.add_argument("--activations", type=Path, metavar="DIR", help="a `mnistlab activations` directory to include")
     p.set_defaults(func=cmd_report)
 

@@ -269,18 +269,19 @@ def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int) -> str:
     return "\n".join(parts)
 
 
-def _section_compare(t: dict[str, str], study: Path, out: Path) -> str:
-    try:
-        table = (study / "compare.md").read_text()
-    except OSError:
-        raise MnistlabError(f"{study} holds no comparison (compare.md); run mnistlab compare first") from None
-    parts = [f"## {t['improve']}\n", t["improve_text"] + "\n", table]
-    if _copy_figure(study / "curves.png", out, "compare_curves.png"):
-        parts.append(f"![{t['improve_fig']}](compare_curves.png)\n")
+def _section_compare(t: dict[str, str], studies: list[Path], out: Path) -> str:
+    parts = [f"## {t['improve']}\n", t["improve_text"] + "\n"]
+    for i, study in enumerate(studies, 1):
+        try:
+            parts.append((study / "compare.md").read_text())
+        except OSError:
+            raise MnistlabError(f"{study} holds no comparison (compare.md); run mnistlab compare first") from None
+        if _copy_figure(study / "curves.png", out, f"compare{i}_curves.png"):
+            parts.append(f"![{t['improve_fig']}](compare{i}_curves.png)\n")
     return "\n".join(parts)
 
 
-def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_dir: Path | None = None,
+def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_dirs: list[Path] | None = None,
                    activations_dir: Path | None = None) -> str:
     t = TEXT[lang]
     runs = [RunDir(p) for p in run_dirs]
@@ -291,8 +292,8 @@ def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_di
     parts = [f"# {t['title']}\n", t["intro"] + "\n", _section_data(t, runs[0].read_info()),
              _section_activations(t, out, activations_dir), _section_mlp(t), f"## {t['train']}\n"]
     parts += [_section_run(t, r, out, i + 1) for i, r in enumerate(runs)]
-    if compare_dir is not None:
-        parts.append(_section_compare(t, compare_dir, out))
+    if compare_dirs:
+        parts.append(_section_compare(t, compare_dirs, out))
     return "\n".join(parts)
 
 
@@ -334,12 +335,12 @@ def markdown_to_html(md: str, figures_dir: Path, title: str, lang: str) -> str:
             f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
-def write_report(run_dirs: list[Path], out: Path, lang: str = "en", compare_dir: Path | None = None,
+def write_report(run_dirs: list[Path], out: Path, lang: str = "en", compare_dirs: list[Path] | None = None,
                  activations_dir: Path | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` (+ PNGs) and ``report.html`` into ``out``."""
     if lang not in TEXT:
         raise MnistlabError(f"unknown language {lang!r} (choose from {', '.join(TEXT)})")
-    md = build_markdown(run_dirs, out, lang, compare_dir, activations_dir)
+    md = build_markdown(run_dirs, out, lang, compare_dirs, activations_dir)
     atomic_write(out / "report.md", md)
     atomic_write(out / "report.html", markdown_to_html(md, out, TEXT[lang]["title"], lang))
     return out / "report.md", out / "report.html"
