@@ -68,7 +68,7 @@ def test_training_with_augmentation_keeps_labels(mnist):
     cfg = config.apply_overrides(config.Config(), ["data.augment='affine'", "train.epochs=1", "model.hidden=[16]"])
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     seen = []
-    tr._step = lambda x, y: (seen.append(y.clone()), torch.zeros(()))[1]
+    tr._update = lambda x, y: (seen.append(y.clone()), torch.zeros(()))[1]
     tr.train_epoch()
     assert torch.cat(seen).sort().values.tolist() == tr.train.y[tr.train_idx].sort().values.tolist()
 

@@ -75,6 +75,7 @@ class TrainConfig:
     eval_batch_size: int = 2000  # chunks that stay in cache
     patience: int = 0  # early stopping on validation accuracy; 0 = off
     fast: bool = True  # fused fp32 MLP/SGD step where it applies (same numbers within float tolerance)
+    cuda_graphs: bool = True  # on a GPU, capture the training step once and replay it (where it applies)
     engine: str = "torch"  # torch | numpy (the from-scratch NumPy MLP: plain SGD MLPs only)
 
 

@@ -41,7 +41,7 @@ def _softmax_xent_grad(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     logp = torch.log_softmax(logits, 1)
     loss = -logp.gather(1, y[:, None]).mean()
     g = logp.exp_()  # softmax
-    g[torch.arange(len(y), device=y.device), y] -= 1
+    g.scatter_add_(1, y[:, None], torch.full((len(y), 1), -1.0, device=g.device))  # minus the one-hot target
     return loss, g.div_(len(y))
 
 
@@ -73,12 +73,17 @@ class FusedMLPStep:
             lin = self.linears[i]
             # gradient for the layer below (before this layer's update), through ReLU
             g_in = torch.ops.aten.threshold_backward(torch.mm(g, lin.weight), acts[i], 0) if i else None
-            lin.weight.addmm_(g.t(), acts[i], alpha=-lr)  # the update is the gradient GEMM itself
-            lin.bias.sub_(g.sum(0), alpha=lr)
+            if torch.is_tensor(lr):  # a device lr (CUDA graphs): scale the small gradient, then the same GEMM
+                g = g * lr
+                lin.weight.addmm_(g.t(), acts[i], alpha=-1)
+                lin.bias.sub_(g.sum(0))
+            else:
+                lin.weight.addmm_(g.t(), acts[i], alpha=-lr)  # the update is the gradient GEMM itself
+                lin.bias.sub_(g.sum(0), alpha=lr)
             g = g_in
         return loss
 
-    def _bf16(self, a: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    def _bf16(self, a: torch.Tensor, y: torch.Tensor, lr: float | torch.Tensor) -> torch.Tensor:
         bf16 = torch.bfloat16
         weights = [lin.weight.to(bf16) for lin in self.linears]  # one cast per weight per step
         acts = []
@@ -93,8 +98,12 @@ class FusedMLPStep:
         for i in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[i]
             g_in = torch.ops.aten.threshold_backward(torch.mm(g16, weights[i]), acts[i], 0) if i else None
-            lin.weight.sub_(torch.mm(g16.t(), acts[i]), alpha=lr)  # bf16 gradient into fp32 master
-            lin.bias.sub_(g16.sum(0, dtype=torch.float32), alpha=lr)
+            if torch.is_tensor(lr):  # a device lr (CUDA graphs)
+                lin.weight.addcmul_(torch.mm(g16.t(), acts[i]), lr, value=-1)
+                lin.bias.addcmul_(g16.sum(0, dtype=torch.float32), lr, value=-1)
+            else:
+                lin.weight.sub_(torch.mm(g16.t(), acts[i]), alpha=lr)  # bf16 gradient into fp32 master
+                lin.bias.sub_(g16.sum(0, dtype=torch.float32), alpha=lr)
             g16 = g_in
         return loss
 

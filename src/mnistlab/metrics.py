@@ -22,7 +22,8 @@ BAND = 0.25
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast (fp32 master weights) or nothing."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # no weight-cast cache: each cast is used once per step anyway, and CUDA graph capture needs it off
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data, fused
+from . import data, fused, graphs
 from .augment import augment
 from .config import Config
 from .errors import ConfigError, DivergenceError
@@ -93,6 +94,8 @@ class Trainer:
             self.scheduler = build_scheduler(self.optimizer, t.epochs * self.steps_per_epoch,
                                              self.steps_per_epoch, o)
         self.fused_step = fused.build(self.model, self.optimizer, cfg)
+        self.use_graphs = graphs.applies(self.model, cfg, device)
+        self.graph: graphs.StepGraph | None = None  # captured at the first epoch, after any resume
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_val_acc = -math.inf
@@ -105,43 +108,62 @@ class Trainer:
 
     # ------------------------------------------------------------ one epoch
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the batch (no schedule step: that is host work, outside CUDA graphs)."""
         o = self.cfg.optim
         if self.fused_step is not None:
-            loss = self.fused_step(x, y)
-            if self.scheduler is not None:
-                self.scheduler.step()
-            return loss
+            return self.fused_step(x, y)
         with autocast(self.device, self.cfg.train.precision):
             logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
         if o.max_norm > 0:
             apply_max_norm(self.model, o.max_norm)
         return loss.detach()
+
+    def _batch_update(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.train.x.index_select(0, idx)  # (B, 1, 28, 28)
+        y = self.train.y.index_select(0, idx)
+        if self.cfg.data.augment != "none":
+            x = augment(x, self.cfg.data, self.g_aug)
+        return self._update(x, y)
 
     def train_epoch(self, on_step: Callable[[], None] = lambda: None) -> float:
         """One pass over the training set in the seeded order; returns the mean batch loss."""
         b = self.cfg.train.batch_size
         self.model.train()
         order = self.train_idx[data.epoch_order(len(self.train_idx), self.g)].to(self.device)
+        if self.use_graphs and self.graph is None:
+            graphs.tensor_lr(self.optimizer, self.device)
+            self.graph = graphs.StepGraph(self._batch_update, b, self.device, self.model, self.optimizer)
         loss_sum = torch.zeros((), device=self.device)
         for step in range(self.steps_per_epoch):
             idx = order[step * b:(step + 1) * b]
-            x = self.train.x.index_select(0, idx)  # (B, 1, 28, 28)
-            y = self.train.y.index_select(0, idx)
-            if self.cfg.data.augment != "none":
-                x = augment(x, self.cfg.data, self.g_aug)
-            loss_sum += self._step(x, y)
+            if self.graph is not None:
+                self.graph.run(idx)
+            else:
+                loss_sum += self._batch_update(idx)
+            if self.scheduler is not None:
+                self._schedule_step()
+                if self.graph is not None:
+                    graphs.sync_lr(self.optimizer, self.graph.lrs)
             on_step()
+        if self.graph is not None:
+            loss_sum = self.graph.take_loss_sum()
         return loss_sum.item() / self.steps_per_epoch
 
+    def _schedule_step(self) -> None:
+        if self.scheduler._step_count == 1:  # torch warns that optimizer.step() never ran: the fused step
+            with warnings.catch_warnings():  # updates the weights itself
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
+
     def current_lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])  # a device tensor under CUDA graphs
 
     # ------------------------------------------------------------ the loop
 
@@ -202,8 +224,8 @@ class Trainer:
         best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
         meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
-                "optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+                "optimizer_param_groups": _jsonable(opt["param_groups"]), "optimizer_scalars": scalars,
+                "scheduler": _jsonable(self.scheduler.state_dict()) if self.scheduler is not None else None}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -228,3 +250,14 @@ class Trainer:
         self.best_val_acc = -math.inf if best is None else best
         self.bad_epochs = meta["bad_epochs"]
         self.stopped_early = meta["stopped_early"]
+
+
+def _jsonable(obj: Any) -> Any:
+    """Replace one-element tensors (device learning rates under CUDA graphs) by floats, recursively."""
+    if torch.is_tensor(obj):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_jsonable(v) for v in obj)
+    return obj

@@ -1,0 +1,83 @@
+"""The CUDA-graph code path: static index buffer, device learning rates filled by the schedule, and warm-up
+steps undone, so a run gives the numbers of the plain path. On the CPU the "graph" replays its body
+eagerly; where a GPU is present the same tests capture real CUDA graphs."""
+
+import json
+
+import pytest
+import torch
+
+from mnistlab import config, data, graphs
+from mnistlab.train import Trainer
+
+CASES = {
+    "fused": [],
+    "fused-bf16-cosine": ["train.precision='bf16'", "optim.schedule='cosine'"],
+    "cnn-adam-onecycle": ["model.arch='cnn'", "model.width=4", "model.normalize=true", "optim.name='adam'",
+                          "optim.lr=0.004", "optim.schedule='onecycle'", "optim.label_smoothing=0.1"],
+    "mlp-sgd-momentum-maxnorm": ["model.hidden=[64, 32]", "optim.momentum=0.9", "optim.max_norm=2.0",
+                                 "optim.schedule='step'", "optim.step_epochs=1"],
+}
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="no GPU: the CPU case covers the code"))]
+
+
+def _run(small_mnist_dir, overrides, graphed: bool, device: str = "cpu") -> tuple[Trainer, list[dict]]:
+    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides])
+    tr = Trainer(cfg, data.load(small_mnist_dir), torch.device(device))
+    tr.use_graphs = graphed
+    return tr, tr.fit()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
+def test_graph_path_gives_the_plain_numbers(small_mnist_dir, overrides, device):
+    _, plain = _run(small_mnist_dir, overrides, False, device)
+    tr, graphed = _run(small_mnist_dir, overrides, True, device)
+    assert tr.graph is not None and torch.is_tensor(tr.optimizer.param_groups[0]["lr"])
+    assert (tr.graph.graph is not None) == (device == "cuda")
+    for a, b in zip(plain, graphed, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-5)
+        assert b["val_acc"] == pytest.approx(a["val_acc"], abs=0.5)  # one flipped image on the small set
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-6)
+
+
+def test_warmup_is_undone(small_mnist_dir):
+    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "model.arch='cnn'",
+                                                   "model.width=4", "optim.name='adam'"])
+    tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    graphs.tensor_lr(tr.optimizer, tr.device)
+    g = graphs.StepGraph(tr._batch_update, cfg.train.batch_size, tr.device, tr.model, tr.optimizer)
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and batch-norm statistics
+    for st in tr.optimizer.state.values():
+        assert all(not torch.is_tensor(v) or not v.any() for v in st.values())  # Adam starts from zero
+    assert g.take_loss_sum().item() == 0
+
+
+def test_state_with_device_lr_is_json(small_mnist_dir):
+    tr, _ = _run(small_mnist_dir, CASES["fused-bf16-cosine"], True)
+    _, meta = tr.state()
+    json.dumps(meta)  # lr tensors became floats
+    assert isinstance(meta["optimizer_param_groups"][0]["lr"], float)
+
+
+def test_graphs_apply_only_on_a_gpu_without_host_side_draws():
+    cfg = config.Config()
+    model = torch.nn.Linear(2, 2)
+    assert not graphs.applies(model, cfg, torch.device("cpu"))
+    assert graphs.applies(model, cfg, torch.device("cuda"))
+    for override in ["data.augment='affine'", "train.cuda_graphs=false", "optim.name='rmsprop'"]:
+        assert not graphs.applies(model, config.apply_overrides(cfg, [override]), torch.device("cuda")), override
+
+
+def test_sync_lr_puts_a_float_back_into_the_captured_tensor():
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    graphs.tensor_lr(opt, torch.device("cpu"))
+    captured = opt.param_groups[0]["lr"]
+    opt.param_groups[0]["lr"] = 0.05  # what an older scheduler does
+    graphs.sync_lr(opt, [captured])
+    assert opt.param_groups[0]["lr"] is captured and captured.item() == pytest.approx(0.05)
