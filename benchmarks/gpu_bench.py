@@ -63,13 +63,13 @@ def section_reproduce(tmp: Path, device: str, epochs: int) -> dict:
     return res
 
 
-def section_speedrun(tmp: Path, seeds: int, device: str) -> dict:
+def section_speedrun(tmp: Path, seeds: int, device: str, cfg: str = "experiments/speedrun.toml") -> dict:
     rows = []
     for seed in range(seeds):
         out = tmp / f"speedrun{seed}"
-        r = run([*MNISTLAB, "train", "--config", "experiments/speedrun.toml", "--device", device, "--seed", str(seed),
+        r = run([*MNISTLAB, "train", "--config", cfg, "--device", device, "--seed", str(seed),
                  "--quiet", "--out", str(out)], out)
-        r["seed"] = seed
+        r["seed"], r["config"] = seed, cfg
         rows.append(r)
         print(f"[speedrun] {r}", flush=True)
     ok = [r for r in rows if "failed" not in r]
@@ -92,7 +92,7 @@ def markdown(res: dict) -> str:
                      f"{r['final_test_acc']:.2f} | {r.get('max_val_gap', float('nan')):.3f} |")
     s = res.get("speedrun")
     if s and "mean_train_s" in s:
-        lines += ["", f"Speedrun (`experiments/speedrun.toml`, {len(s['runs'])} seeds): mean training time "
+        lines += ["", f"Speedrun (`{s['runs'][0]['config']}`, {len(s['runs'])} seeds): mean training time "
                   f"{s['mean_train_s']} s (capture included), mean test accuracy {s['mean_test_acc']}% "
                   f"(min {s['min_test_acc']}%)."]
     return "\n".join(lines)
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--sections", default="reproduce,speedrun")
     parser.add_argument("--device", default="cuda", help="cpu only to try this script without a GPU")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--speedrun-config", default="experiments/speedrun.toml")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA device")
@@ -115,7 +116,7 @@ def main() -> None:
         if "reproduce" in args.sections:
             res["reproduce"] = section_reproduce(Path(tmp), args.device, args.epochs)
         if "speedrun" in args.sections:
-            res["speedrun"] = section_speedrun(Path(tmp), args.seeds, args.device)
+            res["speedrun"] = section_speedrun(Path(tmp), args.seeds, args.device, args.speedrun_config)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_bench.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)

@@ -116,3 +116,12 @@ def test_compare_refuses_a_stale_run_of_a_changed_config(small_mnist_dir, tmp_pa
     assert "holds a run of a different plain config" in capsys.readouterr().err
     a.write_text(a.read_text().replace('label = "plain label"', 'label = "renamed"').replace("lr = 0.01", "lr = 0.1"))
     assert main(["compare", str(a), "--seeds", "1", "--out", str(out), "--quiet"]) == 0  # a label is not a change
+
+
+def test_a_run_made_before_a_config_key_existed_still_compares():
+    from mnistlab import config
+    from mnistlab.compare import _comparable
+    cfg = config.to_dict(config.Config())
+    older = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "cuda_graphs"}}
+    assert _comparable(older) == _comparable(cfg)
+    assert _comparable({**cfg, "train": {**cfg["train"], "epochs": 5}}) != _comparable(cfg)

@@ -38,8 +38,11 @@ def test_graph_path_gives_the_plain_numbers(small_mnist_dir, overrides, device):
     tr, graphed = _run(small_mnist_dir, overrides, True, device)
     assert tr.graph is not None and torch.is_tensor(tr.optimizer.param_groups[0]["lr"])
     assert (tr.graph.graph is not None) == (device == "cuda")
+    # cuDNN's convolution backward is not bitwise reproducible on a GPU (measured on an H200: 3.4e-4 relative
+    # after 2 epochs of the CNN case); the MLP cases stay within 1e-4 there too
+    rel = 2e-3 if device == "cuda" and "model.arch='cnn'" in overrides else 1e-4
     for a, b in zip(plain, graphed, strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-5)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=rel, abs=1e-5)
         assert b["val_acc"] == pytest.approx(a["val_acc"], abs=0.5)  # one flipped image on the small set
         assert b["lr"] == pytest.approx(a["lr"], rel=1e-6)
 

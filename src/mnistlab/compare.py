@@ -59,7 +59,9 @@ def load_configs(paths: Sequence[str | Path]) -> list[config.Config]:
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A config without what does not define the experiment: its table label and thread count."""
+    """A config without what does not define the experiment: its table label and thread count. Keys added
+    to mnistlab after a run was made take their defaults, so older runs still compare."""
+    cfg = config.to_dict(config.from_dict(cfg))
     return {**cfg, "label": "", "train": {**cfg["train"], "threads": 0}}
 
 
@@ -67,7 +69,9 @@ def _run_summary(run_dir: RunDir) -> dict[str, Any]:
     """One finished run, read at its best-validation epoch (its last epoch when it has no validation set)."""
     info, history = run_dir.read_info(), run_dir.read_history()
     s = summarize(history)
+    env = info.get("environment", {})
     return {"seed": info["config"]["train"]["seed"], "epochs": len(history), "parameters": info.get("parameters"),
+            "device": env.get("cuda_device") if env.get("device") == "cuda" else env.get("device"),
             "train_seconds": info.get("train_seconds"), "final_test_acc": s["final_test_acc"],
             "best_epoch": s.get("best_epoch", len(history)), "best_val_acc": s.get("best_val_acc"),
             "test_acc": s.get("test_acc_at_best_val", s["final_test_acc"])}
@@ -129,7 +133,7 @@ def _pm(mean: float, std: float, digits: int = 2) -> str:
 
 
 TABLE_COLUMNS = ("config", "name", "seeds", "test_acc_mean", "test_acc_std", "best_val_acc_mean", "best_epoch_mean",
-                 "epochs", "parameters", "train_seconds_per_run", "ensemble_test_acc")
+                 "epochs", "parameters", "train_seconds_per_run", "ran_on", "ensemble_test_acc")
 
 
 def table_records(rows: list[StudyRow]) -> list[dict[str, Any]]:
@@ -140,19 +144,25 @@ def table_records(rows: list[StudyRow]) -> list[dict[str, Any]]:
                      "test_acc_std": round(t[1], 3), "best_val_acc_mean": None if math.isnan(v[0]) else round(v[0], 3),
                      "best_epoch_mean": round(r.stat("best_epoch")[0], 1), "epochs": round(r.stat("epochs")[0], 1),
                      "parameters": r.parameters, "train_seconds_per_run": round(r.stat("train_seconds")[0], 1),
+                     "ran_on": _ran_on(r),
                      "ensemble_test_acc": None if r.ensemble_test_acc is None else round(r.ensemble_test_acc, 3)})
     return recs
 
 
+def _ran_on(row: StudyRow) -> str:
+    """The devices a row's runs trained on, e.g. "cpu" or "NVIDIA H200"."""
+    return ", ".join(sorted({str(r.get("device") or "?") for r in row.runs}))
+
+
 def markdown_table(rows: list[StudyRow]) -> str:
     lines = ["| config | seeds | test acc % at best-val epoch (mean ± std) | best val acc % | best epoch | epochs "
-             "| parameters | train s/run | ensemble test acc % |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| parameters | train s/run | ran on | ensemble test acc % |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ens = "-" if r.ensemble_test_acc is None else f"{r.ensemble_test_acc:.2f}"
         lines.append(f"| {r.label} | {len(r.runs)} | {_pm(*r.stat('test_acc'))} | {_pm(*r.stat('best_val_acc'))} | "
                      f"{r.stat('best_epoch')[0]:.1f} | {r.stat('epochs')[0]:.0f} | {r.parameters:,} | "
-                     f"{r.stat('train_seconds')[0]:.0f} | {ens} |")
+                     f"{r.stat('train_seconds')[0]:.0f} | {_ran_on(r)} | {ens} |")
     return "\n".join(lines) + "\n"
 
 

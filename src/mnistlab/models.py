@@ -225,8 +225,10 @@ def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.devi
     """Construct the configured model on ``device`` and initialise it from ``generator``."""
     with torch.device("meta"):  # no allocation and no global-RNG draws until we initialise
         model = ARCHS[cfg.arch](cfg)
-    model = model.to_empty(device=device)
+    # initialise where the generator lives (the CPU stream that replays the report's draws), then move
+    model = model.to_empty(device=generator.device)
     init_parameters(model, cfg.init, generator)
+    model = model.to(device)
     if cfg.arch in CONV_ARCHS:  # NHWC: the fast layout for oneDNN (CPU) and cuDNN tensor cores
         model = model.to(memory_format=torch.channels_last)
     return model
