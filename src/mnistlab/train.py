@@ -147,20 +147,21 @@ class Trainer:
                 loss_sum += self._batch_update(idx)
             if self.scheduler is not None:
                 self._schedule_step()
-                if self.graph is not None:
-                    graphs.sync_lr(self.optimizer, self.graph.lrs)
             on_step()
         if self.graph is not None:
             loss_sum = self.graph.take_loss_sum()
         return loss_sum.item() / self.steps_per_epoch
 
     def _schedule_step(self) -> None:
+        """Advance the lr schedule by one step, and hand the new lr to a captured graph."""
         if self.scheduler._step_count == 1:  # torch warns that optimizer.step() never ran: the fused step
             with warnings.catch_warnings():  # updates the weights itself
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
         else:
             self.scheduler.step()
+        if self.graph is not None:
+            graphs.sync_lr(self.optimizer, self.graph.lrs)
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])  # a device tensor under CUDA graphs
