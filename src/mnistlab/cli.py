@@ -14,6 +14,7 @@ from . import config as config_mod
 from .errors import MnistlabError
 
 if TYPE_CHECKING:
+    from .cluster import RayOptions
     from .experiment import RunResult
 
 EXIT_USER_ERROR = 2
@@ -47,21 +48,25 @@ def default_out(name: str) -> Path:
 
 # ---------------------------------------------------------------- shared options
 
-# flag -> (config key, converter from the flag's text to a TOML value)
-OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], str]]] = {
-    "--epochs": ("train.epochs", str),
-    "--lr": ("optim.lr", str),
-    "--batch-size": ("train.batch_size", str),
-    "--hidden": ("model.hidden", lambda s: "[" + s + "]"),
-    "--activation": ("model.activation", lambda s: f'"{s}"'),
-    "--seed": ("train.seed", str),
-    "--data-dir": ("data.dir", lambda s: f"'{s}'"),
-    "--precision": ("train.precision", lambda s: f'"{s}"'),
-    "--device": ("train.device", lambda s: f'"{s}"'),
-    "--threads": ("train.threads", str),
-    "--optimizer": ("optim.name", lambda s: f'"{s}"'),
-    "--arch": ("model.arch", lambda s: f'"{s}"'),
-    "--engine": ("train.engine", lambda s: f'"{s}"'),
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+# flag -> (config key, converter from the flag's text to a typed value)
+OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "--epochs": ("train.epochs", int),
+    "--lr": ("optim.lr", float),
+    "--batch-size": ("train.batch_size", int),
+    "--hidden": ("model.hidden", _int_list),
+    "--activation": ("model.activation", str),
+    "--seed": ("train.seed", int),
+    "--data-dir": ("data.dir", str),
+    "--precision": ("train.precision", str),
+    "--device": ("train.device", str),
+    "--threads": ("train.threads", int),
+    "--optimizer": ("optim.name", str),
+    "--arch": ("model.arch", str),
+    "--engine": ("train.engine", str),
 }
 _HELP = {
     "--hidden": "hidden widths, comma-separated (e.g. 512,512)",
@@ -70,24 +75,43 @@ _HELP = {
     "--device": "auto, cpu, cuda or cuda:N",
     "--engine": "torch, or numpy for the from-scratch NumPy MLP",
 }
+# the overrides that studies (compare, tune) accept besides --set: what a quick small study changes
+STUDY_FLAGS = ["--epochs", "--lr", "--batch-size", "--hidden", "--data-dir", "--precision", "--device", "--threads"]
 
 
-def _add_run_options(p: argparse.ArgumentParser, overrides: Sequence[str]) -> None:
+def _add_override_options(p: argparse.ArgumentParser, overrides: Sequence[str], with_set: bool = True) -> None:
     for flag in overrides:
         key = OVERRIDE_FLAGS[flag][0]
         p.add_argument(flag, dest=key.replace(".", "__"), metavar="X", help=_HELP.get(flag, f"set {key}"))
+    if with_set:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any key, e.g. optim.momentum=0.9 (repeatable)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, overrides: Sequence[str], with_set: bool = False) -> None:
+    _add_override_options(p, overrides, with_set)
     p.add_argument("--out", type=Path, help="run directory (default: runs/NAME-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no per-epoch table")
 
 
-def _overrides_from_flags(args: argparse.Namespace) -> list[str]:
-    out = []
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Typed values from the override flags, then ``--set KEY=VALUE`` (TOML values), later ones winning."""
+    values: dict[str, object] = {}
     for flag, (key, conv) in OVERRIDE_FLAGS.items():
-        value = getattr(args, key.replace(".", "__"), None)
-        if value is not None:
-            out.append(f"{key}={conv(value)}")
-    return out
+        text = getattr(args, key.replace(".", "__"), None)
+        if text is not None:
+            try:
+                values[key] = conv(text)
+            except ValueError:
+                want = {int: "an integer", float: "a number", _int_list: "a list of integers such as 512,512"}[conv]
+                raise MnistlabError(f"config key '{key}' must be {want}, got {text!r} ({flag})") from None
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise MnistlabError(f"--set '{item}' must look like section.key=value")
+        key, text = item.split("=", 1)
+        values[key.strip()] = config_mod.parse_value(text.strip())
+    return values
 
 
 # ---------------------------------------------------------------- commands
@@ -129,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_summary(result)
         return 0
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
-    cfg = config_mod.apply_overrides(cfg, _overrides_from_flags(args) + list(args.set or []))
+    cfg = config_mod.set_values(cfg, _overrides(args))
     _run_and_report(cfg, args)
     return 0
 
@@ -137,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiment import compare_with_report, report_table
 
-    cfg = config_mod.apply_overrides(config_mod.Config(name="reproduce"), _overrides_from_flags(args))
+    cfg = config_mod.set_values(config_mod.Config(name="reproduce"), _overrides(args))
     result = _run_and_report(cfg, args)
     if result.info.get("data_is_mnist") and len(result.history) == 30:
         gap = compare_with_report(result.history, report_table())
@@ -173,27 +197,89 @@ def cmd_final(args: argparse.Namespace) -> int:
     best = run.read_info().get("summary", {}).get("best_epoch")
     if run.read_config().data.train_on_val or not best:
         raise MnistlabError(f"{run.path} has no best-validation epoch to take (a finished run with validation needed)")
-    cfg = config_mod.apply_overrides(run.read_config(), [
-        "data.train_on_val=true", f"train.epochs={best}", "train.patience=0", f"name='{run.read_config().name}_final'"])
+    cfg = config_mod.set_values(run.read_config(), {
+        "data.train_on_val": True, "train.epochs": best, "train.patience": 0, "name": f"{run.read_config().name}_final"})
     print(f"final model: {cfg.name}, trained on train + validation for {best} epochs (the best epoch on validation)")
     _run_and_report(cfg, args)
     return 0
 
 
+def _ray_options(args: argparse.Namespace) -> "RayOptions | None":
+    if args.ray is None:
+        if args.cpus_per_run is not None or args.gpus_per_run is not None:
+            raise MnistlabError("--cpus-per-run and --gpus-per-run need --ray")
+        return None
+    from .cluster import RayOptions
+    return RayOptions(address=args.ray or None, cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
+                      gpus_per_run=args.gpus_per_run or 0.0)
+
+
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray: no ADDRESS starts an embedded local Ray; auto, HOST:PORT or ray://HOST:10001 "
+                        "joins a running cluster (needs mnistlab[scale])")
+    p.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs each run asks Ray for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, metavar="F", help="GPUs each run asks Ray for; fractions share a GPU "
+                                                                    "(default 0)")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import add_ensembles, load_configs, markdown_table, run_study, write_outputs
+    from .compare import add_ensembles, load_configs, markdown_table, run_study, run_study_ray, write_outputs
 
     if args.seeds < 1:
         raise MnistlabError("--seeds must be at least 1")
-    cfgs = load_configs(args.configs)
+    ray_options = _ray_options(args)
+    overrides = _overrides(args)
+    cfgs = load_configs(args.configs, overrides)
     out = args.out or Path("runs") / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_study(cfgs, args.seeds, out, log=_logger(args.quiet), show_progress=_show_progress(args))
-    if args.ensemble:
-        add_ensembles(rows, out)
-    write_outputs(rows, out)
+    _make_dir(out)
+    with _study_lock(out):
+        if ray_options is None:
+            rows = run_study(cfgs, args.seeds, out, log=_logger(args.quiet), show_progress=_show_progress(args))
+        else:
+            rows = run_study_ray(cfgs, args.seeds, out, ray_options, log=_logger(args.quiet),
+                                 show_progress=_show_progress(args))
+        if args.ensemble:
+            add_ensembles(rows, out)
+        write_outputs(rows, out)
     print(markdown_table(rows), end="")
     print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and curves.png")
+    return 0
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistlabError(f"cannot create directory {path}: {e.strerror or e}") from None
+
+
+def _study_lock(out: Path):  # noqa: ANN202 - a context manager
+    from .runs import study_lock
+    return study_lock(out)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .space import load_space
+    from .tune import SearchOptions, tune
+
+    ray_options = _ray_options(args)
+    options = SearchOptions(sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+                            pruner_startup=args.pruner_startup, pruner_warmup=args.pruner_warmup)
+    base = config_mod.set_values(config_mod.load(args.config), _overrides(args))
+    params = load_space(args.space, base)
+    out = args.out or Path("runs") / f"tune-{base.name}"
+    _make_dir(out)
+    with _study_lock(out):
+        result = tune(base, params, args.trials, out, options, storage_url=args.storage, study_name=args.study_name,
+                      ray_options=ray_options, log=_logger(args.quiet))
+    print((out / "trials.md").read_text(), end="")
+    if result.best_toml is None:
+        print(f"no trial completed yet; wrote {out / 'trials.md'}")
+        return 0
+    print(f"wrote {out / 'trials.md'}, trials.csv, trials.json, history.png and {result.best_toml} "
+          f"(the best trial by validation accuracy)")
+    print(f"next, the honest test estimate over seeds: mnistlab compare {result.best_toml} --seeds 3")
     return 0
 
 
@@ -292,8 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a TOML config with overrides")
     p.add_argument("--config", type=Path, help="TOML config (default: the report's experiment)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.momentum=0.9")
-    _add_run_options(p, list(OVERRIDE_FLAGS))
+    _add_run_options(p, list(OVERRIDE_FLAGS), with_set=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("final", help="retrain a run's config on train+validation for its best-validation epoch count")
@@ -309,7 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action="store_true", help="also score the mean softmax of each config's seeds")
     p.add_argument("--out", type=Path, help="study directory (default runs/compare); rerunning resumes it")
     p.add_argument("--quiet", "-q", action="store_true")
+    _add_override_options(p, STUDY_FLAGS)
+    _add_ray_options(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna (validation accuracy only), optionally on Ray")
+    p.add_argument("config", type=Path, metavar="CONFIG", help="the base config; the space varies its keys")
+    p.add_argument("--space", type=Path, required=True, metavar="SPACE.toml", help="what to search (experiments/spaces/)")
+    p.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study should hold")
+    p.add_argument("--out", type=Path, help="study directory (default runs/tune-NAME); rerunning resumes it")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage shared by several drivers, e.g. "
+                                                    "postgresql://user@host/db (default: SQLite in --out)")
+    p.add_argument("--study-name", metavar="NAME", help="the study's name in the storage (default: the config's name)")
+    p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
+    p.add_argument("--pruner", default="median", help="median (default), halving (successive halving) or none")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0); train.seed is the config's")
+    p.add_argument("--pruner-startup", type=int, default=5, metavar="N",
+                   help="median pruner: trials to finish before pruning starts (default 5)")
+    p.add_argument("--pruner-warmup", type=int, default=1, metavar="N",
+                   help="median pruner: epochs of a trial before it can be pruned (default 1)")
+    p.add_argument("--quiet", "-q", action="store_true")
+    _add_override_options(p, STUDY_FLAGS)
+    _add_ray_options(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")

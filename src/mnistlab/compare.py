@@ -14,7 +14,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -24,6 +24,9 @@ from .experiment import resume, run, summarize
 from .metrics import predict_proba
 from .plots import overlay_figure
 from .runs import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from . import cluster
 
 Log = Callable[[str], None]
 
@@ -43,9 +46,10 @@ class StudyRow:
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def load_configs(paths: Sequence[str | Path]) -> list[config.Config]:
-    """Load the study's configs; they must agree on the dataset and have distinct names."""
-    cfgs = [config.load(p) for p in paths]
+def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[config.Config]:
+    """Load the study's configs, each with ``overrides`` (dotted key -> value) applied; they must agree on
+    the dataset and have distinct names."""
+    cfgs = [config.set_values(config.load(p), overrides or {}) for p in paths]
     names = [c.name for c in cfgs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -71,38 +75,127 @@ def _run_summary(run_dir: RunDir) -> dict[str, Any]:
     s = summarize(history)
     env = info.get("environment", {})
     return {"seed": info["config"]["train"]["seed"], "epochs": len(history), "parameters": info.get("parameters"),
+            "node": info.get("node", {}).get("hostname"),
             "device": env.get("cuda_device") if env.get("device") == "cuda" else env.get("device"),
             "train_seconds": info.get("train_seconds"), "final_test_acc": s["final_test_acc"],
             "best_epoch": s.get("best_epoch", len(history)), "best_val_acc": s.get("best_val_acc"),
             "test_acc": s.get("test_acc_at_best_val", s["final_test_acc"])}
 
 
-def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print,
-              show_progress: bool = False) -> list[StudyRow]:
-    """Train each config for ``seeds`` seeds (train.seed, train.seed + 1, ...) under ``out/NAME/seedS``."""
-    rows = []
+@dataclass
+class Job:
+    """One (config, seed) run of a study and what its directory holds now."""
+
+    cfg: config.Config  # with train.seed set
+    run_dir: RunDir
+    status: str | None  # run.json's status, None when there is no run yet
+
+    @property
+    def title(self) -> str:
+        return f"{self.cfg.name} seed {self.cfg.train.seed}"
+
+
+def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
+    """The study's runs, ``out/NAME/seedS`` for seeds train.seed, train.seed + 1, ...; a directory that
+    holds a run of a different config is refused."""
+    jobs = []
     for cfg in cfgs:
-        summaries = []
         for i in range(seeds):
-            seed = cfg.train.seed + i
-            seeded = config.apply_overrides(cfg, [f"train.seed={seed}"])
-            run_dir = RunDir(out / cfg.name / f"seed{seed}")
+            seeded = config.set_values(cfg, {"train.seed": cfg.train.seed + i})
+            run_dir = RunDir(out / cfg.name / f"seed{seeded.train.seed}")
             info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
             status = info.get("status")
             if status is not None and _comparable(info["config"]) != _comparable(config.to_dict(seeded)):
                 raise MnistlabError(f"{run_dir.path} holds a run of a different {cfg.name} config; "
                                     f"delete it or choose another --out")
-            if status == "complete":
-                log(f"{cfg.name} seed {seed}: complete, skipped")
-            elif status in ("interrupted", "running") and run_dir.file("checkpoint.json").is_file():
-                log(f"{cfg.name} seed {seed}: resuming")
-                resume(run_dir.path, log=log, show_progress=show_progress)
-            else:
-                log(f"{cfg.name} seed {seed}: training")
-                run(seeded, run_dir.path, overwrite=status is not None, log=log, show_progress=show_progress)
-            summaries.append(_run_summary(run_dir))
+            jobs.append(Job(seeded, run_dir, status))
+    return jobs
+
+
+def study_rows(cfgs: list[config.Config], jobs: list[Job]) -> list[StudyRow]:
+    rows = []
+    for cfg in cfgs:
+        summaries = [_run_summary(j.run_dir) for j in jobs if j.cfg.name == cfg.name]
         rows.append(StudyRow(cfg.label or cfg.name, cfg.name, summaries, summaries[0]["parameters"]))
     return rows
+
+
+def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print,
+              show_progress: bool = False) -> list[StudyRow]:
+    """Train each config for ``seeds`` seeds, one run after another in this process; complete runs are
+    skipped and interrupted ones resumed from their checkpoints."""
+    jobs = plan_study(cfgs, seeds, out)
+    for job in jobs:
+        if job.status == "complete":
+            log(f"{job.title}: complete, skipped")
+        elif job.status in ("interrupted", "running") and job.run_dir.file("checkpoint.json").is_file():
+            log(f"{job.title}: resuming")
+            resume(job.run_dir.path, log=log, show_progress=show_progress)
+        else:
+            log(f"{job.title}: training")
+            run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log, show_progress=show_progress)
+    return study_rows(cfgs, jobs)
+
+
+def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cluster.RayOptions",
+                  log: Log = print, show_progress: bool = False) -> list[StudyRow]:
+    """The same study with each unfinished (config, seed) run as one Ray task on the cluster.
+
+    The driver (this process) owns ``out``: each finished run's files come back through Ray and are put
+    in place atomically as it completes, so an interrupted study keeps every run that finished and a
+    rerun skips them. Unfinished runs start over (their partial state lived on the workers).
+    """
+    from tqdm import tqdm
+
+    from . import cluster
+
+    jobs = plan_study(cfgs, seeds, out)
+    todo = [j for j in jobs if j.status != "complete"]
+    for job in jobs:
+        if job.status == "complete":
+            log(f"{job.title}: complete, skipped")
+    if not todo:
+        return study_rows(cfgs, jobs)
+    dataset = data.load(cfgs[0].data.dir or None)  # the study's configs share one dataset (load_configs)
+    diverged = []
+    with cluster.connect(options.address) as ray:
+        task = cluster.remote(cluster.train_in_tempdir, options)
+        data_ref = ray.put(dataset)
+        pending = {task.remote(config.to_dict(j.cfg), data_ref, options.threads()): j for j in todo}
+        log(f"study: {len(todo)} runs on Ray ({len(jobs) - len(todo)} already complete), "
+            f"{options.cpus_per_run:g} CPU + {options.gpus_per_run:g} GPU per run")
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not show_progress)
+        try:
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(ready)
+                try:
+                    result = ray.get(ready)
+                except ray.exceptions.RayTaskError as e:
+                    if isinstance(e.cause, MnistlabError):
+                        raise MnistlabError(f"{job.title}: {e.cause}") from None
+                    raise
+                cluster.write_run_dir(job.run_dir.path, result["files"], result["node"])
+                node = result["node"]
+                where = f"{node['hostname']} ({node['node_id'][:8]}, {node['device']})"
+                if result["outcome"] == "diverged":
+                    diverged.append(job.title)
+                    log(f"{job.title}: diverged (loss NaN or infinite) after {result['seconds']:.0f} s on {where}")
+                else:
+                    s = _run_summary(job.run_dir)
+                    log(f"{job.title}: test {s['test_acc']:.2f}% at best-val epoch {s['best_epoch']} "
+                        f"(val {s['best_val_acc'] if s['best_val_acc'] is not None else float('nan'):.2f}%), "
+                        f"{result['seconds']:.0f} s on {where}")
+                bar.update()
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            bar.close()
+    if diverged:
+        raise MnistlabError(f"{len(diverged)} runs diverged ({', '.join(diverged)}): try a smaller optim.lr")
+    return study_rows(cfgs, jobs)
 
 
 @torch.inference_mode()

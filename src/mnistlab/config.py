@@ -180,23 +180,50 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return a copy of ``cfg`` with ``section.key=value`` overrides applied and validated."""
+def set_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with typed values set by dotted key (``{"optim.lr": 0.05}``), validated.
+
+    This is the one way configs are changed in code: ``--set`` text, command-line flags and a search's
+    sampled parameters all end here, so unknown keys and wrong types are rejected by name in one place.
+    """
     data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        key, text = item.split("=", 1)
+    for key, value in values.items():
         *path, leaf = key.strip().split(".")
         node = data
         for part in path:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"unknown config key '{key}'")
             node = node[part]
-        if leaf not in node:
+        if leaf not in node or isinstance(node[leaf], dict):
             raise ConfigError(f"unknown config key '{key}'")
-        node[leaf] = parse_value(text.strip())
+        node[leaf] = value
     return from_dict(data)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a copy of ``cfg`` with ``section.key=value`` text overrides (TOML values) applied and validated."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, text = item.split("=", 1)
+        values[key.strip()] = parse_value(text.strip())
+    return set_values(cfg, values)
+
+
+def key_type(key: str) -> Any:
+    """The annotated type of a dotted config key (``float`` for ``optim.lr``); unknown keys are rejected."""
+    cls: Any = Config
+    *path, leaf = key.split(".")
+    for part in path:
+        hints = typing.get_type_hints(cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            raise ConfigError(f"unknown config key '{key}'")
+        cls = hints[part]
+    hints = typing.get_type_hints(cls)
+    if leaf not in hints or dataclasses.is_dataclass(hints[leaf]):
+        raise ConfigError(f"unknown config key '{key}'")
+    return hints[leaf]
 
 
 # ---------------------------------------------------------------- value checks

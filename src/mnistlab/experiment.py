@@ -25,6 +25,14 @@ from .train import Trainer, bf16_supported, resolve_device
 Log = Callable[[str], None]
 
 
+class StopRun(Exception):
+    """Raised by an ``on_epoch`` hook to end a run on purpose (a search pruning a trial): the run keeps its
+    history and is marked ``stopped``, with the exception's text as the reason."""
+
+
+EpochHook = Callable[[dict[str, Any]], None]
+
+
 @dataclass
 class RunResult:
     run_dir: RunDir
@@ -63,22 +71,27 @@ def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Tr
     return Trainer(cfg, dataset, device)
 
 
-def prepare(cfg: Config, log: Log) -> tuple[data.Dataset, torch.device, Config]:
-    """Load the data and resolve device and precision (falling back from bf16 with a message)."""
+def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
+    """Load the data (unless given) and resolve device and precision (falling back from bf16 with a message)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     if cfg.train.precision == "bf16" and not bf16_supported(device):
         log(f"note: {device} has no bf16 support; falling back to fp32")
-        cfg = config_mod.apply_overrides(cfg, ["train.precision=fp32"])
-    dataset = data.load(cfg.data.dir or None)
+        cfg = config_mod.set_values(cfg, {"train.precision": "fp32"})
+    if dataset is None:
+        dataset = data.load(cfg.data.dir or None)
     return dataset, device, cfg
 
 
-def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
-        show_progress: bool = False) -> RunResult:
-    """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists."""
-    dataset, device, cfg = prepare(cfg, log)
+def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print, show_progress: bool = False,
+        dataset: data.Dataset | None = None, on_epoch: EpochHook | None = None) -> RunResult:
+    """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists.
+
+    ``dataset`` skips loading ``cfg.data.dir`` (a study's workers get it from the driver); ``on_epoch(row)``
+    runs after each epoch's row is written and may raise :class:`StopRun`.
+    """
+    dataset, device, cfg = prepare(cfg, log, dataset)
     trainer = make_trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
     run_dir = RunDir.create(out, overwrite)
     info: dict[str, Any] = {
@@ -87,7 +100,7 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
         "data_is_mnist": dataset.is_mnist, "parameters": count_parameters(trainer.model),
     }
     run_dir.write_config(cfg)
-    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch)
 
 
 def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> RunResult:
@@ -114,7 +127,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> R
 
 
 def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
-             show_progress: bool) -> RunResult:
+             show_progress: bool, hook: EpochHook | None = None) -> RunResult:
     cfg = trainer.cfg
     info.update(status="running")
     run_dir.write_info(info)
@@ -128,6 +141,8 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
             checkpoint.save(run_dir, *tr.state(), data_sha256)
         run_dir.write_history(tr.history)
         log(format_row(row))
+        if hook is not None:
+            hook(row)
 
     start = time.perf_counter()
     try:
@@ -135,6 +150,9 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         info["status"] = "complete"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
+        raise
+    except StopRun as e:
+        info.update(status="stopped", stop_reason=str(e))
         raise
     except Exception:
         info["status"] = "failed"

@@ -16,16 +16,19 @@ Layout of a run directory::
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import platform
+import socket
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -39,7 +42,7 @@ CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_
                "eval_seconds")
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)  # reading the umask means setting it
     os.umask(mask)
     return mask
@@ -51,7 +54,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
@@ -60,6 +63,35 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LOCK_FILE = ".mnistlab.lock"
+
+
+@contextmanager
+def study_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a study directory, or fail at once naming the process that holds it.
+
+    The lock is the kernel's (``flock``), so it goes away with its process however that ends; the file
+    only says who holds it.
+    """
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise MnistlabError(f"cannot lock {directory}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise MnistlabError(f"{directory} is in use by {holder}; wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()} "
+                      f"({' '.join(['mnistlab', *sys.argv[1:2]])})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _json_value(v: Any) -> Any:
