@@ -111,11 +111,10 @@ def _param(key: str, spec: Any, base: config.Config, where: str) -> Param:
             raise ConfigError(f"{name} repeats a choice")
         return Param(key, kind, choices=tuple(choices))
     want = int if kind == "int" else float
-    if tp not in (int, float) or (tp is int and kind == "float"):
+    if tp is not want:
         shown = getattr(typing.get_origin(tp), "__name__", None) or getattr(tp, "__name__", str(tp))
-        raise ConfigError(f"{name} is a {shown} key; a {kind} range does not fit it"
-                          + (" (use type = \"int\")" if tp is int else " (use type = \"categorical\")"
-                             if tp is not float else ""))
+        fit = {int: 'type = "int"', float: 'type = "float"'}.get(tp, 'type = "categorical"')
+        raise ConfigError(f"{name} is a {shown} key; a {kind} range does not fit it (use {fit})")
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{name} needs low and high")
     low, high = _number(spec["low"], f"{name} low", want), _number(spec["high"], f"{name} high", want)

@@ -96,8 +96,9 @@ def open_storage(url: str | None, out: Path) -> tuple[Any, str]:
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if
                                              not url.startswith("sqlite") else None)
     except ImportError as e:
-        raise MnistlabError(f"storage {_redact(url)} needs a database driver that is not installed ({e.name}); "
-                            f"for PostgreSQL: pip install psycopg2-binary") from None
+        missing = getattr(e.__cause__, "name", None) or "its database driver"
+        raise MnistlabError(f"cannot open study storage {_redact(url)}: {missing} is not installed "
+                            f"(for PostgreSQL: pip install 'mnistlab[scale]')") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy raises many kinds; all mean "cannot use this URL"
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistlabError(f"cannot open study storage {_redact(url)}: {reason}") from None
@@ -472,8 +473,10 @@ def write_outputs(study: Any, base: config.Config, params: list[Param], out: Pat
                      "Validation accuracy of each trial (objective)")
         if len(complete) >= 2:
             try:
-                ax = optuna.visualization.matplotlib.plot_param_importances(
-                    study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+                with warnings.catch_warnings():  # few trials: PED-ANOVA warns that importances are equal
+                    warnings.simplefilter("ignore", UserWarning)
+                    ax = optuna.visualization.matplotlib.plot_param_importances(
+                        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
                 _save_figure(ax, out / "importance.png", "Parameter importances (PED-ANOVA)")
             except (ValueError, RuntimeError, ZeroDivisionError):
                 pass  # too few distinct trials to rank parameters
