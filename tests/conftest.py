@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mnistlab import data
+
+# no library telemetry from tests (Ray's usage statistics, MLflow's telemetry)
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
