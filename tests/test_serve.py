@@ -25,10 +25,59 @@ def client(trained_run):
     return TestClient(serve.create_app(trained_run))
 
 
-def _png(arr: np.ndarray) -> str:
+def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def _png(arr: np.ndarray) -> str:
+    return base64.b64encode(_png_bytes(arr)).decode()
+
+
+def _dots() -> np.ndarray:
+    """Ink that is two 1-pixel dots far apart: nothing survives scaling it to 20x20."""
+    arr = np.zeros((2000, 2000), np.uint8)
+    arr[5, 5] = arr[1990, 1990] = 255
+    return arr
+
+
+def _digit(mnist) -> np.ndarray:
+    return 255 - np.asarray(Image.fromarray(mnist.test_images[0].numpy()).resize((200, 200)))
+
+
+def test_predict_accepts_raw_image_bodies_and_multipart_uploads(client, mnist):
+    png = _png_bytes(_digit(mnist))
+    want = int(mnist.test_labels[0])
+    raw = client.post("/api/predict", content=png, headers={"content-type": "image/png"})
+    assert raw.status_code == 200 and raw.json()["prediction"] == want
+    multi = client.post("/api/predict", files={"image": ("digit.png", png, "image/png")})
+    assert multi.status_code == 200 and multi.json()["prediction"] == want
+    assert raw.json()["probabilities"] == multi.json()["probabilities"]
+
+
+@pytest.mark.parametrize("kwargs, status, message", [
+    ({"content": b"abc"}, 415, "no Content-Type"),
+    ({"content": b"abc", "headers": {"content-type": "text/plain"}}, 415, "unsupported Content-Type"),
+    ({"content": b"\xff\xfe not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+    ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 400, 'string field "image"'),
+    ({"content": b"garbage", "headers": {"content-type": "image/png"}}, 400, "not an image"),
+    ({"files": {"other": ("x.png", b"abc", "image/png")}}, 400, 'file field named "image"'),
+    ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, None),
+])
+def test_malformed_bodies_get_4xx_not_500(client, kwargs, status, message):
+    r = client.post("/api/predict", **kwargs)
+    assert r.status_code == status, r.text
+    if message:
+        assert message in r.json()["detail"]
+
+
+def test_chunked_body_over_the_limit_gets_413(client):
+    def chunks():
+        for _ in range(serve.MAX_BODY_BYTES // 65536 + 2):
+            yield b"x" * 65536
+    r = client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
 
 
 def test_predict_api(client, mnist):
@@ -45,7 +94,12 @@ def test_predict_api(client, mnist):
     ({"image": base64.b64encode(b"plain text").decode()}, 400, "not an image"),
     ({"image": _png(np.full((50, 50), 255, np.uint8))}, 400, "no digit found"),
     ({"image": _png(np.zeros((3000, 10), np.uint8))}, 413, "too large"),
-    ({"picture": "x"}, 422, None),
+    ({"picture": "x"}, 400, 'string field "image"'),
+    ({"image": "data:"}, 400, "not a valid data: URL"),
+    ({"image": "data:image/png;base64"}, 400, "not a valid data: URL"),
+    ({"image": "data:image/png,abc"}, 400, "must be base64-encoded"),
+    ({"image": _png(_dots())}, 400, "no digit found"),
+    ({"image": _png(np.zeros((6300, 6300), np.uint8))}, 413, "6300x6300"),
 ])
 def test_bad_requests_get_4xx(client, payload, status, message):
     r = client.post("/api/predict", json=payload)
@@ -63,15 +117,36 @@ def test_body_size_limit(client):
 def test_openapi_describes_the_api(client):
     spec = client.get("/openapi.json").json()
     assert set(spec["paths"]) == {"/api/predict", "/api/health"}
-    assert "413" in spec["paths"]["/api/predict"]["post"]["responses"]
+    post = spec["paths"]["/api/predict"]["post"]
+    assert {"413", "415"} <= set(post["responses"])
+    content = post["requestBody"]["content"]
+    assert content["application/json"]["schema"]["properties"]["image"]["type"] == "string"
+    assert content["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
+    assert content["image/png"]["schema"]["format"] == "binary"
     assert client.get("/api/health").json()["status"] == "ok"
     page = client.get("/").text
     assert "<canvas" in page and "http://" not in page and "https://" not in page  # works offline
 
 
-def test_default_bind_is_loopback():
-    import inspect
-    assert inspect.signature(serve.serve).parameters["host"].default == "127.0.0.1"
+def test_cli_binds_to_loopback_by_default(trained_run, monkeypatch):
+    from mnistlab.cli import main
+    seen = {}
+    monkeypatch.setattr(serve, "serve", lambda run_dir, host, port: seen.update(host=host, port=port))
+    assert main(["serve", "--model", str(trained_run)]) == 0
+    assert seen == {"host": "127.0.0.1", "port": 8000}
+
+
+def test_serve_on_a_busy_port_is_one_line(trained_run):
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "mnistlab", "serve", "--model", str(trained_run), "--port",
+                            str(port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -35,21 +35,49 @@ MNIST_SHA256 = {
 }
 
 _IDX_DTYPES = {0x08: np.uint8}  # MNIST uses unsigned bytes only
-_MAX_IDX_BYTES = 1 << 31  # refuse absurd headers before allocating
+_MAX_IDX_BYTES = 1 << 30  # refuse absurd headers before allocating (EMNIST, the largest, is 0.64 GB)
+
+
+def _idx_size(head: bytes) -> int | None:
+    """The total length an IDX file's header announces (None when the header is not IDX-like)."""
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 3:
+        return None
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        return None
+    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return 4 + 4 * ndim + math.prod(dims)
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic number."""
+    """The file's bytes, gunzipped when it starts with the gzip magic number.
+
+    Decompression stops one byte past the length the IDX header announces (bounded by ``_MAX_IDX_BYTES``),
+    so a gzip bomb is refused after reading its header, not after inflating it.
+    """
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            magic = f.read(2)
+            f.seek(0)
+            if magic != b"\x1f\x8b":
+                raw = f.read(_MAX_IDX_BYTES + 16 + 1)
+                if len(raw) > _MAX_IDX_BYTES + 16:
+                    raise DataError(f"{path}: too large to be an MNIST-format file")
+                return raw
+            try:
+                with gzip.GzipFile(fileobj=f) as gz:
+                    head = gz.read(16)
+                    want = _idx_size(head)
+                    if want is None:  # not IDX: let parse_idx name the problem from the header
+                        return head
+                    if want > _MAX_IDX_BYTES + 16:
+                        raise DataError(f"{path}: implausible IDX header (announces {want:,} bytes)")
+                    rest = gz.read(max(0, want - len(head)) + 1)  # one byte more reveals trailing data
+                    return head + rest
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return raw
 
 
 def parse_idx(buf: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -28,33 +28,41 @@ class ImageError(MnistlabError):
     """An image that cannot be read or holds no digit."""
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
-    """Open a PNG/JPEG (or any PIL-readable image) with size and decompression-bomb limits."""
+def _read_limited(path: Path, name: str) -> bytes:
+    """A file's bytes, refusing more than ``MAX_FILE_BYTES`` (also for devices and pipes, whose size is 0)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: file too large (over {MAX_FILE_BYTES:,} bytes)")
+    return raw
+
+
+def open_image(source: str | Path | bytes, max_side: int | None = None) -> Image.Image:
+    """Open a PNG/JPEG (or any PIL-readable image) with size and decompression-bomb limits.
+
+    Sizes are checked from the header, before any pixel is decoded: at most ``MAX_PIXELS`` pixels, and at
+    most ``max_side`` pixels a side when given (the web demo's limit)."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
-    if isinstance(source, bytes):
-        raw = source
-    else:
-        try:
-            size = Path(source).stat().st_size
-            if size > MAX_FILE_BYTES:
-                raise ImageError(f"{name}: file too large ({size:,} bytes; limit {MAX_FILE_BYTES:,})")
-            raw = Path(source).read_bytes()
-        except OSError as e:
-            raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from None
+    raw = source if isinstance(source, bytes) else _read_limited(Path(source), name)
     if len(raw) > MAX_FILE_BYTES:
         raise ImageError(f"{name}: image too large ({len(raw):,} bytes; limit {MAX_FILE_BYTES:,})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
+            img = Image.open(io.BytesIO(raw))  # reads the header only
             if img.width * img.height > MAX_PIXELS:
                 raise ImageError(f"{name}: image too large ({img.width}x{img.height} pixels; limit {MAX_PIXELS:,})")
+            if max_side is not None and max(img.size) > max_side:
+                raise ImageError(f"{name}: image too large ({img.width}x{img.height}; limit {max_side} a side)")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: image too large (decompression bomb check)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image PIL can read") from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from None
     if img.width == 0 or img.height == 0:
         raise ImageError(f"{name}: empty image")
@@ -86,6 +94,8 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     box = np.asarray(Image.fromarray((x * 255).astype(np.uint8)).resize(size, Image.LANCZOS), np.float32) / 255
     mass = box.sum()
+    if not mass > 0:  # ink so sparse (a few far-apart dots) that nothing survives scaling to 20x20
+        raise ImageError(f"{name}: no digit found (the ink is too sparse to make out a digit)")
     cy, cx = (np.arange(box.shape[0]) @ box.sum(1)) / mass, (np.arange(box.shape[1]) @ box.sum(0)) / mass
     top_left = (int(np.clip(round(14 - cy), 0, 28 - box.shape[0])), int(np.clip(round(14 - cx), 0, 28 - box.shape[1])))
     out = np.zeros((28, 28), np.float32)
