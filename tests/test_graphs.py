@@ -79,10 +79,13 @@ def test_graphs_apply_only_on_a_gpu_without_host_side_draws():
         assert not graphs.applies(model, config.apply_overrides(cfg, [override]), torch.device("cuda")), override
 
 
-def test_sync_lr_puts_a_float_back_into_the_captured_tensor():
-    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    graphs.tensor_lr(opt, torch.device("cpu"))
-    captured = opt.param_groups[0]["lr"]
-    opt.param_groups[0]["lr"] = 0.05  # what an older scheduler does
-    graphs.sync_lr(opt, [captured])
-    assert opt.param_groups[0]["lr"] is captured and captured.item() == pytest.approx(0.05)
+def test_schedule_fills_the_captured_lr_tensor_in_place(small_mnist_dir):
+    from mnistlab import data
+    from mnistlab.train import Trainer
+    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "optim.schedule='cosine'",
+                                                   "model.hidden=[8]"])
+    tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
+    graphs.tensor_lr(tr.optimizer, torch.device("cpu"))
+    captured = tr.optimizer.param_groups[0]["lr"]
+    tr._set_lr(7)
+    assert tr.optimizer.param_groups[0]["lr"] is captured and captured.item() == pytest.approx(tr.get_lr(7))

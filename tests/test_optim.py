@@ -40,17 +40,20 @@ def test_onecycle():
     assert optim.lr_factor(99, 100, 10, o) < 0.01
 
 
-def test_scheduler_drives_the_optimizer_per_step():
-    model = torch.nn.Linear(2, 2)
-    o = _o(schedule="'step'", step_epochs=1, gamma=0.5, lr=0.2)
-    opt = optim.build_optimizer(model, o)
-    sched = optim.build_scheduler(opt, 30, 10, o)
-    lrs = []
-    for _ in range(21):
-        lrs.append(opt.param_groups[0]["lr"])
+@pytest.mark.parametrize("schedule", ["'step'", "'cosine'", "'onecycle'"])
+def test_lr_per_step_equals_torch_lambdalr(schedule):
+    """The pure get_lr(step) gives, bit for bit, what torch's LambdaLR scheduler would set before each step."""
+    o = _o(schedule=schedule, step_epochs=1, gamma=0.5, lr=0.2, warmup_epochs=0.5)
+    total, per_epoch = 30, 10
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=o.lr)
+    oracle = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: optim.lr_factor(s, total, per_epoch, o))
+    want = []
+    for _ in range(total):
+        want.append(opt.param_groups[0]["lr"])
         opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(0.2) and lrs[10] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.05)
+        oracle.step()
+    got = [o.lr * optim.lr_factor(s, total, per_epoch, o) for s in range(total)]
+    assert got == want
 
 
 @pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),

@@ -23,7 +23,9 @@ from .runs import RunDir, atomic_write
 if TYPE_CHECKING:
     from .config import Config
 
-FORMAT = 1
+FORMAT = 2  # 2: one file, the metadata inside the safetensors header; 1: tensors + checkpoint.json
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_JSON = "checkpoint.json"
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -35,37 +37,118 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     atomic_write(path, safetensors.torch.save(_contiguous(tensors), metadata=metadata))
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        return safetensors.torch.load(Path(path).read_bytes())
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise MnistlabError(f"cannot read {path}: {e.strerror or e}") from None
-    except (SafetensorError, ValueError) as e:
+    try:
+        tensors = safetensors.torch.load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise MnistlabError(f"{path} is not a valid safetensors file ({e})") from None
+    return tensors, metadata
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return _read_safetensors(path)[0]
+
+
+def exists(run: RunDir) -> bool:
+    """Whether the run directory holds a training state to resume from."""
+    return run.file(CHECKPOINT).is_file()
 
 
 def save(run: RunDir, tensors: dict[str, torch.Tensor], meta: dict[str, Any], data_sha256: str) -> None:
-    """Write the training state; the tensors first, so the JSON never points at a missing epoch."""
-    save_tensors(run.file("checkpoint.safetensors"), tensors, {"format": str(FORMAT), "epoch": str(meta["epoch"])})
+    """Write the training state as one file (tensors and metadata together), so that a kill at any
+    moment leaves the previous complete state or the new one, never parts of two."""
     record = {"format": FORMAT, "mnistlab": __version__, "torch": torch.__version__, "data_sha256": data_sha256,
               **meta}
-    atomic_write(run.file("checkpoint.json"), json.dumps(record, indent=1) + "\n")
+    save_tensors(run.file(CHECKPOINT), tensors, {"format": str(FORMAT), "epoch": str(meta["epoch"]),
+                                                  "meta": json.dumps(record)})
+    run.file(LEGACY_JSON).unlink(missing_ok=True)  # a format-1 companion would no longer match
+
+
+class CheckpointError(MnistlabError):
+    """A checkpoint that cannot be resumed from: named, with what is wrong and what to do."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path} is not a usable checkpoint: {problem}; start the run again with --overwrite")
+
+
+_fail = CheckpointError
+
+
+def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """The one validation of a checkpoint's metadata: types and ranges of everything resume reads."""
+    if not isinstance(meta, dict):
+        raise _fail(path, "its metadata is not an object")
+    checks = {
+        "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                                                         for r in v),
+        "best_val_acc": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+        "bad_epochs": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "stopped_early": lambda v: isinstance(v, bool),
+        "optimizer_param_groups": lambda v: isinstance(v, list) and v and all(isinstance(g, dict) for g in v),
+        "optimizer_scalars": lambda v: isinstance(v, dict),
+        "data_sha256": lambda v: isinstance(v, str),
+    }
+    for key, ok in checks.items():
+        if key not in meta:
+            raise _fail(path, f"'{key}' is missing")
+        if not ok(meta[key]):
+            raise _fail(path, f"'{key}' has a wrong type or value ({meta[key]!r:.60})")
+    if len(meta["history"]) != meta["epoch"]:
+        raise _fail(path, f"it records {len(meta['history'])} epochs of history for epoch {meta['epoch']}")
+    return meta
 
 
 def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    path = run.file("checkpoint.json")
-    try:
-        meta = json.loads(path.read_text())
-    except OSError:
-        raise MnistlabError(f"{run.path} has no checkpoint to resume from (checkpoint.json)") from None
-    except ValueError as e:
-        raise MnistlabError(f"{path} is corrupt ({e})") from None
-    tensors = load_tensors(run.file("checkpoint.safetensors"))
-    if meta.get("format") != FORMAT or "epoch" not in meta:
-        raise MnistlabError(f"{path} has an unknown checkpoint format")
-    if "rng.data" not in tensors:
-        raise MnistlabError(f"{run.file('checkpoint.safetensors')} lacks the training state")
+    """The training state of a run directory, validated (one clear error for any problem)."""
+    path = run.file(CHECKPOINT)
+    if not path.is_file():
+        raise MnistlabError(f"{run.path} has no checkpoint to resume from (it stopped before its first epoch "
+                            f"finished); start it again with --overwrite")
+    tensors, header = _read_safetensors(path)
+    if "meta" in header:
+        try:
+            meta = json.loads(header["meta"])
+        except ValueError as e:
+            raise _fail(path, f"its metadata is not JSON ({e})") from None
+    else:  # format 1: tensors + checkpoint.json, written one after the other
+        legacy = run.file(LEGACY_JSON)
+        try:
+            meta = json.loads(legacy.read_text())
+        except OSError:
+            raise _fail(path, f"{LEGACY_JSON} is missing") from None
+        except ValueError as e:
+            raise _fail(legacy, f"it is not JSON ({e})") from None
+        if isinstance(meta, dict) and header.get("epoch") != str(meta.get("epoch")):
+            raise _fail(path, f"its tensors are of epoch {header.get('epoch')} but {LEGACY_JSON} is of epoch "
+                              f"{meta.get('epoch')} (a run killed between writing the two)")
+    meta = _check_meta(meta, path)
+    if meta.get("format") not in (1, FORMAT):
+        raise _fail(path, f"unknown checkpoint format {meta.get('format')!r}")
+    for key in ("rng.data", "rng.augment", "rng.dropout"):
+        t = tensors.get(key)
+        if t is None or t.dtype != torch.uint8 or t.dim() != 1:
+            raise _fail(path, f"the random-number state '{key}' is missing or malformed")
     return tensors, meta
+
+
+def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], prefix: str,
+                 path: str) -> None:
+    """Every ``prefix`` tensor of a checkpoint must exist in ``expected`` with the same shape, and all of them."""
+    got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, extra = expected.keys() - got.keys(), got.keys() - expected.keys()
+    if missing or extra:
+        what = f"lacks {prefix}{sorted(missing)[0]}" if missing else f"has an unexpected {prefix}{sorted(extra)[0]}"
+        raise _fail(Path(path), f"it {what} (a checkpoint of another model?)")
+    for k, v in expected.items():
+        if tuple(got[k].shape) != tuple(v.shape):
+            raise _fail(Path(path), f"{prefix}{k} has shape {tuple(got[k].shape)}, the model needs {tuple(v.shape)}")
 
 
 def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:

@@ -467,6 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted_message(e: KeyboardInterrupt, args: argparse.Namespace) -> str:
+    """What Ctrl-C left behind, and how to go on."""
+    study = args.command in ("compare", "tune")
+    again = "; run the same command again to resume the study" if study else ""
+    epochs, run_dir = getattr(e, "epochs", None), getattr(e, "run_dir", None)
+    if epochs is None:
+        return "interrupted" + (" (finished runs are kept)" + again if study else "")
+    if epochs == 0:
+        return (f"interrupted before its first epoch finished: {run_dir} holds nothing to resume"
+                + (again if study else "; start it again with --overwrite"))
+    return (f"interrupted; {epochs} finished epoch{'s' if epochs > 1 else ''} kept in {run_dir}"
+            + (again if study else f" (continue with: mnistlab train --resume {run_dir})"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -477,8 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MnistlabError as e:
         print(f"mnistlab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("mnistlab: interrupted; the epochs already finished are kept in the run directory", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"mnistlab: {_interrupted_message(e, args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout piped into a program that stopped reading (e.g. `| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -128,7 +128,7 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
     for job in jobs:
         if job.status == "complete":
             log(f"{job.title}: complete, skipped")
-        elif job.status in ("interrupted", "running") and job.run_dir.file("checkpoint.json").is_file():
+        elif job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
             log(f"{job.title}: resuming")
             resume(job.run_dir.path, log=log, show_progress=show_progress)
         else:

@@ -15,7 +15,7 @@ import torch
 from . import checkpoint, data
 from . import config as config_mod
 from .config import Config
-from .errors import MnistlabError
+from .errors import ConfigError, MnistlabError
 from .metrics import best_epoch, convergence_epoch
 from .models import count_parameters
 from .plots import run_figures
@@ -28,6 +28,14 @@ Log = Callable[[str], None]
 class StopRun(Exception):
     """Raised by an ``on_epoch`` hook to end a run on purpose (a search pruning a trial): the run keeps its
     history and is marked ``stopped``, with the exception's text as the reason."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, once its files are consistent on disk: says how many epochs were kept."""
+
+    def __init__(self, run_dir: Path, epochs: int) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir, self.epochs = run_dir, epochs
 
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -108,8 +116,16 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> R
     run_dir = RunDir(path)
     if not run_dir.file("config.toml").is_file():
         raise MnistlabError(f"{run_dir.path} is not a run directory (no config.toml)")
-    cfg = run_dir.read_config()
     info = run_dir.read_info()
+    cfg = run_dir.read_config()
+    try:
+        recorded = config_mod.from_dict(info["config"])
+    except (KeyError, TypeError, ConfigError):
+        raise MnistlabError(f"{run_dir.file('run.json')} holds no valid config; start the run again with --overwrite") \
+            from None
+    if config_mod.to_dict(cfg) != config_mod.to_dict(recorded):
+        raise MnistlabError(f"{run_dir.file('config.toml')} differs from the config the run started with "
+                            f"(run.json); restore it, or start the run again with --overwrite")
     tensors, meta = checkpoint.load(run_dir)
     dataset, device, cfg = prepare(cfg, log)
     if dataset.checksum != meta["data_sha256"]:
@@ -150,7 +166,7 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         info["status"] = "complete"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
-        raise
+        raise RunInterrupted(run_dir.path, len(trainer.history)) from None
     except StopRun as e:
         info.update(status="stopped", stop_reason=str(e))
         raise

@@ -30,21 +30,12 @@ def applies(model: nn.Module, cfg: Config, device: torch.device) -> bool:
 
 
 def tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Make each group's lr a device tensor (filled in place by :func:`sync_lr`) and allow capture."""
+    """Make each group's lr a device tensor (the trainer fills it in place each step) and allow capture."""
     for group in optimizer.param_groups:
         if not torch.is_tensor(group["lr"]):
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
         if "capturable" in group:
             group["capturable"] = True
-
-
-def sync_lr(optimizer: torch.optim.Optimizer, lrs: list[torch.Tensor]) -> None:
-    """After a schedule step: put each group's new lr into the tensor the graph reads. Recent torch fills the
-    tensor in place itself; older versions assign a float, which would otherwise be ignored by replays."""
-    for group, lr in zip(optimizer.param_groups, lrs):
-        if group["lr"] is not lr:
-            lr.fill_(float(group["lr"]))
-            group["lr"] = lr
 
 
 class StepGraph:
@@ -53,7 +44,6 @@ class StepGraph:
     def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device: torch.device,
                  model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.body = body
-        self.lrs = [group["lr"] for group in optimizer.param_groups]  # the tensors captured by the graph
         self.idx = torch.arange(batch_size, device=device)  # (B,) static: any valid indices for warm-up
         self.loss_sum = torch.zeros((), device=device)
         self.graph: torch.cuda.CUDAGraph | None = None

@@ -21,7 +21,9 @@ class NumpyTrainer(Trainer):
     def __init__(self, cfg: Config, dataset: data.Dataset, device: torch.device) -> None:
         super().__init__(cfg, dataset, device)
         self.net = NumpyMLP.from_torch(self.model, cfg.model.activation)
-        self.fused_step = None
+
+    def _build_fused_step(self) -> None:
+        return None  # the NumPy MLP takes the steps
 
     def _sync_to_torch(self) -> None:
         with torch.no_grad():

@@ -53,13 +53,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return OPTIMIZERS[cfg.name](model.parameters(), cfg)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
-                    cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step scheduler; it sets the first step's lr at construction, as LambdaLR does."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, cfg))
-
-
 @torch.no_grad()
 def apply_max_norm(model: nn.Module, max_norm: float) -> None:
     """Rescale each unit's incoming weights to L2 norm <= ``max_norm`` (Srivastava et al. 2014)."""

@@ -6,7 +6,7 @@ Layout of a run directory::
     run.json        environment (versions, threads, device, data checksum, seed), status and summary
     metrics.csv     one row per epoch: epoch, train_loss, val_loss, val_acc, test_loss, test_acc, lr,
                     seconds (training steps), eval_seconds
-    checkpoint.safetensors + checkpoint.json   the full training state after the last epoch (resume)
+    checkpoint.safetensors  the full training state after the last epoch, metadata inside (resume)
     best.safetensors   the weights of the best-validation epoch (or the last epoch without validation)
     metrics.json    the same rows as a list of objects
     accuracy.png    validation and test accuracy per epoch, convergence epoch marked
@@ -37,7 +37,7 @@ from .config import Config, dumps, load
 from .errors import MnistlabError
 
 RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
-             "checkpoint.safetensors", "checkpoint.json", "best.safetensors")
+             "checkpoint.safetensors", "checkpoint.json", "best.safetensors")  # .json: format-1 checkpoints
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
                "eval_seconds")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data, fused, graphs
+from . import checkpoint, data, fused, graphs
 from .augment import augment
 from .config import Config
 from .errors import ConfigError, DivergenceError
 from .metrics import autocast, evaluate
 from .models import Dropout, build_model
-from .optim import apply_max_norm, build_optimizer, build_scheduler
+from .optim import apply_max_norm, build_optimizer, lr_factor
 
 AUG_SEED_OFFSET = 1_000_003  # keep the augmentation and dropout streams apart from the data stream
 DROPOUT_SEED_OFFSET = 2_000_003
@@ -88,12 +87,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size = {t.batch_size} exceeds the {len(train_idx)} training images")
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        o = cfg.optim
-        self.scheduler = None
-        if o.schedule != "constant" or o.warmup_epochs > 0:
-            self.scheduler = build_scheduler(self.optimizer, t.epochs * self.steps_per_epoch,
-                                             self.steps_per_epoch, o)
-        self.fused_step = fused.build(self.model, self.optimizer, cfg)
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.scheduled = cfg.optim.schedule != "constant" or cfg.optim.warmup_epochs > 0
+        self.fused_step = self._build_fused_step()
         self.use_graphs = graphs.applies(self.model, cfg, device)
         self.graph: graphs.StepGraph | None = None  # captured at the first epoch, after any resume
         self.epoch = 0
@@ -101,6 +97,23 @@ class Trainer:
         self.best_val_acc = -math.inf
         self.bad_epochs = 0  # epochs since validation accuracy last improved
         self.stopped_early = False
+
+    def _build_fused_step(self) -> fused.FusedMLPStep | None:
+        return fused.build(self.model, self.optimizer, self.cfg)
+
+    def get_lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based over the whole run): a pure function."""
+        return self.cfg.optim.lr * lr_factor(step, self.total_steps, self.steps_per_epoch, self.cfg.optim)
+
+    def _set_lr(self, step: int) -> None:
+        """Write step ``step``'s lr into the optimizer: in place where it is a device tensor (CUDA graphs
+        read it there), as a float otherwise."""
+        lr = self.get_lr(step)
+        for group in self.optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
     @property
     def done(self) -> bool:
@@ -139,32 +152,20 @@ class Trainer:
             graphs.tensor_lr(self.optimizer, self.device)
             self.graph = graphs.StepGraph(self._batch_update, b, self.device, self.model, self.optimizer)
         loss_sum = torch.zeros((), device=self.device)
+        first = self.epoch * self.steps_per_epoch
         for step in range(self.steps_per_epoch):
+            if self.scheduled:
+                self._set_lr(first + step)
             idx = order[step * b:(step + 1) * b]
             if self.graph is not None:
                 self.graph.run(idx)
             else:
                 loss_sum += self._batch_update(idx)
-            if self.scheduler is not None:
-                self._schedule_step()
             on_step()
         if self.graph is not None:
             loss_sum = self.graph.take_loss_sum()
         return loss_sum.item() / self.steps_per_epoch
 
-    def _schedule_step(self) -> None:
-        """Advance the lr schedule by one step, and hand the new lr to a captured graph."""
-        if self.scheduler._step_count == 1:  # torch warns that optimizer.step() never ran: the fused step
-            with warnings.catch_warnings():  # updates the weights itself
-                warnings.simplefilter("ignore", UserWarning)
-                self.scheduler.step()
-        else:
-            self.scheduler.step()
-        if self.graph is not None:
-            graphs.sync_lr(self.optimizer, self.graph.lrs)
-
-    def current_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])  # a device tensor under CUDA graphs
 
     # ------------------------------------------------------------ the loop
 
@@ -178,7 +179,7 @@ class Trainer:
         t = self.cfg.train
         while not self.done:
             start = time.perf_counter()
-            lr = self.current_lr()
+            lr = self.get_lr(self.epoch * self.steps_per_epoch)  # the lr of the epoch's first step
             with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False,
                       disable=not show_progress, unit="batch") as bar:
                 train_loss = self.train_epoch(lambda: bar.update())
@@ -209,7 +210,8 @@ class Trainer:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything that determines the rest of the run: tensors (weights, optimizer state, RNG states)
-        and JSON-able metadata (epoch, history, schedule, early-stopping counters)."""
+        and JSON-able metadata (epoch, history, early-stopping counters). The lr is a function of the
+        step, and the step is the epoch times the steps per epoch: no schedule state to keep."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         opt = self.optimizer.state_dict()
         scalars = {}
@@ -225,32 +227,57 @@ class Trainer:
         best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
         meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
-                "optimizer_param_groups": _jsonable(opt["param_groups"]), "optimizer_scalars": scalars,
-                "scheduler": _jsonable(self.scheduler.state_dict()) if self.scheduler is not None else None}
+                "optimizer_param_groups": _jsonable(opt["param_groups"]), "optimizer_scalars": scalars}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Restore a :meth:`state`; the trainer must have been built from the same config and data."""
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        """Restore a :meth:`state` (validated by :func:`checkpoint.load`); the trainer must have been built
+        from the same config and data. Tensors of the wrong names or shapes are a clear error."""
+        where = "checkpoint.safetensors"
+        checkpoint.check_shapes(tensors, self.model.state_dict(), "model.", where)
+        params = list(self.model.parameters())
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                state.setdefault(int(idx), {})[key] = v.to(self.device)
+                parts = k.split(".", 2)
+                if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+                    raise checkpoint.CheckpointError(where, f"{k} names no parameter of the model")
+                idx = int(parts[1])
+                if v.dim() > 0 and tuple(v.shape) != tuple(params[idx].shape):
+                    raise checkpoint.CheckpointError(where, f"{k} has shape {tuple(v.shape)}, its parameter "
+                                                            f"{tuple(params[idx].shape)}")
+                state.setdefault(idx, {})[parts[2]] = v.to(self.device)
         for k, v in meta["optimizer_scalars"].items():
-            idx, key = k.split(".", 1)
+            idx, _, key = k.partition(".")
+            if not idx.isdigit() or int(idx) >= len(params):
+                raise checkpoint.CheckpointError(where, f"optimizer scalar {k!r} names no parameter of the model")
             state.setdefault(int(idx), {})[key] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(meta["scheduler"])
-        self.g.set_state(tensors["rng.data"])
-        self.g_aug.set_state(tensors["rng.augment"])
-        self.g_drop.set_state(tensors["rng.dropout"])
+        groups = meta["optimizer_param_groups"]
+        if len(groups) != len(self.optimizer.param_groups) or any(
+                sorted(g.get("params", [])) != list(range(len(params))) for g in groups[:1]):
+            raise checkpoint.CheckpointError(where, "its optimizer parameter groups do not fit the model")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        try:
+            self.g.set_state(tensors["rng.data"])
+            self.g_aug.set_state(tensors["rng.augment"])
+            self.g_drop.set_state(tensors["rng.dropout"])
+        except RuntimeError as e:
+            raise checkpoint.CheckpointError(where, f"a random-number state does not fit ({str(e).splitlines()[0]})") \
+                from None
         self.epoch, self.history = meta["epoch"], meta["history"]
         best = meta["best_val_acc"]
         self.best_val_acc = -math.inf if best is None else best
         self.bad_epochs = meta["bad_epochs"]
         self.stopped_early = meta["stopped_early"]
+        if self.epoch > self.cfg.train.epochs:
+            raise checkpoint.CheckpointError(where, f"its epoch {self.epoch} is past the config's "
+                                                    f"train.epochs = {self.cfg.train.epochs}")
+        if self.scheduled:  # checkpoints of older versions hold the lr the schedule had reached: recompute
+            self._set_lr(self.epoch * self.steps_per_epoch)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.optim.lr
 
 
 def _jsonable(obj: Any) -> Any:

@@ -93,8 +93,7 @@ def open_storage(url: str | None, out: Path) -> tuple[Any, str]:
     optuna = _optuna()
     url = url or f"sqlite:///{(out / 'study.db').resolve()}"
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if
-                                             not url.startswith("sqlite") else None)
+        storage = _rdb_storage(optuna, url)
     except ImportError as e:
         missing = getattr(e.__cause__, "name", None) or "its database driver"
         raise MnistlabError(f"cannot open study storage {_redact(url)}: {missing} is not installed "
@@ -103,6 +102,22 @@ def open_storage(url: str | None, out: Path) -> tuple[Any, str]:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistlabError(f"cannot open study storage {_redact(url)}: {reason}") from None
     return storage, _redact(url)
+
+
+def _rdb_storage(optuna: Any, url: str, tries: int = 5) -> Any:
+    """RDBStorage, retried when another driver is creating the same tables at this moment (their first
+    start on an empty database: one of the two gets a duplicate-key error and finds the tables next time)."""
+    import sqlalchemy.exc
+
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=None if url.startswith("sqlite") else
+                                              {"pool_pre_ping": True})
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- one trial
