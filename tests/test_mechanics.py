@@ -1,5 +1,6 @@
 """Activation studies and the generated report."""
 
+import base64
 import json
 import re
 
@@ -119,3 +120,21 @@ def test_report_with_compare_and_activations(short_run, small_mnist_dir, tmp_pat
 def test_report_bad_inputs(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_html_escapes_labels_and_inlines_only_its_own_figures(short_run, small_mnist_dir, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not for the report")
+    label = f'<script>alert(1)</script><img src="{secret}" onerror="x()"> [click](javascript:alert(2)) ![s]({secret})'
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"name = \"tiny\"\nlabel = '{label}'\n[data]\ndir = \"{small_mnist_dir}\"\n[model]\nhidden = [8]\n"
+                   f"[train]\nepochs = 1\n")
+    assert main(["compare", str(cfg), "--seeds", "1", "--out", str(tmp_path / "study"), "--quiet"]) == 0
+    out = tmp_path / "rep"
+    assert main(["report", str(short_run), "--out", str(out), "--compare", str(tmp_path / "study")]) == 0
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and not re.search(r"<[a-z][^>]*onerror", page) and "javascript:" not in page
+    assert "&lt;script&gt;alert(1)" in page  # shown as text
+    assert base64.b64encode(secret.read_bytes()).decode() not in page
+    for attr in re.findall(r'<[a-z][^>]*?(?:src|href)="([^"]*)"', page):
+        assert attr.startswith("data:image/png;base64,") or attr in ("#", ""), attr

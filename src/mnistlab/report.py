@@ -306,6 +306,7 @@ img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}math[display=block]{ma
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
 
 _MATH = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$", re.S)
+_FIGURE_NAME = re.compile(r"[A-Za-z0-9_-]+\.png")  # what the report writes next to report.md
 
 
 def markdown_to_html(md: str, figures_dir: Path, title: str, lang: str) -> str:
@@ -322,15 +323,20 @@ def markdown_to_html(md: str, figures_dir: Path, title: str, lang: str) -> str:
         maths.append(latex2mathml.converter.convert(tex.strip(), display=display))
         return f"MATHPLACEHOLDER{len(maths) - 1}X"
 
-    body = markdown.markdown(_MATH.sub(stash, md), extensions=["tables"])
+    # the Markdown holds text from run files (config labels, names): no raw HTML may pass through
+    text = _MATH.sub(stash, md).replace("&", "&amp;").replace("<", "&lt;")
+    body = markdown.markdown(text, extensions=["tables"])
     body = re.sub(r"MATHPLACEHOLDER(\d+)X", lambda m: maths[int(m.group(1))], body)
 
     def embed(m: re.Match) -> str:
-        path = figures_dir / html.unescape(m.group(1))
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f'src="data:image/png;base64,{data}"'
+        name = html.unescape(m.group(2))
+        path = figures_dir / name
+        if not _FIGURE_NAME.fullmatch(name) or not path.is_file():  # only the report's own figures
+            return f'{m.group(1)}src=""'
+        return f'{m.group(1)}src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
 
-    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    body = re.sub(r'(<img\b[^>]*?)src="([^"]*)"', embed, body)
+    body = re.sub(r'(<a\b[^>]*?)href="(?!#|https?://)[^"]*"', r'\1href="#"', body)  # no javascript: or file links
     return (f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}'
             f"</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
