@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from .errors import MnistlabError
 from .experiment import resume, run, summarize
 from .metrics import predict_proba
 from .plots import overlay_figure
-from .runs import RunDir, atomic_write
+from .runs import RunDir, atomic_write, remove_stale_temp
 
 if TYPE_CHECKING:
     from . import cluster
@@ -99,7 +100,11 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
     """The study's runs, ``out/NAME/seedS`` for seeds train.seed, train.seed + 1, ...; a directory that
     holds a run of a different config is refused."""
     jobs = []
+    remove_stale_temp(out)
     for cfg in cfgs:
+        for leftover in (out / cfg.name).glob(".seed*"):  # a run being put in place when its driver died
+            if leftover.is_dir() and leftover.suffix in (".tmp", ".old"):
+                shutil.rmtree(leftover, ignore_errors=True)
         for i in range(seeds):
             seeded = config.set_values(cfg, {"train.seed": cfg.train.seed + i})
             run_dir = RunDir(out / cfg.name / f"seed{seeded.train.seed}")

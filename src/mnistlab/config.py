@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -228,6 +229,9 @@ def key_type(key: str) -> Any:
 
 # ---------------------------------------------------------------- value checks
 
+MAX_SEED = 2**32 - 1  # seeds are combined with stream offsets and must stay within torch's 64-bit seeds
+MAX_THREADS = 1024  # torch crashes on absurd thread counts (100,000 segfaults)
+
 
 def _check(ok: bool, key: str, value: Any, want: str) -> None:
     if not ok:
@@ -289,11 +293,11 @@ def validate(cfg: Config) -> None:
 
     _check(t.epochs > 0, "train.epochs", t.epochs, "must be > 0")
     _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
-    _check(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
+    _check(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"must be in [0, {MAX_SEED}]")
     _check_choice("train.precision", t.precision, ("fp32", "bf16"))
-    _check(t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "train.device", t.device,
+    _check(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, "train.device", t.device,
            "must be auto, cpu, cuda or cuda:N")
-    _check(t.threads >= 0, "train.threads", t.threads, "must be >= 0")
+    _check(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads, f"must be in [0, {MAX_THREADS}] (0 = torch's default)")
     _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
     _check(t.patience >= 0, "train.patience", t.patience, "must be >= 0 (0 = off)")
     _check(not (d.train_on_val and t.patience), "train.patience", t.patience,

@@ -19,7 +19,7 @@ from .errors import ConfigError, MnistlabError
 from .metrics import best_epoch, convergence_epoch
 from .models import count_parameters
 from .plots import run_figures
-from .runs import RunDir, environment, now
+from .runs import RunDir, environment, now, remove_stale_temp
 from .train import Trainer, bf16_supported, resolve_device
 
 Log = Callable[[str], None]
@@ -145,28 +145,34 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> R
 def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
              show_progress: bool, hook: EpochHook | None = None) -> RunResult:
     cfg = trainer.cfg
+    remove_stale_temp(run_dir.path)
     info.update(status="running")
     run_dir.write_info(info)
     log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
         f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
+    written = len(trainer.history)  # epochs in metrics.csv: what run.json may claim (a write can fail)
 
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
+        nonlocal written
         if math.isfinite(row["train_loss"]):  # a diverged epoch is recorded but never checkpointed
             if improved or tr.val is None:
                 checkpoint.save_weights(run_dir, tr.model, tr.epoch)
             checkpoint.save(run_dir, *tr.state(), data_sha256)
         run_dir.write_history(tr.history)
+        written = len(tr.history)
         log(format_row(row))
         if hook is not None:
             hook(row)
 
     start = time.perf_counter()
+    finished = False
     try:
         trainer.fit(on_epoch, show_progress=show_progress)
         info["status"] = "complete"
+        finished = True
     except KeyboardInterrupt:
         info["status"] = "interrupted"
-        raise RunInterrupted(run_dir.path, len(trainer.history)) from None
+        raise RunInterrupted(run_dir.path, written) from None
     except StopRun as e:
         info.update(status="stopped", stop_reason=str(e))
         raise
@@ -174,13 +180,17 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         info["status"] = "failed"
         raise
     finally:
+        history = trainer.history[:written]
         info.update(finished=now(), wall_seconds=round(info.get("wall_seconds", 0) + time.perf_counter() - start, 3),
-                    train_seconds=round(sum(r["seconds"] for r in trainer.history), 3),
-                    epochs_done=len(trainer.history))
-        if trainer.history:
-            info["summary"] = summarize(trainer.history)
-            run_figures(trainer.history, run_dir.path, cfg.name)
-        run_dir.write_info(info)
+                    train_seconds=round(sum(r["seconds"] for r in history), 3), epochs_done=written)
+        try:
+            if history:
+                info["summary"] = summarize(history)
+                run_figures(history, run_dir.path, cfg.name)
+            run_dir.write_info(info)
+        except MnistlabError:
+            if finished:  # otherwise the error that stopped the run is the one to report
+                raise
     conv = info["summary"].get("convergence_epoch")
     return RunResult(run_dir, trainer.history, conv, info)
 

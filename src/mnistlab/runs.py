@@ -52,20 +52,34 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only directory...: the user's problem, named with its path
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
 LOCK_FILE = ".mnistlab.lock"
+TMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ".NAME.RANDOM.tmp", left behind only by a kill
+
+
+def remove_stale_temp(directory: Path) -> None:
+    """Delete temporary files a killed writer left in ``directory`` (callers hold the directory)."""
+    for p in Path(directory).glob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -148,6 +162,11 @@ class RunDir:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise MnistlabError(f"output path {run.path} exists and is not a directory")
+        foreign = sorted(p.name for p in run.path.iterdir() if p.name not in RUN_FILES
+                         and not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))) if run.path.is_dir() else []
+        if foreign:
+            raise MnistlabError(f"output directory {run.path} holds files that are not a run's ({foreign[0]}); "
+                                f"choose an empty or new --out")
         held = [f for f in RUN_FILES if (run.path / f).exists()]
         if held and not overwrite:
             raise MnistlabError(f"output directory {run.path} already holds a run ({held[0]}); "
@@ -158,6 +177,7 @@ class RunDir:
             raise MnistlabError(f"cannot create output directory {run.path}: {e.strerror or e}") from None
         for f in held:
             (run.path / f).unlink()
+        remove_stale_temp(run.path)
         return run
 
     def file(self, name: str) -> Path:

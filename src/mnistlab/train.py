@@ -39,6 +39,8 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r} but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
     return device
 
 
@@ -83,6 +85,11 @@ class Trainer:
         self.val = None if val_idx is None else Split(x_all[val_idx.to(device)], y_all[val_idx.to(device)])
         self.test = Split(data.to_float(dataset.test_images).to(device), dataset.test_labels.to(device))
 
+        if val_idx is not None and len(val_idx) == 0:
+            raise ConfigError(f"data.val_fraction = {cfg.data.val_fraction} leaves no validation images out of "
+                              f"{n} (use a larger fraction, or data.train_on_val = true)")
+        if len(self.test.y) == 0:
+            raise ConfigError("the test set holds no images")
         self.steps_per_epoch = len(train_idx) // t.batch_size  # drop_last, as the report's loader
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size = {t.batch_size} exceeds the {len(train_idx)} training images")
