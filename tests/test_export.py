@@ -30,7 +30,7 @@ def test_export_cnn_with_normalisation_inside_the_graph(small_mnist_dir, tmp_pat
                  "--out", str(run)]) == 0
     path = tmp_path / "cnn.onnx"
     assert main(["export", str(run), "--onnx", str(path)]) == 0
-    model, _ = checkpoint.load_model(run)
+    model, _ = checkpoint.load_best_model(run)
     x = data.to_float(mnist.test_images[:64])  # raw [0, 1] pixels: the graph normalises them itself
     got = ort.InferenceSession(str(path)).run(None, {"pixels": x.numpy()})[0]
     with torch.inference_mode():

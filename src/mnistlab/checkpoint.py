@@ -155,8 +155,9 @@ def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:
     save_tensors(run.file("best.safetensors"), model.state_dict(), {"epoch": str(epoch)})
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
-    """The model of a run directory, in eval mode: its best-validation weights (best.safetensors)."""
+def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
+    """The model of a run directory, in eval mode: its best-validation weights (best.safetensors), which
+    must be finite (a diverged model would print NaN probabilities)."""
     from .models import build_model
 
     run = RunDir(path)
@@ -164,8 +165,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
         raise MnistlabError(f"{run.path} is not a trained run directory (needs config.toml and best.safetensors)")
     cfg = run.read_config()
     model = build_model(cfg.model, torch.Generator().manual_seed(0), device)
+    weights = load_tensors(run.file("best.safetensors"))
     try:
-        model.load_state_dict(load_tensors(run.file("best.safetensors")))
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise MnistlabError(f"{run.file('best.safetensors')} does not fit the run's model: {str(e).splitlines()[0]}") from None
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise MnistlabError(f"{run.file('best.safetensors')} holds non-finite weights ({bad}): the model is unusable")
     return model.eval(), cfg

@@ -305,11 +305,11 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
-    from .mechanics import run_study
+    from .mechanics import run_activation_study
 
     if args.epochs < 1 or args.depth < 1:
         raise MnistlabError("--epochs and --depth must be at least 1")
-    run_study(args.out, args.epochs, args.depth, log=_logger(args.quiet))
+    run_activation_study(args.out, args.epochs, args.depth, log=_logger(args.quiet))
     print(f"wrote {args.out}/activations.png, dead_relu.png, gradient_norms.png and activations.json")
     return 0
 

@@ -208,7 +208,7 @@ def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu") 
     """Test accuracy (%) of the mean softmax of several runs' best-validation models."""
     probs, labels, source = None, None, None
     for path in run_dirs:
-        model, cfg = checkpoint.load_model(path, device)
+        model, cfg = checkpoint.load_best_model(path, device)
         if source is None:
             ds = data.load(cfg.data.dir or None)
             x, labels, source = data.to_float(ds.test_images).to(device), ds.test_labels.to(device), cfg.data.dir

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import data
-from .checkpoint import load_model
+from .checkpoint import load_best_model
 from .errors import MnistlabError
 from .runs import atomic_write
 
@@ -45,7 +45,7 @@ def _require():
 def export_onnx(run_dir: str | Path, out: str | Path) -> None:
     """Write the run's best-validation model as an ONNX file (atomically)."""
     onnx, _ = _require()
-    model, _ = load_model(run_dir)
+    model, _ = load_best_model(run_dir)
     model = model.float().to(memory_format=torch.contiguous_format)
     example = torch.rand(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -69,7 +69,7 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
 def check_onnx(run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000) -> ExportCheck:
     """Run the ONNX file with onnxruntime and the torch model on the run's test set and compare."""
     _, ort = _require()
-    model, cfg = load_model(run_dir)
+    model, cfg = load_best_model(run_dir)
     ds = data.load(cfg.data.dir or None)
     x = data.to_float(ds.test_images)  # (10000, 1, 28, 28)
     y = ds.test_labels.numpy()

@@ -141,7 +141,7 @@ def study_figures(res: dict[str, Any], out: Path) -> None:
     save_figure(fig, out / "gradient_norms.png")
 
 
-def run_study(out: Path, epochs: int = 5, depth: int = 8, width: int = 256, log: Log = print) -> dict[str, Any]:
+def run_activation_study(out: Path, epochs: int = 5, depth: int = 8, width: int = 256, log: Log = print) -> dict[str, Any]:
     """All activation studies into ``out``: activations.png, dead_relu.png, gradient_norms.png, activations.json."""
     out.mkdir(parents=True, exist_ok=True)
     activation_figure(out / "activations.png")

@@ -146,8 +146,8 @@ class Classifier:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Classifier":
-        from .checkpoint import load_model
-        model, _ = load_model(run_dir)
+        from .checkpoint import load_best_model
+        model, _ = load_best_model(run_dir)
         return cls(model, str(run_dir))
 
     @torch.inference_mode()
