@@ -21,6 +21,7 @@ from .errors import MnistlabError
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # beyond this PIL's decompression-bomb check refuses the image
+WORK_SIDE = 1024  # larger images are box-averaged to at most this many pixels a side before preprocessing
 INK_THRESHOLD = 0.2  # of the ink range: what counts as ink when cropping
 
 
@@ -72,6 +73,9 @@ def open_image(source: str | Path | bytes, max_side: int | None = None) -> Image
 def to_grey(img: Image.Image) -> np.ndarray:
     """float32 (H, W) in [0, 1]; transparent pixels count as white paper."""
     img = ImageOps.exif_transpose(img)
+    factor = -(-max(img.size) // WORK_SIDE)
+    if factor > 1:  # the digit ends up 20 pixels tall: averaging big images down first saves memory and time
+        img = img.reduce(factor)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
