@@ -172,6 +172,31 @@ def server_url(trained_run):
     thread.join(10)
 
 
+def test_a_body_that_never_arrives_gets_408(trained_run):
+    import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(serve.create_app(trained_run, body_timeout=1.0), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            c.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 1000\r\n\r\n" + b"x" * 10)  # 10 of 1,000 bytes, then silence
+            start = time.time()
+            reply = c.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in reply
+        assert time.time() - start < 10
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 SHAPES = {  # strokes on the 280x280 pad
     1: [[(140, 40), (140, 240)]],
     0: [[(140 + 70 * math.sin(t / 24 * 2 * math.pi), 140 - 95 * math.cos(t / 24 * 2 * math.pi)) for t in range(25)]],

@@ -341,7 +341,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{path}: " + ", ".join(f"{c} ({p:.1%})" for c, p in pred.top(3)))
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps(results, indent=1, allow_nan=False))
     return EXIT_USER_ERROR if failed else 0
 
 

@@ -143,7 +143,7 @@ class _UnsupportedType(ValueError):
     pass
 
 
-def create_app(run_dir: "str | Path") -> Any:
+def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> Any:
     """The web app for a trained run directory."""
     fastapi, pydantic = _require()
     from fastapi import HTTPException, Request
@@ -203,7 +203,7 @@ def create_app(run_dir: "str | Path") -> Any:
                 status = 413 if "too large" in str(e) else 400
                 raise HTTPException(status, str(e).removeprefix("<bytes>: ").removeprefix("image: ")) from None
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, timeout=body_timeout)
     return app
 
 
