@@ -45,7 +45,7 @@ def run(cmd: list[str], out: Path) -> dict:
 
 
 def section_reproduce(tmp: Path, device: str, epochs: int) -> dict:
-    from mnistlab.experiment import compare_with_report, report_table
+    from mnistlab.metrics import compare_with_report, report_table
     runs = {
         "fp32_graphs": ["reproduce"],
         "fp32_eager": ["train", "--config", "experiments/seed.toml", "--set", "train.cuda_graphs=false"],
