@@ -21,7 +21,7 @@ fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
   echo "== tests on the GPU"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_resume.py tests/test_cli.py tests/test_fused.py
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_resume.py tests/test_cli.py tests/test_fused.py tests/test_device_path.py
   echo "== gpu_bench"
   timeout 300 python3 benchmarks/gpu_bench.py --out "$OUT"
 } 2>&1 | tee "$OUT/gpu_check.log"

@@ -70,7 +70,7 @@ def test_training_with_augmentation_keeps_labels(mnist):
     seen = []
     tr._update = lambda x, y: (seen.append(y.clone()), torch.zeros(()))[1]
     tr.train_epoch()
-    assert torch.cat(seen).sort().values.tolist() == tr.train.y[tr.train_idx].sort().values.tolist()
+    assert torch.cat(seen).sort().values.tolist() == tr.train_split.y[tr.train_idx].sort().values.tolist()
 
 
 def test_smoothing_matrix_equals_separable_gaussian_convolution():

@@ -1,6 +1,6 @@
 import pytest
 
-from mnistlab import config
+from mnistlab import checks, config
 from mnistlab.errors import ConfigError
 
 from pathlib import Path
@@ -23,7 +23,7 @@ def test_defaults_are_the_reports_experiment():
 
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_experiment_config_loads(path):
-    config.load(path)
+    checks.load_config(path)
 
 
 def test_roundtrip_through_toml(tmp_path):
@@ -60,7 +60,7 @@ def test_bad_configs_are_rejected_by_name(tmp_path, text, message):
     p = tmp_path / "bad.toml"
     p.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        config.load(p)
+        checks.load_config(p)
 
 
 def test_missing_config_file(tmp_path):

@@ -39,10 +39,14 @@ def test_an_epoch_makes_no_host_syncs(small_mnist_dir, monkeypatch, overrides):
     assert sum(calls[n] for n in SYNCING if n != "item") == 0, calls
 
 
-def test_data_lives_on_the_training_device(small_mnist_dir):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a placement check can only fail where there is a "
+                                                            "second device: benchmarks/gpu_check.sh runs it on a GPU")
+def test_data_and_generators_live_on_the_gpu(small_mnist_dir):
     from mnistlab import data
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'"])
-    tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
-    for split in (tr.train, tr.val, tr.test):
-        assert split.x.device == tr.device and split.y.device == tr.device
-    assert tr.g_aug.device == tr.device and tr.g_drop.device == tr.device
+    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.device='cuda'"])
+    tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cuda"))
+    for split in (tr.train_split, tr.val, tr.test):
+        assert split.x.device.type == "cuda" and split.y.device.type == "cuda"
+    assert tr.g_aug.device.type == "cuda" and tr.g_drop.device.type == "cuda"
+    assert all(p.device.type == "cuda" for p in tr.model.parameters())
+    assert tr.g_data.device.type == "cpu"  # the report's draws stay on the CPU generator

@@ -8,7 +8,7 @@ import torch
 
 from mnistlab import config
 from mnistlab.cli import main
-from mnistlab.experiment import compare_with_report, report_table
+from mnistlab.metrics import compare_with_report, report_table
 from mnistlab.train import Trainer
 
 pytestmark = pytest.mark.slow

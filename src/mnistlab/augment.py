@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
+from .config import DataConfig, check_choice
 
 
 def _affine_theta(b: int, cfg: DataConfig, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -79,6 +79,11 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor, DataConfig, torch.Generator], t
     "elastic": lambda x, c, g: _warp(x, c, g, affine=False, elastic=True),
     "affine+elastic": lambda x, c, g: _warp(x, c, g, affine=True, elastic=True),
 }
+
+
+def check(d: DataConfig) -> None:
+    """What the augmentation registry supports."""
+    check_choice("data.augment", d.augment, AUGMENTATIONS)
 
 
 def augment(x: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:

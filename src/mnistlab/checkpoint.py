@@ -138,6 +138,57 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+# ---------------------------------------------------------------- the key layout of a training state
+#   model.NAME          a model tensor (state_dict name)
+#   optim.INDEX.KEY     a tensor of the optimizer state of parameter INDEX (momentum_buffer, exp_avg, step...)
+#   rng.NAME            the state of a random generator (uint8)
+# Non-tensor optimizer state goes to the metadata as "INDEX.KEY" scalars.
+
+
+def pack_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A model, optimizer and generators as (tensors, optimizer scalars) in the layout above."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    scalars: dict[str, Any] = {}
+    for idx, st in optimizer.state_dict()["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{key}"] = v
+            else:
+                scalars[f"{idx}.{key}"] = v
+    tensors.update({f"rng.{name}": g.get_state() for name, g in generators.items()})
+    return tensors, scalars
+
+
+def unpack_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], model: torch.nn.Module,
+                 device: torch.device) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, Any]],
+                                                dict[str, torch.Tensor]]:
+    """(model state_dict, optimizer state by parameter index, generator states) from a checkpoint, with
+    every name and shape checked against ``model``."""
+    where = CHECKPOINT
+    check_shapes(tensors, model.state_dict(), "model.", where)
+    params = list(model.parameters())
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            parts = k.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+                raise CheckpointError(where, f"{k} names no parameter of the model")
+            idx = int(parts[1])
+            if v.dim() > 0 and tuple(v.shape) != tuple(params[idx].shape):
+                raise CheckpointError(where, f"{k} has shape {tuple(v.shape)}, its parameter "
+                                             f"{tuple(params[idx].shape)}")
+            state.setdefault(idx, {})[parts[2]] = v.to(device)
+    for k, v in scalars.items():
+        idx, _, key = k.partition(".")
+        if not idx.isdigit() or int(idx) >= len(params):
+            raise CheckpointError(where, f"optimizer scalar {k!r} names no parameter of the model")
+        state.setdefault(int(idx), {})[key] = v
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    rngs = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return model_state, state, rngs
+
+
 def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], prefix: str,
                  path: str) -> None:
     """Every ``prefix`` tensor of a checkpoint must exist in ``expected`` with the same shape, and all of them."""

@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiment import compare_with_report, report_table
+    from .metrics import compare_with_report, report_table
 
     cfg = config_mod.set_values(config_mod.Config(name="reproduce"), _overrides(args))
     result = _run_and_report(cfg, args)
@@ -266,7 +266,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ray_options = _ray_options(args)
     options = SearchOptions(sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                             pruner_startup=args.pruner_startup, pruner_warmup=args.pruner_warmup)
-    base = config_mod.set_values(config_mod.load(args.config), _overrides(args))
+    from .checks import set_values
+    base = set_values(config_mod.load(args.config), _overrides(args))
     params = load_space(args.space, base)
     out = args.out or Path("runs") / f"tune-{base.name}"
     _make_dir(out)

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from . import checkpoint, config, data
+from . import checkpoint, checks, config, data
 from .errors import MnistlabError
-from .experiment import resume, run, summarize
-from .metrics import predict_proba
+from .experiment import resume, run
+from .metrics import predict_proba, summarize
 from .plots import overlay_figure
 from .runs import RunDir, atomic_write, remove_stale_temp
 
@@ -50,7 +50,7 @@ class StudyRow:
 def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[config.Config]:
     """Load the study's configs, each with ``overrides`` (dotted key -> value) applied; they must agree on
     the dataset and have distinct names."""
-    cfgs = [config.set_values(config.load(p), overrides or {}) for p in paths]
+    cfgs = [checks.set_values(config.load(p), overrides or {}) for p in paths]
     names = [c.name for c in cfgs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -233,88 +233,57 @@ MAX_SEED = 2**32 - 1  # seeds are combined with stream offsets and must stay wit
 MAX_THREADS = 1024  # torch crashes on absurd thread counts (100,000 segfaults)
 
 
-def _check(ok: bool, key: str, value: Any, want: str) -> None:
+def check_value(ok: bool, key: str, value: Any, want: str) -> None:
+    """Reject ``value`` of ``key`` by name unless ``ok`` (used here and by each module's ``check``)."""
     if not ok:
         raise ConfigError(f"config key '{key}' = {value!r} is invalid: {want}")
 
 
-def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+def check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    """A name that must be one of a registry's keys (used by each module's ``check``)."""
     choices = sorted(choices)
     if value not in choices:
         raise ConfigError(f"config key '{key}' = {value!r} is unknown (choose from {', '.join(choices)})")
 
 
 def validate(cfg: Config) -> None:
-    """Range and name checks that types alone cannot express."""
-    from .augment import AUGMENTATIONS
-    from .models import ACTIVATIONS, ARCHS, INITS, MLP_ONLY_OPTIONS
-    from .optim import OPTIMIZERS, SCHEDULES
-
+    """Range checks that types alone cannot express. What each model, optimizer, schedule, augmentation
+    and engine supports is checked beside it (``models.check`` and so on), all together by
+    :func:`mnistlab.checks.check`."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
-    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be between 0 and 1")
-    _check_choice("data.augment", d.augment, AUGMENTATIONS)
+    check_value(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be between 0 and 1")
     for key in ("max_shift", "max_rotation", "max_scale", "max_shear", "elastic_alpha"):
-        _check(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
-    _check(d.elastic_sigma > 0, "data.elastic_sigma", d.elastic_sigma, "must be > 0")
-    _check(d.max_scale < 1, "data.max_scale", d.max_scale, "must be < 1")
+        check_value(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
+    check_value(d.elastic_sigma > 0, "data.elastic_sigma", d.elastic_sigma, "must be > 0")
+    check_value(d.max_scale < 1, "data.max_scale", d.max_scale, "must be < 1")
 
-    _check_choice("model.arch", m.arch, ARCHS)
-    _check_choice("model.activation", m.activation, ACTIVATIONS)
-    _check_choice("model.init", m.init, INITS)
-    _check(len(m.hidden) > 0 and all(h > 0 for h in m.hidden), "model.hidden", m.hidden,
+    check_value(len(m.hidden) > 0 and all(h > 0 for h in m.hidden), "model.hidden", m.hidden,
            "must be a non-empty list of positive widths")
-    _check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
-    _check(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
-    _check(m.width > 0, "model.width", m.width, "must be > 0")
-    defaults = ModelConfig()
-    if m.arch not in ("cnn", "fastcnn") and m.width != defaults.width:
-        raise ConfigError(f"config key 'model.width' is a CNN option and does not fit model.arch = {m.arch!r}")
-    if m.arch != "mlp":
-        for key in MLP_ONLY_OPTIONS:
-            if getattr(m, key) != getattr(defaults, key):
-                raise ConfigError(f"config key 'model.{key}' is an MLP option and does not fit model.arch = "
-                                  f"{m.arch!r}")
+    check_value(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
+    check_value(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
+    check_value(m.width > 0, "model.width", m.width, "must be > 0")
 
-    _check_choice("optim.name", o.name, OPTIMIZERS)
-    _check_choice("optim.schedule", o.schedule, SCHEDULES)
-    _check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
-    _check(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
-    _check(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
-           "needs optim.name = 'sgd' and optim.momentum > 0")
-    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
+    check_value(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    check_value(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
+    check_value(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    check_value(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
            "must be two numbers in [0, 1)")
-    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
-    _check(o.step_epochs > 0, "optim.step_epochs", o.step_epochs, "must be > 0")
-    _check(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
-    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
-    _check(o.max_norm >= 0, "optim.max_norm", o.max_norm, "must be >= 0 (0 = off)")
-    _check(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
+    check_value(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    check_value(o.step_epochs > 0, "optim.step_epochs", o.step_epochs, "must be > 0")
+    check_value(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
+    check_value(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    check_value(o.max_norm >= 0, "optim.max_norm", o.max_norm, "must be >= 0 (0 = off)")
+    check_value(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
 
-    _check(t.epochs > 0, "train.epochs", t.epochs, "must be > 0")
-    _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
-    _check(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"must be in [0, {MAX_SEED}]")
-    _check_choice("train.precision", t.precision, ("fp32", "bf16"))
-    _check(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, "train.device", t.device,
+    check_value(t.epochs > 0, "train.epochs", t.epochs, "must be > 0")
+    check_value(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
+    check_value(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"must be in [0, {MAX_SEED}]")
+    check_choice("train.precision", t.precision, ("fp32", "bf16"))
+    check_value(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, "train.device", t.device,
            "must be auto, cpu, cuda or cuda:N")
-    _check(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads, f"must be in [0, {MAX_THREADS}] (0 = torch's default)")
-    _check(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
-    _check(t.patience >= 0, "train.patience", t.patience, "must be >= 0 (0 = off)")
-    _check(not (d.train_on_val and t.patience), "train.patience", t.patience,
+    check_value(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads, f"must be in [0, {MAX_THREADS}] (0 = torch's default)")
+    check_value(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
+    check_value(t.patience >= 0, "train.patience", t.patience, "must be >= 0 (0 = off)")
+    check_value(not (d.train_on_val and t.patience), "train.patience", t.patience,
            "early stopping needs a validation set (data.train_on_val = true has none)")
-    _check_choice("train.engine", t.engine, ("torch", "numpy"))
-    if t.engine == "numpy":
-        from .numpy_mlp import ACTIVATIONS as NUMPY_ACTIVATIONS
-        plain = ConfigError  # the NumPy MLP implements exactly the report's kind of training
-        checks = [(m.arch == "mlp", "model.arch", "mlp"), (m.activation in NUMPY_ACTIVATIONS, "model.activation",
-                  "/".join(NUMPY_ACTIVATIONS)), (not m.batchnorm, "model.batchnorm", "false"),
-                  (m.dropout == 0 and m.input_dropout == 0, "model.dropout", "0"),
-                  (not m.normalize, "model.normalize", "false"), (o.name == "sgd", "optim.name", "sgd"),
-                  (o.momentum == 0 and o.weight_decay == 0, "optim.momentum", "0 (and no weight decay)"),
-                  (o.schedule == "constant" and o.warmup_epochs == 0, "optim.schedule", "constant"),
-                  (o.max_norm == 0 and o.label_smoothing == 0, "optim.max_norm", "0 (and no label smoothing)"),
-                  (d.augment == "none", "data.augment", "none"), (t.precision == "fp32", "train.precision", "fp32"),
-                  (t.device in ("auto", "cpu"), "train.device", "cpu")]
-        for ok, key, want in checks:
-            if not ok:
-                raise plain(f"train.engine = 'numpy' needs {key} = {want}")
+    check_choice("train.engine", t.engine, ("torch", "numpy"))

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import checkpoint, data
+from . import checkpoint, checks, data
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, MnistlabError
-from .metrics import best_epoch, convergence_epoch
+from .metrics import summarize
 from .models import count_parameters
 from .plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
@@ -59,19 +57,6 @@ def format_row(row: dict[str, Any]) -> str:
             f"  ({row.get('seconds', 0):.1f}s)")
 
 
-def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best-on-validation figures of a history (test never selects anything)."""
-    last = history[-1]
-    out: dict[str, Any] = {"epochs_run": len(history), "final_test_acc": last.get("test_acc"),
-                           "final_val_acc": last.get("val_acc"), "final_train_loss": last.get("train_loss")}
-    val = [r.get("val_acc") for r in history]
-    if all(v is not None for v in val):
-        best = best_epoch(val)
-        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=history[best - 1]["test_acc"],
-                   convergence_epoch=convergence_epoch(val))
-    return out
-
-
 def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Trainer:
     if cfg.train.engine == "numpy":
         from .numpy_train import NumpyTrainer
@@ -80,7 +65,9 @@ def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Tr
 
 
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
-    """Load the data (unless given) and resolve device and precision (falling back from bf16 with a message)."""
+    """Check the config, load the data (unless given) and resolve device and precision (falling back from
+    bf16 with a message)."""
+    checks.check(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -193,22 +180,3 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
                 raise
     conv = info["summary"].get("convergence_epoch")
     return RunResult(run_dir, trainer.history, conv, info)
-
-
-# ---------------------------------------------------------------- the report's own table
-
-
-def report_table(name: str = "report.csv") -> list[dict[str, float]]:
-    """The report's per-epoch table (or the rerun of its script), from the package's reference data."""
-    text = resources.files("mnistlab").joinpath("reference", name).read_text()
-    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
-
-
-def compare_with_report(history: list[dict[str, Any]], reference: list[dict[str, float]]) -> dict[str, float]:
-    """Largest per-epoch gaps to the report's validation accuracy and training loss."""
-    n = min(len(history), len(reference))
-    return {
-        "epochs_compared": n,
-        "max_val_acc_diff": max(abs(history[i]["val_acc"] - reference[i]["val_acc"]) for i in range(n)),
-        "max_train_loss_diff": max(abs(history[i]["train_loss"] - reference[i]["train_loss"]) for i in range(n)),
-    }

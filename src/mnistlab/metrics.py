@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
-from typing import Sequence
+from importlib import resources
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +76,35 @@ def best_epoch(val_acc: Sequence[float]) -> int:
     """1-based epoch of the highest validation accuracy (the earliest on ties): model selection on validation."""
     best = max(range(len(val_acc)), key=lambda i: (val_acc[i], -i))
     return best + 1
+
+
+# ---------------------------------------------------------------- histories (pure functions of the rows)
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best-on-validation figures of a history (test never selects anything)."""
+    last = history[-1]
+    out: dict[str, Any] = {"epochs_run": len(history), "final_test_acc": last.get("test_acc"),
+                           "final_val_acc": last.get("val_acc"), "final_train_loss": last.get("train_loss")}
+    val = [r.get("val_acc") for r in history]
+    if all(v is not None for v in val):
+        best = best_epoch(val)
+        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=history[best - 1]["test_acc"],
+                   convergence_epoch=convergence_epoch(val))
+    return out
+
+
+def report_table(name: str = "report.csv") -> list[dict[str, float]]:
+    """The report's per-epoch table (or the rerun of its script), from the package's reference data."""
+    text = resources.files("mnistlab").joinpath("reference", name).read_text()
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(text.splitlines())]
+
+
+def compare_with_report(history: list[dict[str, Any]], reference: list[dict[str, float]]) -> dict[str, float]:
+    """Largest per-epoch gaps to the report's validation accuracy and training loss."""
+    n = min(len(history), len(reference))
+    return {
+        "epochs_compared": n,
+        "max_val_acc_diff": max(abs(history[i]["val_acc"] - reference[i]["val_acc"]) for i in range(n)),
+        "max_train_loss_diff": max(abs(history[i]["train_loss"] - reference[i]["train_loss"]) for i in range(n)),
+    }

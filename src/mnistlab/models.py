@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, check_choice, check_value
+from .errors import ConfigError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics after /255
 
@@ -219,6 +220,22 @@ def init_parameters(model: nn.Module, scheme: str, generator: torch.Generator) -
             elif any(True for _ in m.parameters(recurse=False)):
                 raise TypeError(f"no initialiser for {type(m).__name__}")
         INITS[scheme](model, generator)
+
+
+def check(m: ModelConfig) -> None:
+    """What the model registries support: names, and options that fit the architecture."""
+    check_choice("model.arch", m.arch, ARCHS)
+    check_choice("model.activation", m.activation, ACTIVATIONS)
+    check_choice("model.init", m.init, INITS)
+    defaults = type(m)()
+    if m.arch not in ("cnn", "fastcnn") and m.width != defaults.width:
+        raise ConfigError(f"config key 'model.width' is a CNN option and does not fit model.arch = {m.arch!r}")
+    if m.arch != "mlp":
+        for key in MLP_ONLY_OPTIONS:
+            if getattr(m, key) != getattr(defaults, key):
+                raise ConfigError(f"config key 'model.{key}' is an MLP option and does not fit model.arch = "
+                                  f"{m.arch!r}")
+    check_value(m.width > 0, "model.width", m.width, "must be > 0")
 
 
 def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:

@@ -10,8 +10,26 @@ import torch
 
 from . import data
 from .config import Config
-from .numpy_mlp import NumpyMLP
+from .errors import ConfigError
+from .numpy_mlp import ACTIVATIONS, NumpyMLP
 from .train import Split, Trainer
+
+
+def check(cfg: Config) -> None:
+    """The NumPy MLP implements exactly the report's kind of training: plain SGD on an MLP, in fp32."""
+    m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
+    rules = [(m.arch == "mlp", "model.arch", "mlp"), (m.activation in ACTIVATIONS, "model.activation",
+              "/".join(ACTIVATIONS)), (not m.batchnorm, "model.batchnorm", "false"),
+             (m.dropout == 0 and m.input_dropout == 0, "model.dropout", "0"),
+             (not m.normalize, "model.normalize", "false"), (o.name == "sgd", "optim.name", "sgd"),
+             (o.momentum == 0 and o.weight_decay == 0, "optim.momentum", "0 (and no weight decay)"),
+             (o.schedule == "constant" and o.warmup_epochs == 0, "optim.schedule", "constant"),
+             (o.max_norm == 0 and o.label_smoothing == 0, "optim.max_norm", "0 (and no label smoothing)"),
+             (d.augment == "none", "data.augment", "none"), (t.precision == "fp32", "train.precision", "fp32"),
+             (t.device in ("auto", "cpu"), "train.device", "cpu")]
+    for ok, key, want in rules:
+        if not ok:
+            raise ConfigError(f"train.engine = 'numpy' needs {key} = {want}")
 
 
 class NumpyTrainer(Trainer):
@@ -36,9 +54,9 @@ class NumpyTrainer(Trainer):
 
     def train_epoch(self, on_step: Callable[[], None] = lambda: None) -> float:
         b, lr = self.cfg.train.batch_size, self.cfg.optim.lr
-        x = self.train.x.numpy().reshape(len(self.train.x), -1)  # (N, 784) float32 view
-        y = self.train.y.numpy()
-        order = self.train_idx[data.epoch_order(len(self.train_idx), self.g)].numpy()
+        x = self.train_split.x.numpy().reshape(len(self.train_split.x), -1)  # (N, 784) float32 view
+        y = self.train_split.y.numpy()
+        order = self.train_idx[data.epoch_order(len(self.train_idx), self.g_data)].numpy()
         loss_sum = np.float32(0)
         for step in range(self.steps_per_epoch):
             idx = order[step * b:(step + 1) * b]

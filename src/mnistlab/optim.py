@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from .config import OptimConfig, check_choice, check_value
 
 # fused implementations: one kernel per step for all parameters, and no host syncs on the step counter
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
@@ -47,6 +47,14 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: OptimConfi
         return start + (1 - start) * (step + 1) / warm
     t = min(1.0, (step - warm) / max(1, total_steps - warm))
     return SCHEDULES[cfg.schedule](t, step // steps_per_epoch, cfg)
+
+
+def check(o: OptimConfig) -> None:
+    """What the optimizer and schedule registries support."""
+    check_choice("optim.name", o.name, OPTIMIZERS)
+    check_choice("optim.schedule", o.schedule, SCHEDULES)
+    check_value(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
+                "needs optim.name = 'sgd' and optim.momentum > 0")
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MnistlabError
-from .experiment import summarize
-from .metrics import BAND, WINDOW
+from .metrics import BAND, WINDOW, summarize
 from .runs import RunDir, atomic_write
 
 TEXT: dict[str, dict[str, str]] = {

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import checks, config
 from .errors import ConfigError
 
 KINDS = ("float", "int", "categorical")
@@ -103,7 +103,7 @@ def _param(key: str, spec: Any, base: config.Config, where: str) -> Param:
             raise ConfigError(f"{name} needs a non-empty list of choices")
         for i, c in enumerate(choices):
             try:
-                config.set_values(base, {key: c})
+                checks.set_values(base, {key: c})
             except ConfigError as e:
                 raise ConfigError(f"{name} choice {i + 1} ({c!r}) is rejected by the config: {e}") from None
         labels = [choice_label(c) for c in choices]
@@ -132,7 +132,7 @@ def _param(key: str, spec: Any, base: config.Config, where: str) -> Param:
             raise ConfigError(f"{name} step must be > 0 and cannot be combined with log")
     for bound in (low, high):
         try:
-            config.set_values(base, {key: float(bound) if tp is float else bound})
+            checks.set_values(base, {key: float(bound) if tp is float else bound})
         except ConfigError as e:
             raise ConfigError(f"{name} bound {bound} is rejected by the config: {e}") from None
     if tp is float:

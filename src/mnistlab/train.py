@@ -2,7 +2,7 @@
 
 Random streams, each from an explicit generator seeded by ``train.seed``:
 
-* ``g`` (CPU) replays the report's use of PyTorch's default generator, draw for draw: ``random_split``,
+* ``g_data`` (CPU) replays the report's use of PyTorch's default generator, draw for draw: ``random_split``,
   the validation DataLoader's base seed, the layers' initialisation, then per epoch the training
   DataLoader's base seed and its RandomSampler's seed.
 * ``g_aug`` (on the training device) draws the augmentation.
@@ -64,14 +64,14 @@ class Trainer:
     def __init__(self, cfg: Config, dataset: data.Dataset, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         t = cfg.train
-        self.g = torch.Generator().manual_seed(t.seed)
+        self.g_data = torch.Generator().manual_seed(t.seed)
         self.g_aug = torch.Generator(device=device).manual_seed(t.seed + AUG_SEED_OFFSET)
         self.g_drop = torch.Generator(device=device).manual_seed(t.seed + DROPOUT_SEED_OFFSET)
 
         n = len(dataset.train_images)
-        train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g)
-        data.loader_seed(self.g)  # the report's validation DataLoader draws its base seed here
-        self.model = build_model(cfg.model, self.g, device)
+        train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g_data)
+        data.loader_seed(self.g_data)  # the report's validation DataLoader draws its base seed here
+        self.model = build_model(cfg.model, self.g_data, device)
         for m in self.model.modules():
             if isinstance(m, Dropout):
                 m.generator = self.g_drop
@@ -80,7 +80,7 @@ class Trainer:
 
         x_all = data.to_float(dataset.train_images).to(device)
         y_all = dataset.train_labels.to(device)
-        self.train = Split(x_all, y_all)  # indexed through train_idx; the full set avoids a copy
+        self.train_split = Split(x_all, y_all)  # all training images, indexed through train_idx (no copy)
         self.train_idx = train_idx
         self.val = None if val_idx is None else Split(x_all[val_idx.to(device)], y_all[val_idx.to(device)])
         self.test = Split(data.to_float(dataset.test_images).to(device), dataset.test_labels.to(device))
@@ -144,8 +144,8 @@ class Trainer:
         return loss.detach()
 
     def _batch_update(self, idx: torch.Tensor) -> torch.Tensor:
-        x = self.train.x.index_select(0, idx)  # (B, 1, 28, 28)
-        y = self.train.y.index_select(0, idx)
+        x = self.train_split.x.index_select(0, idx)  # (B, 1, 28, 28)
+        y = self.train_split.y.index_select(0, idx)
         if self.cfg.data.augment != "none":
             x = augment(x, self.cfg.data, self.g_aug)
         return self._update(x, y)
@@ -154,7 +154,7 @@ class Trainer:
         """One pass over the training set in the seeded order; returns the mean batch loss."""
         b = self.cfg.train.batch_size
         self.model.train()
-        order = self.train_idx[data.epoch_order(len(self.train_idx), self.g)].to(self.device)
+        order = self.train_idx[data.epoch_order(len(self.train_idx), self.g_data)].to(self.device)
         if self.use_graphs and self.graph is None:
             graphs.tensor_lr(self.optimizer, self.device)
             self.graph = graphs.StepGraph(self._batch_update, b, self.device, self.model, self.optimizer)
@@ -216,70 +216,46 @@ class Trainer:
     # ------------------------------------------------------------ state, for exact resume
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything that determines the rest of the run: tensors (weights, optimizer state, RNG states)
-        and JSON-able metadata (epoch, history, early-stopping counters). The lr is a function of the
-        step, and the step is the epoch times the steps per epoch: no schedule state to keep."""
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        opt = self.optimizer.state_dict()
-        scalars = {}
-        for idx, st in opt["state"].items():
-            for key, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"optim.{idx}.{key}"] = v
-                else:
-                    scalars[f"{idx}.{key}"] = v
-        tensors["rng.data"] = self.g.get_state()
-        tensors["rng.augment"] = self.g_aug.get_state()
-        tensors["rng.dropout"] = self.g_drop.get_state()
+        """Everything that determines the rest of the run: tensors (weights, optimizer state, RNG states,
+        in :mod:`checkpoint`'s layout) and JSON-able metadata (epoch, history, early-stopping counters).
+        The lr is a function of the step, and the step is the epoch times the steps per epoch: no schedule
+        state to keep."""
+        tensors, scalars = checkpoint.pack_state(self.model, self.optimizer, self._generators())
         best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
         meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
-                "optimizer_param_groups": _jsonable(opt["param_groups"]), "optimizer_scalars": scalars}
+                "optimizer_param_groups": _jsonable(self.optimizer.state_dict()["param_groups"]),
+                "optimizer_scalars": scalars}
         return tensors, meta
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"data": self.g_data, "augment": self.g_aug, "dropout": self.g_drop}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore a :meth:`state` (validated by :func:`checkpoint.load`); the trainer must have been built
         from the same config and data. Tensors of the wrong names or shapes are a clear error."""
-        where = "checkpoint.safetensors"
-        checkpoint.check_shapes(tensors, self.model.state_dict(), "model.", where)
-        params = list(self.model.parameters())
-        state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                parts = k.split(".", 2)
-                if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
-                    raise checkpoint.CheckpointError(where, f"{k} names no parameter of the model")
-                idx = int(parts[1])
-                if v.dim() > 0 and tuple(v.shape) != tuple(params[idx].shape):
-                    raise checkpoint.CheckpointError(where, f"{k} has shape {tuple(v.shape)}, its parameter "
-                                                            f"{tuple(params[idx].shape)}")
-                state.setdefault(idx, {})[parts[2]] = v.to(self.device)
-        for k, v in meta["optimizer_scalars"].items():
-            idx, _, key = k.partition(".")
-            if not idx.isdigit() or int(idx) >= len(params):
-                raise checkpoint.CheckpointError(where, f"optimizer scalar {k!r} names no parameter of the model")
-            state.setdefault(int(idx), {})[key] = v
+        model_state, optim_state, rngs = checkpoint.unpack_state(tensors, meta["optimizer_scalars"], self.model,
+                                                                 self.device)
         groups = meta["optimizer_param_groups"]
-        if len(groups) != len(self.optimizer.param_groups) or any(
-                sorted(g.get("params", [])) != list(range(len(params))) for g in groups[:1]):
-            raise checkpoint.CheckpointError(where, "its optimizer parameter groups do not fit the model")
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        n_params = len(list(self.model.parameters()))
+        if len(groups) != len(self.optimizer.param_groups) or sorted(groups[0].get("params", [])) != list(range(n_params)):
+            raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, "its optimizer parameter groups do not fit the model")
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         try:
-            self.g.set_state(tensors["rng.data"])
-            self.g_aug.set_state(tensors["rng.augment"])
-            self.g_drop.set_state(tensors["rng.dropout"])
+            for name, g in self._generators().items():
+                g.set_state(rngs[name])
         except RuntimeError as e:
-            raise checkpoint.CheckpointError(where, f"a random-number state does not fit ({str(e).splitlines()[0]})") \
-                from None
+            raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, "a random-number state does not fit "
+                                                                    f"({str(e).splitlines()[0]})") from None
         self.epoch, self.history = meta["epoch"], meta["history"]
         best = meta["best_val_acc"]
         self.best_val_acc = -math.inf if best is None else best
         self.bad_epochs = meta["bad_epochs"]
         self.stopped_early = meta["stopped_early"]
         if self.epoch > self.cfg.train.epochs:
-            raise checkpoint.CheckpointError(where, f"its epoch {self.epoch} is past the config's "
-                                                    f"train.epochs = {self.cfg.train.epochs}")
+            raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, f"its epoch {self.epoch} is past the config's "
+                                                                    f"train.epochs = {self.cfg.train.epochs}")
         if self.scheduled:  # checkpoints of older versions hold the lr the schedule had reached: recompute
             self._set_lr(self.epoch * self.steps_per_epoch)
         else:

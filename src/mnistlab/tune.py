@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import config, data
+from . import checks, config, data
 from .errors import ConfigError, DivergenceError, MnistlabError
-from .experiment import StopRun, run, summarize
+from .experiment import StopRun, run
+from .metrics import summarize
 from .runs import RunDir, atomic_write
 from .space import Param, space_to_dict
 
@@ -159,7 +160,7 @@ class PruningHook:
 def trial_config(base: config.Config, params: list[Param], stored: dict[str, Any], number: int) -> config.Config:
     """The base config with a trial's parameters set; named after the trial."""
     values = {p.key: p.decode(stored[p.key]) for p in params if p.key in stored}
-    return config.set_values(base, {**values, "name": f"{base.name}-trial{number:04d}"})
+    return checks.set_values(base, {**values, "name": f"{base.name}-trial{number:04d}"})
 
 
 def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, hook: PruningHook) -> dict[str, Any]:
