@@ -167,6 +167,11 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         info["status"] = "failed"
         raise
     finally:
+        if run_dir.is_run():  # what metrics.csv holds is the truth (Ctrl-C may land just after a write)
+            try:
+                written = len(run_dir.read_history())
+            except MnistlabError:
+                pass
         history = trainer.history[:written]
         info.update(finished=now(), wall_seconds=round(info.get("wall_seconds", 0) + time.perf_counter() - start, 3),
                     train_seconds=round(sum(r["seconds"] for r in history), 3), epochs_done=written)
