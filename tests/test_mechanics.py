@@ -78,6 +78,7 @@ def test_report_renders_every_section(short_run, tmp_path, lang):
     for title in SECTIONS[lang]:
         assert f"## {title}" in md
     assert "$$L = -\\frac{1}{B}" in md and "activations.png" in md and "run1_accuracy.png" in md
+    assert "| 1,800 |" in md and "| 200 |" in md and "| 500 |" in md  # the run's own data: 2,000 + 500 images
     history = json.loads((short_run / "metrics.json").read_text())
     assert f"{history[-1]['test_acc']:.2f}" in md  # real numbers from the run
     assert (out / "run1_accuracy.png").is_file() and (out / "activations.png").is_file()

@@ -152,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, log=_logger(args.quiet), show_progress=_show_progress(args))
         _print_summary(result)
         return 0
-    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    # without --config: the report's MLP, named for what it is ("seed" would read like a random seed)
+    cfg = config_mod.load(args.config) if args.config else config_mod.Config(name="report_mlp")
     cfg = config_mod.set_values(cfg, _overrides(args))
     _run_and_report(cfg, args)
     return 0

@@ -93,6 +93,8 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
         "name": cfg.name, "status": "running", "started": now(), "config": config_mod.to_dict(cfg),
         "environment": environment(device, dataset.checksum, dataset.source, cfg.train.seed),
         "data_is_mnist": dataset.is_mnist, "parameters": count_parameters(trainer.model),
+        "data_sizes": {"train": len(trainer.train_idx), "val": 0 if trainer.val is None else len(trainer.val.y),
+                       "test": len(trainer.test.y)},
     }
     run_dir.write_config(cfg)
     return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch)

@@ -41,8 +41,12 @@ def activation_figure(path: Path) -> None:
     curves = activation_curves(x)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, (y, dy) in curves.items():
-        a.plot(x, y, label=name)
-        b.plot(x, dy, label=name)
+        # dashed lines drawn later, and ReLU thicker: ReLU and leaky ReLU coincide for x > 0, and would
+        # otherwise hide each other
+        style = {"lw": 3.0 if name == "relu" else 1.5, "ls": "--" if name == "leaky_relu" else "-",
+                 "zorder": 3 if name == "leaky_relu" else 2}
+        a.plot(x, y, label=name, **style)
+        b.plot(x, dy, label=name, **style)
     a.set(title="activation functions f(x)", xlabel="x", ylim=(-1.5, 5))
     b.set(title="derivatives f'(x)", xlabel="x", ylim=(-0.2, 1.2))
     for ax in (a, b):

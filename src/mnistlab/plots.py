@@ -39,15 +39,20 @@ def accuracy_figure(history: Sequence[dict[str, Any]], path: Path, title: str = 
     if _present(val):
         ax.plot(epochs, val, marker="o", ms=3, label="validation accuracy")
     ax.plot(epochs, test, marker="s", ms=3, label="test accuracy")
-    if conv is not None:
-        ax.axvline(conv, color="grey", ls="--", lw=1)
-        ax.annotate(f"converged: epoch {conv}", (conv, ax.get_ylim()[0]), xytext=(4, 8),
-                    textcoords="offset points", color="dimgrey", fontsize=9)
+    if conv is not None:  # in the legend: a label on the plot hides behind it or falls off the right edge
+        ax.axvline(conv, color="grey", ls="--", lw=1, label=f"converged: epoch {conv}")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "Accuracy per epoch")
+    _integer_epochs(ax)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     save_figure(fig, path)
     return conv
+
+
+def _integer_epochs(ax: Any) -> None:
+    """Whole-epoch ticks, also for runs of a few epochs (matplotlib would put ticks at 1.5, 2.5...)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def loss_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
@@ -62,6 +67,7 @@ def loss_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "") 
     if conv is not None:
         ax.axvline(conv, color="grey", ls="--", lw=1, label=f"converged (epoch {conv})")
     ax.set(xlabel="epoch", ylabel="cross-entropy", title=title or "Loss per epoch", yscale="log")
+    _integer_epochs(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper right")
     save_figure(fig, path)
@@ -87,8 +93,11 @@ def overlay_figure(curves: dict[str, list[list[float]]], path: Path, ylabel: str
         if len(runs) > 1:
             ax.fill_between(x, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(), alpha=0.15)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    _integer_epochs(ax)
     lo = min(min(r[len(r) // 3:] or r) for runs in curves.values() for r in runs)
     ax.set_ylim(max(lo - 0.3, 0), None)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # below the axes, in columns: readable at any number of configs and never over the curves
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2 if len(curves) > 4 else 1,
+              frameon=False)
     save_figure(fig, path)

@@ -176,11 +176,16 @@ def _copy_figure(src: Path, out: Path, name: str) -> str | None:
 
 def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
     cfg = info["config"]
-    n_val = round(60000 * cfg["data"]["val_fraction"])
-    rows = [[t["train_set"], f"{60000 - n_val:,}", t["train_role"]], [t["val_set"], f"{n_val:,}", t["val_role"]],
-            [t["test_set"], "10,000", t["test_role"]]]
+    # the sizes the run recorded (any --data-dir); runs from before they were recorded used MNIST
+    sizes = info.get("data_sizes") or {"train": 60000 - round(60000 * cfg["data"]["val_fraction"]),
+                                       "val": round(60000 * cfg["data"]["val_fraction"]), "test": 10000}
+    if cfg["data"]["train_on_val"] and "data_sizes" not in info:
+        sizes = {"train": 60000, "val": 0, "test": 10000}
+    rows = [[t["train_set"], f"{sizes['train']:,}", t["train_role"]], [t["val_set"], f"{sizes['val']:,}", t["val_role"]],
+            [t["test_set"], f"{sizes['test']:,}", t["test_role"]]]
     if cfg["data"]["train_on_val"]:
-        rows = [[t["trainval_set"], "60,000", t["train_role"]], [t["test_set"], "10,000", t["test_role"]]]
+        rows = [[t["trainval_set"], f"{sizes['train']:,}", t["train_role"]],
+                [t["test_set"], f"{sizes['test']:,}", t["test_role"]]]
     env = info["environment"]
     return (f"## {t['data']}\n\n" + t["data_text"].format(seed=cfg["train"]["seed"],
                                                            val_pct=100 * cfg["data"]["val_fraction"]) + "\n\n"
