@@ -184,27 +184,23 @@ def test_format_1_checkpoints_resume_and_torn_pairs_are_refused(small_mnist_dir,
     extra = ["--set", "optim.schedule='cosine'", "--set", "optim.momentum=0.9"]
     args = ["--data-dir", str(small_mnist_dir), "--epochs", "4", "--hidden", "8", "--quiet", *extra]
     assert main(["train", *args, "--out", str(tmp_path / "full")]) == 0
-    out = tmp_path / "old"
-    interrupt_at_epoch(monkeypatch, 3)
-    assert main(["train", *args, "--out", str(out)]) == 130
-    monkeypatch.undo()
-    tensors, meta = checkpoint.load(checkpoint.RunDir(out))
-    # as format 1 wrote them: the tensors (epoch stamp only), then the JSON with a LambdaLR state
-    checkpoint.save_tensors(out / "checkpoint.safetensors", tensors, {"format": "1", "epoch": "2"})
-    legacy = {**meta, "format": 1, "scheduler": {"base_lrs": [0.1], "last_epoch": 2 * 18, "_step_count": 37}}
-    (out / "checkpoint.json").write_text(json.dumps(legacy))
-    assert main(["train", "--resume", str(out), "--quiet"]) == 0
-    assert _numbers(out) == _numbers(tmp_path / "full")
 
-    torn = tmp_path / "torn"
-    interrupt_at_epoch(monkeypatch, 3)
-    assert main(["train", *args, "--out", str(torn)]) == 130
-    monkeypatch.undo()
-    tensors, meta = checkpoint.load(checkpoint.RunDir(torn))
-    checkpoint.save_tensors(torn / "checkpoint.safetensors", tensors, {"format": "1", "epoch": "3"})
-    (torn / "checkpoint.json").write_text(json.dumps({**meta, "format": 1}))
+    def as_format_1(out, tensor_epoch, extra_meta):
+        """Stop a run after 2 epochs, then rewrite its state as format 1 did: tensors, then the JSON."""
+        interrupt_at_epoch(monkeypatch, 3)
+        assert main(["train", *args, "--out", str(out)]) == 130
+        monkeypatch.undo()
+        tensors, meta = checkpoint.load(checkpoint.RunDir(out))
+        checkpoint.save_tensors(out / "checkpoint.safetensors", tensors, {"format": "1", "epoch": str(tensor_epoch)})
+        (out / "checkpoint.json").write_text(json.dumps({**meta, "format": 1, **extra_meta}))
+
+    as_format_1(tmp_path / "old", 2, {"scheduler": {"base_lrs": [0.1], "last_epoch": 36, "_step_count": 37}})
+    assert main(["train", "--resume", str(tmp_path / "old"), "--quiet"]) == 0
+    assert _numbers(tmp_path / "old") == _numbers(tmp_path / "full")
+
+    as_format_1(tmp_path / "torn", 3, {})  # killed between the two writes of epoch 3
     capsys.readouterr()
-    assert main(["train", "--resume", str(torn), "--quiet"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "torn"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "tensors are of epoch 3 but checkpoint.json is of epoch 2" in err and err.count("\n") == 1
 
