@@ -285,6 +285,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_runs
+
+    out = args.out or Path("runs") / "evaluate"
+    evals = evaluate_runs(args.run_dirs, out, args.split, log=print)
+    extra = "; side by side: compare.md, compare.json, robustness.png" if len(evals) > 1 else ""
+    print(f"wrote {out}/NAME/ for each run (confusion, per-class, calibration, robustness, mistakes, first "
+          f"layer){extra}")
+    return 0
+
+
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from .compare import ensemble_test_accuracy
 
@@ -419,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_override_options(p, STUDY_FLAGS)
     _add_ray_options(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("evaluate", help="errors, calibration, robustness and first-layer figures of trained runs")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="output directory (default runs/evaluate)")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="the split to evaluate on (default test)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")

@@ -1,0 +1,331 @@
+"""Look inside trained models: where they fail, whether their probabilities mean anything, how they break
+under shifts, rotations, noise and inversion, and what their first layer learned.
+
+Everything is computed on a run's best-validation weights, on the test split (or the validation split,
+rebuilt exactly as the run drew it). Perturbations use fixed seeds, so the numbers repeat. Each run gets
+its figures and CSV/JSON files in ``OUT/NAME/``; several runs also get a side-by-side table and one
+robustness plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, data
+from .errors import MnistlabError
+from .metrics import predict_proba
+from .runs import RunDir, atomic_write
+
+N_CLASSES = 10
+ECE_BINS = 15
+PERTURB_SEED = 20261127  # fixed: the noise images are the same on every call
+
+
+# ---------------------------------------------------------------- pure measures
+
+
+def confusion_matrix(pred: np.ndarray, true: np.ndarray, k: int = N_CLASSES) -> np.ndarray:
+    """(k, k) counts: row = true class, column = predicted class."""
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (true, pred), 1)
+    return cm
+
+
+def per_class(cm: np.ndarray) -> list[dict[str, float]]:
+    """Precision, recall and F1 (in [0, 1]) and support of each class from a confusion matrix."""
+    out = []
+    for c in range(len(cm)):
+        tp, predicted, actual = cm[c, c], cm[:, c].sum(), cm[c].sum()
+        p = tp / predicted if predicted else 0.0
+        r = tp / actual if actual else 0.0
+        out.append({"class": c, "precision": float(p), "recall": float(r),
+                    "f1": float(2 * p * r / (p + r)) if p + r else 0.0, "support": int(actual)})
+    return out
+
+
+def most_confused(cm: np.ndarray, n: int = 5) -> list[dict[str, int]]:
+    """The ``n`` largest off-diagonal cells: (true, predicted, count)."""
+    off = [(int(cm[t, p]), t, p) for t in range(len(cm)) for p in range(len(cm)) if t != p and cm[t, p]]
+    return [{"true": t, "predicted": p, "count": c} for c, t, p in sorted(off, key=lambda x: (-x[0], x[1], x[2]))[:n]]
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """Expected calibration error over equal-width confidence bins, the reliability table, and the NLL.
+
+    ECE = sum over bins b of |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|.
+    """
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)  # bin b holds (edge_b, edge_b+1]
+    table, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
+            ece += mask.mean() * abs(acc - mean_conf)
+            table.append({"bin": b, "low": float(edges[b]), "high": float(edges[b + 1]), "count": int(mask.sum()),
+                          "accuracy": acc, "confidence": mean_conf})
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    return {"ece": float(ece), "nll": nll, "bins": table}
+
+
+# ---------------------------------------------------------------- perturbations of (N, 1, 28, 28) images
+
+
+def shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Move the digits ``pixels`` right and down (zero fill)."""
+    if pixels == 0:
+        return x
+    out = torch.zeros_like(x)
+    out[..., pixels:, pixels:] = x[..., :-pixels, :-pixels]
+    return out
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate about the centre (bilinear, zero fill)."""
+    if degrees == 0:
+        return x
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Add Gaussian noise of std ``sigma`` (fixed seed), clipped to [0, 1]."""
+    if sigma == 0:
+        return x
+    g = torch.Generator().manual_seed(PERTURB_SEED)
+    return (x + sigma * torch.randn(x.shape, generator=g)).clamp_(0, 1)
+
+
+PERTURBATIONS: dict[str, tuple[str, list[float], Callable[[torch.Tensor, Any], torch.Tensor]]] = {
+    "shift": ("shift (pixels)", [0, 1, 2, 3, 4, 5, 6], lambda x, v: shift(x, int(v))),
+    "rotation": ("rotation (degrees)", [0, 5, 10, 15, 20, 30, 45], rotate),
+    "noise": ("Gaussian noise (std)", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], noise),
+    "inverted": ("inverted (0 = no, 1 = yes)", [0, 1], lambda x, v: 1 - x if v else x),
+}
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass
+class Evaluation:
+    name: str
+    arch: str
+    data_source: str
+    split: str
+    accuracy: float
+    calibration: dict[str, Any]
+    confusion: np.ndarray
+    classes: list[dict[str, float]]
+    confused: list[dict[str, int]]
+    robustness: dict[str, list[tuple[float, float]]]  # kind -> [(value, accuracy %)]
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "arch": self.arch, "split": self.split, "data": self.data_source,
+                "accuracy": round(self.accuracy, 3), "ece": round(self.calibration["ece"], 5),
+                "nll": round(self.calibration["nll"], 5), "most_confused": self.confused,
+                "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()}}
+
+
+def _split(run: RunDir, cfg: Any, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    ds = data.load(cfg.data.dir or None)
+    if split == "test":
+        return data.to_float(ds.test_images), ds.test_labels, ds.checksum
+    if cfg.data.train_on_val:
+        raise MnistlabError(f"{run.path} was trained on train + validation: it has no validation split to "
+                            f"evaluate on (use --split test)")
+    g = torch.Generator().manual_seed(cfg.train.seed)  # the run's first draw: the split (data.split_indices)
+    _, val_idx = data.split_indices(len(ds.train_images), cfg.data.val_fraction, g)
+    return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx], ds.checksum
+
+
+def evaluate_run(path: Path, split: str = "test") -> tuple[Evaluation, torch.nn.Module, torch.Tensor, np.ndarray,
+                                                           np.ndarray, str]:
+    """Evaluate one run's best-validation model: (evaluation, model, images, labels, probabilities, data
+    checksum)."""
+    run = RunDir(path)
+    model, cfg = checkpoint.load_best_model(path)
+    x, y, checksum = _split(run, cfg, split)
+    with torch.inference_mode():
+        probs = predict_proba(model, x, 2000).numpy()
+        labels = y.numpy()
+        cm = confusion_matrix(probs.argmax(1), labels)
+        robust: dict[str, list[tuple[float, float]]] = {}
+        for kind, (_, values, fn) in PERTURBATIONS.items():
+            robust[kind] = []
+            for v in values:
+                p = predict_proba(model, fn(x, v), 2000).argmax(1).numpy() if v else probs.argmax(1)
+                robust[kind].append((v, 100.0 * float((p == labels).mean())))
+    name = run.read_info().get("name", run.path.name) if run.file("run.json").is_file() else run.path.name
+    ev = Evaluation(name=name, arch=cfg.model.arch, data_source=cfg.data.dir or "bundled MNIST", split=split,
+                    accuracy=100.0 * float(np.trace(cm) / cm.sum()), calibration=calibration(probs, labels),
+                    confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust)
+    return ev, model, x, labels, probs, checksum
+
+
+# ---------------------------------------------------------------- files and figures
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray,
+             out: Path) -> None:
+    from .plots import plt, save_figure
+
+    cm = ev.confusion
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for ax, mat, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+        ax.imshow(mat, cmap="Blues")
+        for t in range(N_CLASSES):
+            for p in range(N_CLASSES):
+                ax.text(p, t, format(mat[t, p], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if mat[t, p] > mat.max() / 2 else "black")
+        ax.set(xlabel="predicted", ylabel="true", title=f"{ev.name}: confusion matrix, {title}",
+               xticks=range(N_CLASSES), yticks=range(N_CLASSES))
+    save_figure(fig, out / "confusion.png")
+
+    wrong = np.nonzero(probs.argmax(1) != labels)[0]
+    wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:24]
+    if len(wrong):
+        cols = 8
+        rows = math.ceil(len(wrong) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.7), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, i in zip(axes.flat, wrong):
+            ax.imshow(x[i, 0].numpy(), cmap="gray")
+            ax.set_title(f"true {labels[i]}\nsaid {probs[i].argmax()} ({probs[i].max():.0%})", fontsize=8)
+        fig.suptitle(f"{ev.name}: the most confident mistakes")
+        save_figure(fig, out / "mistakes.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    bins = ev.calibration["bins"]
+    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS,
+           edgecolor="black", alpha=0.7, label="accuracy in the bin")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"{ev.name}: reliability (ECE {100 * ev.calibration['ece']:.2f}%)")
+    ax.legend(loc="upper left")
+    save_figure(fig, out / "reliability.png")
+
+    _learned(ev, model, x, out)
+
+
+def _learned(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, out: Path) -> None:
+    """The first layer: an MLP's weight vectors as 28x28 images; a CNN's filters and one digit's maps."""
+    from .plots import plt, save_figure
+
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    w = first.weight.detach().float()
+    if isinstance(first, torch.nn.Linear):
+        units, title = w[:64].reshape(-1, 28, 28), "first-layer weights of 64 hidden units (28x28 each)"
+    else:
+        units, title = w[:, 0], f"first-layer filters ({w.shape[2]}x{w.shape[3]})"
+    cols = 8
+    rows = math.ceil(len(units) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, u in zip(axes.flat, units):
+        lim = float(u.abs().max()) or 1.0
+        ax.imshow(u.numpy(), cmap="seismic", vmin=-lim, vmax=lim)
+    fig.suptitle(f"{ev.name}: {title}")
+    save_figure(fig, out / "first_layer.png")
+    if isinstance(first, torch.nn.Conv2d):
+        with torch.inference_mode():
+            maps = first(x[:1])[0]  # (C, H, W) before the activation
+        cols = 8
+        rows = math.ceil(len(maps) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, m in zip(axes.flat, maps):
+            ax.imshow(m.float().numpy(), cmap="viridis")
+        fig.suptitle(f"{ev.name}: first-layer feature maps of one test digit")
+        save_figure(fig, out / "feature_maps.png")
+
+
+def robustness_figure(evals: list[Evaluation], path: Path) -> None:
+    """Accuracy against each perturbation, one line per run (MLP vs CNN on one plot when both are given)."""
+    from .plots import plt, save_figure
+
+    fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4))
+    for ax, (kind, (label, _, _)) in zip(axes, PERTURBATIONS.items()):
+        for ev in evals:
+            pts = ev.robustness[kind]
+            ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=f"{ev.name} ({ev.arch})")
+        ax.set(xlabel=label, ylabel="accuracy (%)", ylim=(0, 100))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Robustness: accuracy under perturbations of the evaluation images")
+    save_figure(fig, path)
+
+
+def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print) -> list[Evaluation]:
+    """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot."""
+    if split not in ("test", "val"):
+        raise MnistlabError(f"--split must be test or val, got {split!r}")
+    evals, checksum0 = [], None
+    out.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split)
+        if checksum0 is None:
+            checksum0 = checksum
+        elif checksum != checksum0:
+            raise MnistlabError(f"{path} was trained on other data than {paths[0]}: a comparison needs one dataset")
+        name = ev.name if ev.name not in {e.name for e in evals} else f"{ev.name}_{i + 1}"
+        ev.name = name
+        d = out / name
+        d.mkdir(exist_ok=True)
+        atomic_write(d / "confusion.csv", _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p])
+                                                               for p in range(N_CLASSES)}} for t in range(N_CLASSES)]))
+        atomic_write(d / "per_class.csv", _csv(ev.classes))
+        atomic_write(d / "calibration.csv", _csv(ev.calibration["bins"]))
+        atomic_write(d / "robustness.csv", _csv([{"perturbation": k, "value": v, "accuracy": round(a, 3)}
+                                                 for k, pts in ev.robustness.items() for v, a in pts]))
+        atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
+        _figures(ev, model, x, probs, labels, d)
+        robustness_figure([ev], d / "robustness.png")
+        log(f"{name} ({ev.arch}, {split}): accuracy {ev.accuracy:.2f}%, ECE {100 * ev.calibration['ece']:.2f}%, "
+            f"NLL {ev.calibration['nll']:.4f}; most confused "
+            + ", ".join(f"{c['true']}->{c['predicted']} ({c['count']})" for c in ev.confused[:3])
+            + f"; shifted 3 px {ev.robustness['shift'][3][1]:.1f}%, rotated 30 deg {ev.robustness['rotation'][5][1]:.1f}%, "
+              f"inverted {ev.robustness['inverted'][1][1]:.1f}%")
+        evals.append(ev)
+    if len(evals) > 1:
+        robustness_figure(evals, out / "robustness.png")
+        atomic_write(out / "compare.json", json.dumps([e.summary() for e in evals], indent=1) + "\n")
+        atomic_write(out / "compare.md", compare_table(evals))
+    return evals
+
+
+def compare_table(evals: list[Evaluation]) -> str:
+    lines = ["| run | model | accuracy % | ECE % | NLL | shift 3 px % | rotation 30° % | noise 0.3 % | inverted % |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for e in evals:
+        r = e.robustness
+        lines.append(f"| {e.name} | {e.arch} | {e.accuracy:.2f} | {100 * e.calibration['ece']:.2f} | "
+                     f"{e.calibration['nll']:.4f} | {r['shift'][3][1]:.2f} | {r['rotation'][5][1]:.2f} | "
+                     f"{r['noise'][3][1]:.2f} | {r['inverted'][1][1]:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""`mnistlab evaluate`: the measures against hand-built cases, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mnistlab import evaluate as ev
+from mnistlab.cli import main
+
+
+def test_confusion_matrix_and_per_class_figures_on_a_hand_built_case():
+    true = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    cm = ev.confusion_matrix(pred, true, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    pc = ev.per_class(cm)
+    assert pc[0] == {"class": 0, "precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
+                     "support": 3}
+    assert pc[1]["precision"] == pytest.approx(0.5) and pc[1]["recall"] == pytest.approx(0.5)
+    assert pc[2]["precision"] == pytest.approx(0.5) and pc[2]["recall"] == 1.0
+    assert ev.most_confused(cm, 2) == [{"true": 0, "predicted": 1, "count": 1}, {"true": 1, "predicted": 2, "count": 1}]
+
+
+def test_ece_of_a_calibrated_model_is_about_zero():
+    """Always predicts class 0 with confidence c (the rest spread evenly), and is right with probability c."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    conf = rng.uniform(0.15, 1.0, n)
+    probs = np.repeat(((1 - conf) / 9)[:, None], 10, axis=1)
+    probs[:, 0] = conf
+    labels = np.where(rng.random(n) < conf, 0, 1)
+    assert ev.calibration(probs, labels)["ece"] < 0.01
+
+
+def test_ece_of_an_overconfident_model_follows_the_formula():
+    n = 1000
+    probs = np.full((n, 10), 0.1 / 9)
+    probs[:, 3] = 0.9  # always 90% sure of class 3
+    labels = np.where(np.arange(n) < 600, 3, 4)  # right 60% of the time
+    cal = ev.calibration(probs, labels)
+    assert cal["ece"] == pytest.approx(0.3)  # one bin: |0.6 - 0.9|
+    assert [b["count"] for b in cal["bins"]] == [n]
+    expected_nll = -(0.6 * np.log(0.9) + 0.4 * np.log(0.1 / 9))
+    assert cal["nll"] == pytest.approx(expected_nll)
+
+
+def test_perturbations_are_deterministic_and_shift_zero_is_identity():
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(ev.shift(x, 0), x) and torch.equal(ev.rotate(x, 0), x)
+    assert torch.equal(ev.noise(x, 0.3), ev.noise(x, 0.3))
+    assert torch.equal(ev.shift(x, 2)[..., 2:, 2:], x[..., :-2, :-2])
+    assert ev.rotate(x, 90).shape == x.shape
+
+
+def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "ev"
+    second = tmp_path / "copy"
+    shutil.copytree(trained_run, second)
+    assert main(["evaluate", str(trained_run), str(second), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "ECE" in printed
+    run_out = next(p for p in out.iterdir() if p.is_dir())
+    summary = json.loads((run_out / "summary.json").read_text())
+    # shift 0 is the plain accuracy, and the plain accuracy is the run's own test accuracy at its best epoch
+    assert summary["robustness"]["shift"][0] == [0, summary["accuracy"]]
+    info = json.loads((trained_run / "run.json").read_text())
+    assert summary["accuracy"] == pytest.approx(info["summary"]["test_acc_at_best_val"], abs=0.02)
+    for f in ("confusion.png", "confusion.csv", "per_class.csv", "calibration.csv", "reliability.png",
+              "mistakes.png", "robustness.png", "robustness.csv", "first_layer.png"):
+        assert (run_out / f).is_file(), f
+    assert (out / "compare.md").read_text().count("| mlp |") == 2 and (out / "robustness.png").is_file()
+
+    # bad input: one line, exit 2
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty")]) == 2
+    assert "not a trained run directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "8", "--quiet",
+                 "--out", str(other)]) == 0
+    assert main(["evaluate", str(trained_run), str(other), "--out", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data" in err and err.count("\n") == 1
+    final = tmp_path / "final"
+    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "8", "--quiet",
+                 "--set", "data.train_on_val=true", "--out", str(final)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(final), "--split", "val", "--out", str(tmp_path / "ev3")]) == 2
+    err = capsys.readouterr().err
+    assert "no validation split" in err and err.count("\n") == 1
+
+
+def test_validation_split_is_the_runs_own(small_mnist_dir, tmp_path):
+    """--split val rebuilds the run's validation images: its accuracy equals the run's best val_acc."""
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "2", "--hidden", "16", "--quiet",
+                 "--out", str(out)]) == 0
+    e = ev.evaluate_run(out, "val")[0]
+    info = json.loads((out / "run.json").read_text())
+    assert e.accuracy == pytest.approx(info["summary"]["best_val_acc"], abs=1e-6)
