@@ -117,12 +117,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 # ---------------------------------------------------------------- commands
 
 
+def _trackers(args: argparse.Namespace):  # noqa: ANN202
+    from .tracking import Trackers
+    return Trackers(getattr(args, "track", None))
+
+
+def _add_track_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", action="append", choices=["tensorboard", "mlflow"],
+                   help="follow the run(s) in TensorBoard (under the run directory) or MLflow (its default store, "
+                        "or MLFLOW_TRACKING_URI); repeatable; needs mnistlab[track]")
+
+
 def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> RunResult:
     from .experiment import run
 
     log = _logger(args.quiet)
     result = run(cfg, args.out or default_out(cfg.name), overwrite=args.overwrite, log=log,
-                 show_progress=_show_progress(args))
+                 show_progress=_show_progress(args), tracker=_trackers(args))
     _print_summary(result)
     return result
 
@@ -149,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  if getattr(args, f, None)]
         if given or args.overwrite:
             raise MnistlabError("--resume continues a run with its own config; it takes no other run options")
-        result = resume(args.resume, log=_logger(args.quiet), show_progress=_show_progress(args))
+        result = resume(args.resume, log=_logger(args.quiet), show_progress=_show_progress(args),
+                        tracker=_trackers(args))
         _print_summary(result)
         return 0
     # without --config: the report's MLP, named for what it is ("seed" would read like a random seed)
@@ -234,12 +246,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfgs = load_configs(args.configs, overrides)
     out = args.out or Path("runs") / "compare"
     _make_dir(out)
-    with _study_lock(out):
+    tracker = _trackers(args)
+    with _study_lock(out), tracker.study(out.name):
         if ray_options is None:
-            rows = run_study(cfgs, args.seeds, out, log=_logger(args.quiet), show_progress=_show_progress(args))
+            rows = run_study(cfgs, args.seeds, out, log=_logger(args.quiet), show_progress=_show_progress(args),
+                             tracker=tracker)
         else:
             rows = run_study_ray(cfgs, args.seeds, out, ray_options, log=_logger(args.quiet),
-                                 show_progress=_show_progress(args))
+                                 show_progress=_show_progress(args), tracker=tracker)
         if args.ensemble:
             add_ensembles(rows, out)
         write_outputs(rows, out)
@@ -272,9 +286,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     params = load_space(args.space, base)
     out = args.out or Path("runs") / f"tune-{base.name}"
     _make_dir(out)
-    with _study_lock(out):
+    tracker = _trackers(args)
+    with _study_lock(out), tracker.study(out.name):
         result = tune(base, params, args.trials, out, options, storage_url=args.storage, study_name=args.study_name,
-                      ray_options=ray_options, log=_logger(args.quiet))
+                      ray_options=ray_options, log=_logger(args.quiet), tracker=tracker)
     print((out / "trials.md").read_text(), end="")
     if result.best_toml is None:
         print(f"no trial completed yet; wrote {out / 'trials.md'}")
@@ -386,12 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="re-run the report's experiment and compare with its table")
     _add_run_options(p, ["--data-dir", "--precision", "--device", "--threads", "--epochs"])
+    _add_track_option(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("train", help="train from a TOML config with overrides")
     p.add_argument("--config", type=Path, help="TOML config (default: the report's experiment)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run exactly")
     _add_run_options(p, list(OVERRIDE_FLAGS), with_set=True)
+    _add_track_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("final", help="retrain a run's config on train+validation for its best-validation epoch count")
@@ -409,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     _add_override_options(p, STUDY_FLAGS)
     _add_ray_options(p)
+    _add_track_option(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (validation accuracy only), optionally on Ray")
@@ -429,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     _add_override_options(p, STUDY_FLAGS)
     _add_ray_options(p)
+    _add_track_option(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="errors, calibration, robustness and first-layer figures of trained runs")

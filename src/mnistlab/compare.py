@@ -28,6 +28,7 @@ from .runs import RunDir, atomic_write, remove_stale_temp
 
 if TYPE_CHECKING:
     from . import cluster
+    from .tracking import Trackers
 
 Log = Callable[[str], None]
 
@@ -126,7 +127,7 @@ def study_rows(cfgs: list[config.Config], jobs: list[Job]) -> list[StudyRow]:
 
 
 def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print,
-              show_progress: bool = False) -> list[StudyRow]:
+              show_progress: bool = False, tracker: "Trackers | None" = None) -> list[StudyRow]:
     """Train each config for ``seeds`` seeds, one run after another in this process; complete runs are
     skipped and interrupted ones resumed from their checkpoints."""
     jobs = plan_study(cfgs, seeds, out)
@@ -135,15 +136,16 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
             log(f"{job.title}: complete, skipped")
         elif job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
             log(f"{job.title}: resuming")
-            resume(job.run_dir.path, log=log, show_progress=show_progress)
+            resume(job.run_dir.path, log=log, show_progress=show_progress, tracker=tracker)
         else:
             log(f"{job.title}: training")
-            run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log, show_progress=show_progress)
+            run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log, show_progress=show_progress,
+                tracker=tracker)
     return study_rows(cfgs, jobs)
 
 
 def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cluster.RayOptions",
-                  log: Log = print, show_progress: bool = False) -> list[StudyRow]:
+                  log: Log = print, show_progress: bool = False, tracker: "Trackers | None" = None) -> list[StudyRow]:
     """The same study with each unfinished (config, seed) run as one Ray task on the cluster.
 
     The driver (this process) owns ``out``: each finished run's files come back through Ray and are put
@@ -181,6 +183,8 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
                         raise MnistlabError(f"{job.title}: {e.cause}") from None
                     raise
                 cluster.write_run_dir(job.run_dir.path, result["files"], result["node"])
+                if tracker:
+                    tracker.replay(job.title, job.run_dir.path)
                 node = result["node"]
                 where = f"{node['hostname']} ({node['node_id'][:8]}, {node['device']})"
                 if result["outcome"] == "diverged":

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -19,6 +19,9 @@ from .models import count_parameters
 from .plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
 from .train import Trainer, bf16_supported, resolve_device
+
+if TYPE_CHECKING:
+    from .tracking import Trackers
 
 Log = Callable[[str], None]
 
@@ -80,11 +83,13 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
 
 
 def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print, show_progress: bool = False,
-        dataset: data.Dataset | None = None, on_epoch: EpochHook | None = None) -> RunResult:
+        dataset: data.Dataset | None = None, on_epoch: EpochHook | None = None,
+        tracker: Trackers | None = None) -> RunResult:
     """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists.
 
     ``dataset`` skips loading ``cfg.data.dir`` (a study's workers get it from the driver); ``on_epoch(row)``
-    runs after each epoch's row is written and may raise :class:`StopRun`.
+    runs after each epoch's row is written and may raise :class:`StopRun`; ``tracker`` follows the run in
+    TensorBoard or MLflow.
     """
     dataset, device, cfg = prepare(cfg, log, dataset)
     trainer = make_trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
@@ -97,10 +102,11 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
                        "test": len(trainer.test.y)},
     }
     run_dir.write_config(cfg)
-    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch, tracker)
 
 
-def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> RunResult:
+def resume(path: str | Path, log: Log = print, show_progress: bool = False,
+           tracker: Trackers | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint; ends with the metrics of an uninterrupted run."""
     run_dir = RunDir(path)
     if not run_dir.file("config.toml").is_file():
@@ -128,11 +134,11 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False) -> R
     info.setdefault("resumed", []).append({"at": now(), "after_epoch": trainer.epoch,
                                            "environment": environment(device, dataset.checksum, dataset.source,
                                                                       cfg.train.seed)})
-    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, tracker=tracker)
 
 
 def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
-             show_progress: bool, hook: EpochHook | None = None) -> RunResult:
+             show_progress: bool, hook: EpochHook | None = None, tracker: Trackers | None = None) -> RunResult:
     cfg = trainer.cfg
     remove_stale_temp(run_dir.path)
     info.update(status="running")
@@ -140,6 +146,8 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
     log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
         f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
     written = len(trainer.history)  # epochs in metrics.csv: what run.json may claim (a write can fail)
+    if tracker:
+        tracker.start(cfg.name, info["config"], run_dir.path)
 
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
         nonlocal written
@@ -150,6 +158,8 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         run_dir.write_history(tr.history)
         written = len(tr.history)
         log(format_row(row))
+        if tracker:
+            tracker.epoch(row)
         if hook is not None:
             hook(row)
 
@@ -182,6 +192,8 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
                 info["summary"] = summarize(history)
                 run_figures(history, run_dir.path, cfg.name)
             run_dir.write_info(info)
+            if tracker:
+                tracker.end(run_dir.path, info["status"])
         except MnistlabError:
             if finished:  # otherwise the error that stopped the run is the one to report
                 raise

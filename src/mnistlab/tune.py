@@ -163,11 +163,12 @@ def trial_config(base: config.Config, params: list[Param], stored: dict[str, Any
     return checks.set_values(base, {**values, "name": f"{base.name}-trial{number:04d}"})
 
 
-def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, hook: PruningHook) -> dict[str, Any]:
+def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, hook: PruningHook,
+              tracker: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     outcome = "complete"
     try:
-        run(cfg, path, overwrite=True, log=lambda msg: None, dataset=dataset, on_epoch=hook)
+        run(cfg, path, overwrite=True, log=lambda msg: None, dataset=dataset, on_epoch=hook, tracker=tracker)
     except StopRun:
         outcome = "stopped"
     except DivergenceError:
@@ -269,7 +270,7 @@ def _identity(out: Path, base: config.Config, params: list[Param], options: Sear
 
 def tune(base: config.Config, params: list[Param], trials: int, out: Path, options: SearchOptions,
          storage_url: str | None = None, study_name: str | None = None, ray_options: Any = None,
-         log: Log = print) -> TuneResult:
+         log: Log = print, tracker: Any = None) -> TuneResult:
     """Run (or resume) the search until the study holds ``trials`` finished trials; write its outputs."""
     optuna = _optuna()
     if trials < 1:
@@ -290,15 +291,16 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
     trials_dir = out / "trials"
     trials_dir.mkdir(exist_ok=True)
     if ray_options is None:
-        _search_here(study, base, params, trials, trials_dir, dataset, tag, log)
+        _search_here(study, base, params, trials, trials_dir, dataset, tag, log, tracker)
     else:
-        _search_on_ray(study, storage, base, params, trials, trials_dir, dataset, tag, options, ray_options, log)
+        _search_on_ray(study, storage, base, params, trials, trials_dir, dataset, tag, options, ray_options, log,
+                       tracker)
     best = write_outputs(study, base, params, out)
     return TuneResult(study, out, best)
 
 
 def _search_here(study: Any, base: config.Config, params: list[Param], trials: int, trials_dir: Path,
-                 dataset: data.Dataset, tag: str, log: Log) -> None:
+                 dataset: data.Dataset, tag: str, log: Log, tracker: Any = None) -> None:
     optuna = _optuna()
     while (trial := _budget_trial(study, trials, tag)) is not None:
         try:
@@ -312,7 +314,7 @@ def _search_here(study: Any, base: config.Config, params: list[Param], trials: i
             continue
         path = trials_dir / f"trial{trial.number:04d}"
         try:
-            result = _run_here(cfg, path, dataset, PruningHook(trial))
+            result = _run_here(cfg, path, dataset, PruningHook(trial), tracker)
         except BaseException:
             _retry_later(study, trial.number, trial.params, "interrupted")
             raise
@@ -342,7 +344,8 @@ def _serve_storage(storage: Any, host: str) -> tuple[str, int]:
 
 
 def _search_on_ray(study: Any, storage: Any, base: config.Config, params: list[Param], trials: int, trials_dir: Path,
-                   dataset: data.Dataset, tag: str, options: SearchOptions, ray_options: Any, log: Log) -> None:
+                   dataset: data.Dataset, tag: str, options: SearchOptions, ray_options: Any, log: Log,
+                   tracker: Any = None) -> None:
     from . import cluster
 
     optuna = _optuna()
@@ -393,6 +396,8 @@ def _search_on_ray(study: Any, storage: Any, base: config.Config, params: list[P
                     raise
                 path = trials_dir / f"trial{trial.number:04d}"
                 cluster.write_run_dir(path, result["files"], result["node"])
+                if tracker:
+                    tracker.replay(f"trial {trial.number}", path)
                 _finish(study, trial, path, result, log)
         except BaseException:
             for ref, trial in pending.items():
