@@ -102,3 +102,17 @@ def test_validation_split_is_the_runs_own(small_mnist_dir, tmp_path):
     e = ev.evaluate_run(out, "val")[0]
     info = json.loads((out / "run.json").read_text())
     assert e.accuracy == pytest.approx(info["summary"]["best_val_acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("lang, title", [("en", "## 6. Inside the trained models"), ("ko", "## 6. 학습된 모델의 속")])
+def test_report_gains_a_section_from_evaluate(trained_run, tmp_path, lang, title):
+    ev_dir = tmp_path / "ev"
+    assert main(["evaluate", str(trained_run), "--out", str(ev_dir)]) == 0
+    out = tmp_path / "rep"
+    assert main(["report", str(trained_run), "--out", str(out), "--lang", lang, "--evaluate", str(ev_dir)]) == 0
+    md = (out / "report.md").read_text()
+    summary = json.loads(next(ev_dir.glob("*/summary.json")).read_text())
+    assert title in md and f"| {summary['accuracy']:.2f} |" in md
+    for fig in ("inside_robustness.png", "inside1_confusion.png", "inside1_reliability.png", "inside1_first_layer.png"):
+        assert fig in md and (out / fig).is_file()
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 7

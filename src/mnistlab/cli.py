@@ -345,7 +345,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    md, page = write_report(args.run_dirs, args.out, args.lang, args.compare, args.activations)
+    md, page = write_report(args.run_dirs, args.out, args.lang, args.compare, args.activations, args.evaluate)
     print(f"wrote {md} (with its figures) and {page} (self-contained)")
     return 0
 
@@ -480,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", type=Path, action="append", metavar="STUDY_DIR",
                    help="a `mnistlab compare` directory to include (repeatable)")
     p.add_argument("--activations", type=Path, metavar="DIR", help="a `mnistlab activations` directory to include")
+    p.add_argument("--evaluate", type=Path, metavar="DIR", help="a `mnistlab evaluate` directory to include")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="classify images (PNG, JPEG, ...) with a trained run's model")

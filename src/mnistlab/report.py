@@ -76,6 +76,16 @@ TEXT: dict[str, dict[str, str]] = {
         "improve_text": "Each row is a config run over several seeds (mean ± standard deviation); every run is "
                         "read at its best-validation epoch, so the test set chooses nothing.",
         "improve_fig": "Validation accuracy per epoch, mean over seeds (band: min to max).",
+        "inside": "6. Inside the trained models",
+        "inside_text": "From `mnistlab evaluate` on the best-validation weights, on the {split} split: accuracy, "
+                       "expected calibration error (15 bins) and negative log-likelihood, and accuracy when the "
+                       "images are shifted right and down by 3 pixels, rotated by 30 degrees, given Gaussian noise "
+                       "of standard deviation 0.3, or inverted.",
+        "inside_conf": "Confusion matrix of {name} (rows: true digit, columns: prediction).",
+        "inside_rel": "Reliability of {name}: accuracy against confidence; the diagonal is perfect calibration.",
+        "inside_rob": "Accuracy under perturbations, every evaluated model on one plot.",
+        "inside_first": "What the first layer of {name} learned.",
+        "inside_pairs": "Most confused pairs of {name} (true -> predicted, count): {pairs}.",
         "repro": "Reproducibility",
         "repro_text": "Run {name}: seed {seed}, torch {torch}, Python {python}, {threads} threads on {device}; "
                       "config in `config.toml` of its run directory.",
@@ -132,6 +142,15 @@ TEXT: dict[str, dict[str, str]] = {
         "improve_text": "각 행은 여러 시드로 실행한 설정이다(평균 ± 표준편차). 모든 실행은 검증 정확도가 가장 높은 에폭에서 "
                         "읽으므로 테스트 세트는 아무것도 고르지 않는다.",
         "improve_fig": "에폭별 검증 정확도, 시드 평균 (띠: 최솟값~최댓값).",
+        "inside": "6. 학습된 모델의 속",
+        "inside_text": "검증 정확도가 가장 높은 가중치로 {split} 세트에서 `mnistlab evaluate`를 실행한 결과: 정확도, "
+                       "기대 보정 오차(15구간)와 음의 로그 가능도, 그리고 이미지를 오른쪽 아래로 3픽셀 옮기거나 30도 "
+                       "회전하거나 표준편차 0.3의 가우스 잡음을 더하거나 반전했을 때의 정확도.",
+        "inside_conf": "{name}의 혼동 행렬 (행: 실제 숫자, 열: 예측).",
+        "inside_rel": "{name}의 신뢰도 그림: 확신도에 따른 정확도, 대각선이 완벽한 보정이다.",
+        "inside_rob": "교란에 따른 정확도, 평가한 모든 모델을 한 그림에.",
+        "inside_first": "{name}의 첫 층이 배운 것.",
+        "inside_pairs": "{name}이(가) 가장 많이 헷갈린 쌍 (실제 -> 예측, 개수): {pairs}.",
         "repro": "재현성",
         "repro_text": "실행 {name}: 시드 {seed}, torch {torch}, Python {python}, {device}에서 스레드 {threads}개; "
                       "설정은 실행 디렉터리의 `config.toml`.",
@@ -285,8 +304,37 @@ def _section_compare(t: dict[str, str], studies: list[Path], out: Path) -> str:
     return "\n".join(parts)
 
 
+def _section_inside(t: dict[str, str], ev_dir: Path, out: Path) -> str:
+    """Section 6 from a `mnistlab evaluate` directory: its table, and each model's figures."""
+    models = sorted((p for p in ev_dir.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
+        if ev_dir.is_dir() else []
+    if not models:
+        raise MnistlabError(f"{ev_dir} holds no evaluation (NAME/summary.json); run mnistlab evaluate first")
+    summaries = [json.loads((m / "summary.json").read_text()) for m in models]
+    rows = []
+    for s in summaries:
+        r = {k: dict((float(v), a) for v, a in pts) for k, pts in s["robustness"].items()}
+        rows.append([s["name"], s["arch"], f"{s['accuracy']:.2f}", f"{100 * s['ece']:.2f}", f"{s['nll']:.4f}",
+                     f"{r['shift'][3.0]:.2f}", f"{r['rotation'][30.0]:.2f}", f"{r['noise'][0.3]:.2f}",
+                     f"{r['inverted'][1.0]:.2f}"])
+    parts = [f"## {t['inside']}\n", t["inside_text"].format(split=summaries[0]["split"]) + "\n",
+             _table(["run", "model", "accuracy %", "ECE %", "NLL", "shift 3 px %", "rotation 30° %", "noise 0.3 %",
+                     "inverted %"], rows)]
+    if _copy_figure(ev_dir / "robustness.png", out, "inside_robustness.png") or \
+            _copy_figure(models[0] / "robustness.png", out, "inside_robustness.png"):
+        parts.append(f"![{t['inside_rob']}](inside_robustness.png)\n")
+    for i, (m, s) in enumerate(zip(models, summaries), 1):
+        pairs = ", ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in s["most_confused"][:3])
+        parts.append(t["inside_pairs"].format(name=s["name"], pairs=pairs) + "\n")
+        for fig, key in (("confusion.png", "inside_conf"), ("reliability.png", "inside_rel"),
+                         ("first_layer.png", "inside_first")):
+            if _copy_figure(m / fig, out, f"inside{i}_{fig}"):
+                parts.append(f"![{t[key].format(name=s['name'])}](inside{i}_{fig})\n")
+    return "\n".join(parts)
+
+
 def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_dirs: list[Path] | None = None,
-                   activations_dir: Path | None = None) -> str:
+                   activations_dir: Path | None = None, evaluate_dir: Path | None = None) -> str:
     t = TEXT[lang]
     runs = [RunDir(p) for p in run_dirs]
     for r in runs:
@@ -298,6 +346,8 @@ def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_di
     parts += [_section_run(t, r, out, i + 1) for i, r in enumerate(runs)]
     if compare_dirs:
         parts.append(_section_compare(t, compare_dirs, out))
+    if evaluate_dir is not None:
+        parts.append(_section_inside(t, evaluate_dir, out))
     return "\n".join(parts)
 
 
@@ -346,11 +396,11 @@ def markdown_to_html(md: str, figures_dir: Path, title: str, lang: str) -> str:
 
 
 def write_report(run_dirs: list[Path], out: Path, lang: str = "en", compare_dirs: list[Path] | None = None,
-                 activations_dir: Path | None = None) -> tuple[Path, Path]:
+                 activations_dir: Path | None = None, evaluate_dir: Path | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` (+ PNGs) and ``report.html`` into ``out``."""
     if lang not in TEXT:
         raise MnistlabError(f"unknown language {lang!r} (choose from {', '.join(TEXT)})")
-    md = build_markdown(run_dirs, out, lang, compare_dirs, activations_dir)
+    md = build_markdown(run_dirs, out, lang, compare_dirs, activations_dir, evaluate_dir)
     atomic_write(out / "report.md", md)
     atomic_write(out / "report.html", markdown_to_html(md, out, TEXT[lang]["title"], lang))
     return out / "report.md", out / "report.html"
