@@ -125,3 +125,10 @@ def test_a_run_made_before_a_config_key_existed_still_compares():
     older = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "cuda_graphs"}}
     assert _comparable(older) == _comparable(cfg)
     assert _comparable({**cfg, "train": {**cfg["train"], "epochs": 5}}) != _comparable(cfg)
+
+
+def test_convergence_is_given_as_a_spread_over_seeds():
+    from mnistlab.compare import StudyRow, _converged
+    row = lambda epochs: StudyRow("x", "x", [{"convergence_epoch": e} for e in epochs], 1)  # noqa: E731
+    assert _converged(row([21, 15, 19])) == "15-21"
+    assert _converged(row([17])) == "17" and _converged(row([None, None])) == "-"

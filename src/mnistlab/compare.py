@@ -81,6 +81,7 @@ def _run_summary(run_dir: RunDir) -> dict[str, Any]:
             "device": env.get("cuda_device") if env.get("device") == "cuda" else env.get("device"),
             "train_seconds": info.get("train_seconds"), "final_test_acc": s["final_test_acc"],
             "best_epoch": s.get("best_epoch", len(history)), "best_val_acc": s.get("best_val_acc"),
+            "convergence_epoch": s.get("convergence_epoch"),
             "test_acc": s.get("test_acc_at_best_val", s["final_test_acc"])}
 
 
@@ -235,7 +236,7 @@ def _pm(mean: float, std: float, digits: int = 2) -> str:
 
 
 TABLE_COLUMNS = ("config", "name", "seeds", "test_acc_mean", "test_acc_std", "best_val_acc_mean", "best_epoch_mean",
-                 "epochs", "parameters", "train_seconds_per_run", "ran_on", "ensemble_test_acc")
+                 "converged_epochs", "epochs", "parameters", "train_seconds_per_run", "ran_on", "ensemble_test_acc")
 
 
 def table_records(rows: list[StudyRow]) -> list[dict[str, Any]]:
@@ -244,11 +245,21 @@ def table_records(rows: list[StudyRow]) -> list[dict[str, Any]]:
         t, v = r.stat("test_acc"), r.stat("best_val_acc")
         recs.append({"config": r.label, "name": r.name, "seeds": len(r.runs), "test_acc_mean": round(t[0], 3),
                      "test_acc_std": round(t[1], 3), "best_val_acc_mean": None if math.isnan(v[0]) else round(v[0], 3),
-                     "best_epoch_mean": round(r.stat("best_epoch")[0], 1), "epochs": round(r.stat("epochs")[0], 1),
+                     "best_epoch_mean": round(r.stat("best_epoch")[0], 1), "converged_epochs": _converged(r),
+                     "epochs": round(r.stat("epochs")[0], 1),
                      "parameters": r.parameters, "train_seconds_per_run": round(r.stat("train_seconds")[0], 1),
                      "ran_on": _ran_on(r),
                      "ensemble_test_acc": None if r.ensemble_test_acc is None else round(r.ensemble_test_acc, 3)})
     return recs
+
+
+def _converged(row: StudyRow) -> str:
+    """The convergence epochs over seeds as "min-max" (one seed: its epoch; "-" when none converged). The
+    epoch moves with the seed and even with the machine, so a study gives its spread, not one number."""
+    epochs = sorted(r["convergence_epoch"] for r in row.runs if r.get("convergence_epoch"))
+    if not epochs:
+        return "-"
+    return str(epochs[0]) if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}"
 
 
 def _ran_on(row: StudyRow) -> str:
@@ -257,13 +268,13 @@ def _ran_on(row: StudyRow) -> str:
 
 
 def markdown_table(rows: list[StudyRow]) -> str:
-    lines = ["| config | seeds | test acc % at best-val epoch (mean ± std) | best val acc % | best epoch | epochs "
-             "| parameters | train s/run | ran on | ensemble test acc % |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    lines = ["| config | seeds | test acc % at best-val epoch (mean ± std) | best val acc % | best epoch | converged "
+             "(epochs over seeds) | epochs | parameters | train s/run | ran on | ensemble test acc % |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
         ens = "-" if r.ensemble_test_acc is None else f"{r.ensemble_test_acc:.2f}"
         lines.append(f"| {r.label} | {len(r.runs)} | {_pm(*r.stat('test_acc'))} | {_pm(*r.stat('best_val_acc'))} | "
-                     f"{r.stat('best_epoch')[0]:.1f} | {r.stat('epochs')[0]:.0f} | {r.parameters:,} | "
+                     f"{r.stat('best_epoch')[0]:.1f} | {_converged(r)} | {r.stat('epochs')[0]:.0f} | {r.parameters:,} | "
                      f"{r.stat('train_seconds')[0]:.0f} | {_ran_on(r)} | {ens} |")
     return "\n".join(lines) + "\n"
 
