@@ -122,3 +122,44 @@ def test_decompression_bomb_is_refused(tmp_path):
 def test_model_dir_errors(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path), "x.png"]) == 2
     assert "not a trained run directory" in capsys.readouterr().err
+
+
+def test_ink_coverage_range_holds_mnist_digits(mnist):
+    """The 'unlike any digit' range covers MNIST's own training digits (99.8% of them lie inside the
+    measured range, which the margin widens)."""
+    from mnistlab.predict import INK_COVERAGE_RANGE
+    cov = (mnist.train_images.reshape(len(mnist.train_images), -1).float() / 255 > 0.5).float().mean(1).numpy()
+    lo, hi = np.percentile(cov, [0.1, 99.9])
+    assert INK_COVERAGE_RANGE[0] <= lo and hi <= INK_COVERAGE_RANGE[1]
+    assert ((cov >= INK_COVERAGE_RANGE[0]) & (cov <= INK_COVERAGE_RANGE[1])).mean() > 0.998
+
+
+def _photo(digit: np.ndarray) -> np.ndarray:
+    """A digit written dark on paper, photographed under light that falls off across the sheet: the paper
+    goes from 0.95 down to 0.45, darker than the ink is on the bright side."""
+    big = np.asarray(Image.fromarray(digit).resize((168, 168), Image.BILINEAR), np.float32) / 255
+    canvas = np.zeros((300, 300), np.float32)
+    canvas[60:228, 80:248] = big
+    paper = 0.95 - 0.5 * np.linspace(0, 1, 300)[None, :].repeat(300, 0)
+    return ((paper * (1 - canvas) + 0.15 * paper * canvas) * 255).astype(np.uint8)
+
+
+def test_photographed_digits_under_uneven_light_are_read(trained_run, mnist):
+    clf = mnistlab.load_model(trained_run)
+    n = 40
+    preds = clf.predict([_photo(mnist.test_images[i].numpy()) for i in range(n)])
+    right = sum(p.prediction == int(mnist.test_labels[i]) for i, p in enumerate(preds))
+    assert right >= 0.85 * n  # before background subtraction: the shaded paper became ink
+    assert sum(p.unlike_digit is None for p in preds) >= 0.8 * n
+
+
+def test_noise_is_flagged_unlike_any_digit(trained_run, mnist, tmp_path, capsys):
+    noise = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(0).random((300, 300)) * 255).astype(np.uint8)).save(noise)
+    digit = tmp_path / "digit.png"
+    Image.fromarray(255 - mnist.test_images[0].numpy()).resize((200, 200)).save(digit)
+    from mnistlab.cli import main
+    assert main(["predict", "--model", str(trained_run), "--json", str(noise), str(digit)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["unlike_digit"] and "ink covers" in out[0]["unlike_digit"]
+    assert out[1]["unlike_digit"] is None and out[1]["prediction"] == int(mnist.test_labels[0])

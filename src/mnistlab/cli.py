@@ -367,7 +367,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         results.append(pred.as_json())
         if not args.json:
-            print(f"{path}: " + ", ".join(f"{c} ({p:.1%})" for c, p in pred.top(3)))
+            print(f"{path}: " + ", ".join(f"{c} ({p:.1%})" for c, p in pred.top(3))
+                  + (f"  [unlike any digit: {pred.unlike_digit}]" if pred.unlike_digit else ""))
     if args.json:
         print(json.dumps(results, indent=1, allow_nan=False))
     return EXIT_USER_ERROR if failed else 0

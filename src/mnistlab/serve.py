@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MnistlabError
-from .predict import Classifier, ImageError, open_image, preprocess
+from .predict import Classifier, ImageError, open_image, preprocess, unlike_digit
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_SIDE = 2048
@@ -159,6 +159,8 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
         prediction: int = pydantic.Field(description="the most probable digit")
         probabilities: list[float] = pydantic.Field(description="softmax probability of each digit 0-9")
         input: list[list[float]] = pydantic.Field(description="the 28x28 image the model saw, values in [0, 1]")
+        unlike_digit: str | None = pydantic.Field(None, description="why the input is unlike any digit (unusual "
+                                                                   "ink or low confidence), or null")
 
     app = fastapi.FastAPI(title="mnistlab", version="1", docs_url=None, redoc_url=None,
                           description="Handwritten-digit recognition with a model trained by mnistlab.")
@@ -182,7 +184,8 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
         x = preprocess(open_image(raw, max_side=MAX_SIDE), "image")
         probs = clf.probabilities(x[None])[0]
         return PredictResponse(prediction=int(probs.argmax()), probabilities=[round(float(p), 6) for p in probs],
-                               input=[[round(float(v), 3) for v in row] for row in x])
+                               input=[[round(float(v), 3) for v in row] for row in x],
+                               unlike_digit=unlike_digit(x, probs))
 
     @app.post("/api/predict", response_model=PredictResponse, openapi_extra={"requestBody": REQUEST_BODY},
               responses={400: {"description": "not a readable image, or no digit in it"},
