@@ -172,13 +172,14 @@ def server_url(trained_run):
     thread.join(10)
 
 
-def test_a_body_that_never_arrives_gets_408(trained_run):
+def test_slow_clients_are_cut_off(trained_run):
+    """A body that never arrives gets 408; headers that never end get the connection closed."""
     import uvicorn
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(serve.create_app(trained_run, body_timeout=1.0), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+                                           port=port, log_level="warning", http=serve.header_timeout_protocol(1.0)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -192,6 +193,14 @@ def test_a_body_that_never_arrives_gets_408(trained_run):
             reply = c.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in reply
         assert time.time() - start < 10
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
+            c.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            start = time.time()
+            assert c.recv(4096) == b""  # closed by the server
+        assert time.time() - start < 10
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as c:  # normal requests still work
+            c.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
     finally:
         server.should_exit = True
         thread.join(10)

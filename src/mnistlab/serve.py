@@ -24,6 +24,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_SIDE = 2048
 MAX_DECODES = 4  # concurrent image decodes: bounds memory under a flood of large images
 BODY_TIMEOUT_S = 10.0  # a client that has not sent its whole body by then gets 408
+HEADER_TIMEOUT_S = 10.0  # a connection whose first request's headers are not complete by then is closed
 
 
 def _require() -> tuple[Any, Any]:
@@ -210,6 +211,23 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
     return app
 
 
+def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_S) -> type:
+    """uvicorn's h11 protocol, closing connections that have not sent a whole request head in ``seconds``
+    (uvicorn itself times out only idle keep-alive connections, so a slow client could hold one forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeout(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.loop.call_later(seconds, self._close_if_no_request)
+
+        def _close_if_no_request(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # no request head yet
+                self.transport.close()
+
+    return HeaderTimeout
+
+
 def serve(run_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the web demo until Ctrl-C; the port is bound here first, so a busy one is a one-line error."""
     _require()
@@ -221,7 +239,8 @@ def serve(run_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000) -> N
     except OSError as e:
         raise MnistlabError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     print(f"mnistlab serve: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
+                                           http=header_timeout_protocol()))
     try:
         server.run(sockets=[sock])
     finally:
