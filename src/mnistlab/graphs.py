@@ -2,7 +2,8 @@
 step costs one launch instead of dozens of Python-issued kernels.
 
 The step reads its batch through a static index buffer (the host copies each batch's indices into it) and
-adds its loss to a static accumulator. Learning rates become one-element device tensors that the schedule
+adds its loss to the trainer's static epoch accumulator (zeroed at each epoch's start, so the warm-up
+counts for nothing). Learning rates become one-element device tensors that the schedule
 fills in place, so a schedule keeps working under replay. Capture needs a few warm-up steps, which change
 the weights and the optimizer state; both are put back afterwards, so the run's numbers do not depend on
 whether it was captured. On a CPU (tests) ``replay`` runs the same body eagerly.
@@ -39,13 +40,13 @@ def tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
 
 
 class StepGraph:
-    """``body(idx) -> loss`` captured once; :meth:`run` replays it for each batch's indices."""
+    """``body(idx)`` (a training step that adds its loss to the trainer's epoch sum) captured once;
+    :meth:`run` replays it for each batch's indices."""
 
-    def __init__(self, body: Callable[[torch.Tensor], torch.Tensor], batch_size: int, device: torch.device,
+    def __init__(self, body: Callable[[torch.Tensor], None], batch_size: int, device: torch.device,
                  model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.body = body
         self.idx = torch.arange(batch_size, device=device)  # (B,) static: any valid indices for warm-up
-        self.loss_sum = torch.zeros((), device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         saved_model = {k: v.clone() for k, v in model.state_dict().items()}
         saved_optim = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
@@ -74,20 +75,14 @@ class StepGraph:
                         v.copy_(saved_optim[p][k])
                     elif torch.is_tensor(v):
                         v.zero_()
-        self.loss_sum.zero_()
 
     def _body(self) -> None:
-        self.loss_sum += self.body(self.idx)
+        self.body(self.idx)
 
     def run(self, idx: torch.Tensor) -> None:
-        """One training step on the images ``idx`` (B,) on the device; its loss adds to ``loss_sum``."""
+        """One training step on the images ``idx`` (B,) on the device."""
         self.idx.copy_(idx)
         if self.graph is not None:
             self.graph.replay()
         else:
             self._body()
-
-    def take_loss_sum(self) -> torch.Tensor:
-        out = self.loss_sum.clone()
-        self.loss_sum.zero_()
-        return out

@@ -99,6 +99,7 @@ class Trainer:
         self.fused_step = self._build_fused_step()
         self.use_graphs = graphs.applies(self.model, cfg, device)
         self.graph: graphs.StepGraph | None = None  # captured at the first epoch, after any resume
+        self.loss_sum = torch.zeros((), device=device)  # the epoch's summed batch losses; static under graphs
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_val_acc = -math.inf
@@ -150,6 +151,10 @@ class Trainer:
             x = augment(x, self.cfg.data, self.g_aug)
         return self._update(x, y)
 
+    def _step(self, idx: torch.Tensor) -> None:
+        """One training step, its loss added to the epoch's sum (the body a CUDA graph captures)."""
+        self.loss_sum += self._batch_update(idx)
+
     def train_epoch(self, on_step: Callable[[], None] = lambda: None) -> float:
         """One pass over the training set in the seeded order; returns the mean batch loss."""
         b = self.cfg.train.batch_size
@@ -157,8 +162,8 @@ class Trainer:
         order = self.train_idx[data.epoch_order(len(self.train_idx), self.g_data)].to(self.device)
         if self.use_graphs and self.graph is None:
             graphs.tensor_lr(self.optimizer, self.device)
-            self.graph = graphs.StepGraph(self._batch_update, b, self.device, self.model, self.optimizer)
-        loss_sum = torch.zeros((), device=self.device)
+            self.graph = graphs.StepGraph(self._step, b, self.device, self.model, self.optimizer)
+        self.loss_sum.zero_()
         first = self.epoch * self.steps_per_epoch
         for step in range(self.steps_per_epoch):
             if self.scheduled:
@@ -167,11 +172,9 @@ class Trainer:
             if self.graph is not None:
                 self.graph.run(idx)
             else:
-                loss_sum += self._batch_update(idx)
+                self._step(idx)
             on_step()
-        if self.graph is not None:
-            loss_sum = self.graph.take_loss_sum()
-        return loss_sum.item() / self.steps_per_epoch
+        return self.loss_sum.item() / self.steps_per_epoch
 
 
     # ------------------------------------------------------------ the loop

@@ -1,0 +1,49 @@
+"""Properties of the code base itself: no import cycles among mnistlab's modules, and typed overrides."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from mnistlab.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mnistlab"
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the mnistlab modules it imports, anywhere in the file (type-checking blocks included)."""
+    mods = {p.stem for p in SRC.glob("*.py")}
+    graph = {}
+    for path in SRC.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps & mods
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _imports()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            assert state.get(d) != 1, "import cycle: " + " -> ".join(path[path.index(d):] + [d])
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert graph["config"] == {"errors"}  # the config knows nothing of the modules that use it
+
+
+def test_overrides_are_values_not_toml_text(small_mnist_dir, tmp_path):
+    """A --data-dir whose name holds quotes (it used to be spliced into TOML) is taken as it is."""
+    quoted = tmp_path / "it's \"mnist\""
+    quoted.symlink_to(small_mnist_dir, target_is_directory=True)
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(quoted), "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out)]) == 0
+    assert str(quoted) in (out / "config.toml").read_text().replace("\\\\", "\\").replace('\\"', '"')
