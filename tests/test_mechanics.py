@@ -72,8 +72,11 @@ SECTIONS = {"en": ["1. Data and validation split", "2. Activation functions",
 
 @pytest.mark.parametrize("lang", ["en", "ko"])
 def test_report_renders_every_section(short_run, tmp_path, lang):
+    import warnings
     out = tmp_path / lang
-    assert main(["report", str(short_run), "--out", str(out), "--lang", lang]) == 0
+    with warnings.catch_warnings():  # a figure text in a font without its letters would warn (and show boxes)
+        warnings.filterwarnings("error", message=".*[Gg]lyph.*missing")
+        assert main(["report", str(short_run), "--out", str(out), "--lang", lang]) == 0
     md = (out / "report.md").read_text()
     for title in SECTIONS[lang]:
         assert f"## {title}" in md

@@ -188,23 +188,66 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
+    from .plots import language, plt, save_figure, t
+    with language(lang):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        for ax, mat, title, fmt in ((axes[0], cm, "{}: confusion matrix, counts", "d"),
+                                    (axes[1], norm, "{}: confusion matrix, row-normalised (recall)", ".2f")):
+            ax.imshow(mat, cmap="Blues")
+            for i in range(len(mat)):
+                for j in range(len(mat)):
+                    ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if mat[i, j] > mat.max() / 2 else "black")
+            ax.set(xlabel=t("predicted", lang), ylabel=t("true", lang), title=t(title, lang).format(name),
+                   xticks=range(len(mat)), yticks=range(len(mat)))
+        save_figure(fig, path)
+
+
+def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path: Path, lang: str = "en") -> None:
+    from .plots import language, plt, save_figure, t
+    with language(lang):
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS,
+               edgecolor="black", alpha=0.7, label=t("accuracy in the bin", lang))
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label=t("perfect calibration", lang))
+        ax.set(xlabel=t("confidence (max probability)", lang), ylabel=t("accuracy", lang), xlim=(0, 1), ylim=(0, 1),
+               title=t("{}: reliability (ECE {})", lang).format(name, f"{100 * ece:.2f}%"))
+        ax.legend(loc="upper left")
+        save_figure(fig, path)
+
+
+def first_layer_figure(units: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
+    """(U, H, W) weight images: 28x28 per hidden unit of an MLP, or a CNN's filters."""
+    from .plots import language, plt, save_figure, t
+    title = ("{}: first-layer weights of 64 hidden units (28x28 each)" if units.shape[1:] == (28, 28) else
+             "{}: first-layer filters ({})")
+    with language(lang):
+        cols = 8
+        rows = math.ceil(len(units) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, u in zip(axes.flat, units):
+            lim = float(np.abs(u).max()) or 1.0
+            ax.imshow(u, cmap="seismic", vmin=-lim, vmax=lim)
+        fig.suptitle(t(title, lang).format(name, f"{units.shape[1]}x{units.shape[2]}"))
+        save_figure(fig, path)
+
+
+def first_layer_units(model: torch.nn.Module) -> np.ndarray:
+    """The first layer as images: an MLP's first 64 weight vectors as 28x28, or a CNN's first filters."""
+    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    w = first.weight.detach().float()
+    return (w[:64].reshape(-1, 28, 28) if isinstance(first, torch.nn.Linear) else w[:, 0]).numpy()
+
+
 def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray,
              out: Path) -> None:
     from .plots import plt, save_figure
 
-    cm = ev.confusion
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    for ax, mat, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
-        ax.imshow(mat, cmap="Blues")
-        for t in range(N_CLASSES):
-            for p in range(N_CLASSES):
-                ax.text(p, t, format(mat[t, p], fmt), ha="center", va="center", fontsize=7,
-                        color="white" if mat[t, p] > mat.max() / 2 else "black")
-        ax.set(xlabel="predicted", ylabel="true", title=f"{ev.name}: confusion matrix, {title}",
-               xticks=range(N_CLASSES), yticks=range(N_CLASSES))
-    save_figure(fig, out / "confusion.png")
-
+    confusion_figure(ev.confusion, ev.name, out / "confusion.png")
     wrong = np.nonzero(probs.argmax(1) != labels)[0]
     wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:24]
     if len(wrong):
@@ -218,40 +261,13 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
             ax.set_title(f"true {labels[i]}\nsaid {probs[i].argmax()} ({probs[i].max():.0%})", fontsize=8)
         fig.suptitle(f"{ev.name}: the most confident mistakes")
         save_figure(fig, out / "mistakes.png")
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    bins = ev.calibration["bins"]
-    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS,
-           edgecolor="black", alpha=0.7, label="accuracy in the bin")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set(xlabel="confidence (max probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"{ev.name}: reliability (ECE {100 * ev.calibration['ece']:.2f}%)")
-    ax.legend(loc="upper left")
-    save_figure(fig, out / "reliability.png")
-
-    _learned(ev, model, x, out)
-
-
-def _learned(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, out: Path) -> None:
-    """The first layer: an MLP's weight vectors as 28x28 images; a CNN's filters and one digit's maps."""
-    from .plots import plt, save_figure
-
+    reliability_figure(ev.calibration["bins"], ev.calibration["ece"], ev.name, out / "reliability.png")
+    units = first_layer_units(model)
+    buf = io.BytesIO()
+    np.save(buf, units)
+    atomic_write(out / "first_layer.npy", buf.getvalue())  # the report redraws it in its language
+    first_layer_figure(units, ev.name, out / "first_layer.png")
     first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
-    w = first.weight.detach().float()
-    if isinstance(first, torch.nn.Linear):
-        units, title = w[:64].reshape(-1, 28, 28), "first-layer weights of 64 hidden units (28x28 each)"
-    else:
-        units, title = w[:, 0], f"first-layer filters ({w.shape[2]}x{w.shape[3]})"
-    cols = 8
-    rows = math.ceil(len(units) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, u in zip(axes.flat, units):
-        lim = float(u.abs().max()) or 1.0
-        ax.imshow(u.numpy(), cmap="seismic", vmin=-lim, vmax=lim)
-    fig.suptitle(f"{ev.name}: {title}")
-    save_figure(fig, out / "first_layer.png")
     if isinstance(first, torch.nn.Conv2d):
         with torch.inference_mode():
             maps = first(x[:1])[0]  # (C, H, W) before the activation
@@ -266,20 +282,21 @@ def _learned(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, out: Path)
         save_figure(fig, out / "feature_maps.png")
 
 
-def robustness_figure(evals: list[Evaluation], path: Path) -> None:
-    """Accuracy against each perturbation, one line per run (MLP vs CNN on one plot when both are given)."""
-    from .plots import plt, save_figure
+def robustness_figure(series: list[tuple[str, dict[str, list]]], path: Path, lang: str = "en") -> None:
+    """Accuracy against each perturbation, one line per (label, robustness) (MLP vs CNN on one plot)."""
+    from .plots import language, plt, save_figure, t
 
-    fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4))
-    for ax, (kind, (label, _, _)) in zip(axes, PERTURBATIONS.items()):
-        for ev in evals:
-            pts = ev.robustness[kind]
-            ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=f"{ev.name} ({ev.arch})")
-        ax.set(xlabel=label, ylabel="accuracy (%)", ylim=(0, 100))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("Robustness: accuracy under perturbations of the evaluation images")
-    save_figure(fig, path)
+    with language(lang):
+        fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4))
+        for ax, (kind, (label, _, _)) in zip(axes, PERTURBATIONS.items()):
+            for name, robust in series:
+                pts = robust[kind]
+                ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=name)
+            ax.set(xlabel=t(label, lang), ylabel=t("accuracy (%)", lang), ylim=(0, 100))
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8, loc="lower left")
+        fig.suptitle(t("Robustness: accuracy under perturbations of the evaluation images", lang))
+        save_figure(fig, path)
 
 
 def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print) -> list[Evaluation]:
@@ -306,7 +323,7 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
                                                  for k, pts in ev.robustness.items() for v, a in pts]))
         atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
         _figures(ev, model, x, probs, labels, d)
-        robustness_figure([ev], d / "robustness.png")
+        robustness_figure([(f"{ev.name} ({ev.arch})", ev.robustness)], d / "robustness.png")
         log(f"{name} ({ev.arch}, {split}): accuracy {ev.accuracy:.2f}%, ECE {100 * ev.calibration['ece']:.2f}%, "
             f"NLL {ev.calibration['nll']:.4f}; most confused "
             + ", ".join(f"{c['true']}->{c['predicted']} ({c['count']})" for c in ev.confused[:3])
@@ -314,7 +331,7 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
               f"inverted {ev.robustness['inverted'][1][1]:.1f}%")
         evals.append(ev)
     if len(evals) > 1:
-        robustness_figure(evals, out / "robustness.png")
+        robustness_figure([(f"{e.name} ({e.arch})", e.robustness) for e in evals], out / "robustness.png")
         atomic_write(out / "compare.json", json.dumps([e.summary() for e in evals], indent=1) + "\n")
         atomic_write(out / "compare.md", compare_table(evals))
     return evals

@@ -33,9 +33,15 @@ def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Te
     return out
 
 
-def activation_figure(path: Path) -> None:
+def activation_figure(path: Path, lang: str = "en") -> None:
     """Two panels: the functions, and their derivatives."""
-    from .plots import plt, save_figure
+    from .plots import language
+    with language(lang):
+        _activation_figure(path, lang)
+
+
+def _activation_figure(path: Path, lang: str) -> None:
+    from .plots import plt, save_figure, t
 
     x = torch.linspace(-5, 5, 1001)
     curves = activation_curves(x)
@@ -47,8 +53,8 @@ def activation_figure(path: Path) -> None:
                  "zorder": 3 if name == "leaky_relu" else 2}
         a.plot(x, y, label=name, **style)
         b.plot(x, dy, label=name, **style)
-    a.set(title="activation functions f(x)", xlabel="x", ylim=(-1.5, 5))
-    b.set(title="derivatives f'(x)", xlabel="x", ylim=(-0.2, 1.2))
+    a.set(title=t("activation functions f(x)", lang), xlabel="x", ylim=(-1.5, 5))
+    b.set(title=t("derivatives f'(x)", lang), xlabel="x", ylim=(-0.2, 1.2))
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.axhline(0, color="black", lw=0.5)
@@ -120,29 +126,37 @@ def gradient_study(dataset: data.Dataset, epochs: int, depth: int, width: int, l
     return result
 
 
-def study_figures(res: dict[str, Any], out: Path) -> None:
-    from .plots import plt, save_figure
+def study_figures(res: dict[str, Any], out: Path, lang: str = "en", prefix: str = "") -> None:
+    """PREFIXdead_relu.png and PREFIXgradient_norms.png from the activation study's results."""
+    from .plots import language
+    with language(lang):
+        _study_figures(res, out, lang, prefix)
+
+
+def _study_figures(res: dict[str, Any], out: Path, lang: str, prefix: str) -> None:
+    from .plots import plt, save_figure, t
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, r in res["dead_relu"].items():
-        ax.plot(range(len(r["dead_fraction"])), [100 * v for v in r["dead_fraction"]], marker="o", ms=3, label=label)
-    ax.set(xlabel="epoch (0 = initialisation)", ylabel="dead hidden units (%)",
-           title="Units that output 0 for all 6,000 validation images")
+        shown = label.replace("(report)", "(보고서)") if lang == "ko" else label
+        ax.plot(range(len(r["dead_fraction"])), [100 * v for v in r["dead_fraction"]], marker="o", ms=3, label=shown)
+    ax.set(xlabel=t("epoch (0 = initialisation)", lang), ylabel=t("dead hidden units (%)", lang),
+           title=t("Units that output 0 for all 6,000 validation images", lang))
     ax.grid(alpha=0.3)
     ax.legend()
-    save_figure(fig, out / "dead_relu.png")
+    save_figure(fig, out / f"{prefix}dead_relu.png")
 
     g = res["gradients"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for act, style in (("sigmoid", "-"), ("relu", "--")):
         n = len(g[act]["init"])
-        ax.semilogy(range(1, n + 1), g[act]["init"], style, marker="o", label=f"{act}, at initialisation")
-        ax.semilogy(range(1, n + 1), g[act]["trained"], style, marker="s", label=f"{act}, after training")
-    ax.set(xlabel="layer (1 = next to the input)", ylabel="||dL/dW|| (log scale)",
-           title=f"Weight-gradient norm per layer, {n - 1} hidden layers")
+        ax.semilogy(range(1, n + 1), g[act]["init"], style, marker="o", label=t("{}, at initialisation", lang).format(act))
+        ax.semilogy(range(1, n + 1), g[act]["trained"], style, marker="s", label=t("{}, after training", lang).format(act))
+    ax.set(xlabel=t("layer (1 = next to the input)", lang), ylabel=t("||dL/dW|| (log scale)", lang),
+           title=t("Weight-gradient norm per layer, {} hidden layers", lang).format(n - 1))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    save_figure(fig, out / "gradient_norms.png")
+    save_figure(fig, out / f"{prefix}gradient_norms.png")
 
 
 def run_activation_study(out: Path, epochs: int = 5, depth: int = 8, width: int = 256, log: Log = print) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import matplotlib
 
@@ -13,6 +14,61 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .metrics import convergence_epoch  # noqa: E402
 from .runs import atomic_write  # noqa: E402
+
+
+# figure text in Korean, for the Korean report (keys are the English text; {} marks a value)
+KO = {
+    "Accuracy per epoch": "에폭별 정확도", "{}: accuracy per epoch": "{}: 에폭별 정확도",
+    "Loss per epoch": "에폭별 손실", "{}: loss per epoch": "{}: 에폭별 손실",
+    "validation accuracy": "검증 정확도", "test accuracy": "테스트 정확도", "epoch": "에폭",
+    "accuracy (%)": "정확도 (%)", "converged: epoch {}": "수렴: {} 에폭", "converged (epoch {})": "수렴 ({} 에폭)",
+    "training loss (epoch mean)": "학습 손실 (에폭 평균)", "validation loss": "검증 손실", "test loss": "테스트 손실",
+    "cross-entropy": "교차 엔트로피", "validation accuracy (%)": "검증 정확도 (%)",
+    "Validation accuracy per epoch (mean over seeds, min-max band)": "에폭별 검증 정확도 (시드 평균, 최솟값~최댓값 띠)",
+    "activation functions f(x)": "활성화 함수 f(x)", "derivatives f'(x)": "도함수 f'(x)",
+    "epoch (0 = initialisation)": "에폭 (0 = 초기화)", "dead hidden units (%)": "죽은 은닉 노드 (%)",
+    "Units that output 0 for all 6,000 validation images": "검증 이미지 6,000장 모두에 0을 출력하는 노드",
+    "{}, at initialisation": "{}, 초기화 직후", "{}, after training": "{}, 학습 후",
+    "layer (1 = next to the input)": "층 (1 = 입력 바로 다음)", "||dL/dW|| (log scale)": "||dL/dW|| (로그 눈금)",
+    "Weight-gradient norm per layer, {} hidden layers": "층별 가중치 기울기 노름, 은닉층 {}개",
+    "predicted": "예측", "true": "실제", "{}: confusion matrix, counts": "{}: 혼동 행렬, 개수",
+    "{}: confusion matrix, row-normalised (recall)": "{}: 혼동 행렬, 행 정규화 (재현율)",
+    "confidence (max probability)": "확신도 (최대 확률)", "accuracy": "정확도", "accuracy in the bin": "구간의 정확도",
+    "perfect calibration": "완벽한 보정", "{}: reliability (ECE {})": "{}: 신뢰도 (ECE {})",
+    "shift (pixels)": "이동 (픽셀)", "rotation (degrees)": "회전 (도)", "Gaussian noise (std)": "가우스 잡음 (표준편차)",
+    "inverted (0 = no, 1 = yes)": "반전 (0 = 아니오, 1 = 예)",
+    "Robustness: accuracy under perturbations of the evaluation images": "강건성: 평가 이미지를 교란했을 때의 정확도",
+    "{}: first-layer weights of 64 hidden units (28x28 each)": "{}: 은닉 노드 64개의 첫 층 가중치 (각 28x28)",
+    "{}: first-layer filters ({})": "{}: 첫 층 필터 ({})",
+}
+
+
+def t(text: str, lang: str = "en") -> str:
+    """A figure's text in ``lang`` ("en" or "ko")."""
+    return KO.get(text, text) if lang == "ko" else text
+
+
+@contextmanager
+def language(lang: str = "en") -> Iterator[None]:
+    """Figures drawn inside use a font that has the language's letters (NanumGothic for Korean, from the
+    report extra's koreanize-matplotlib)."""
+    if lang != "ko":
+        yield
+        return
+    import importlib.util
+    # the package is found, not imported: importing it would restyle every figure of the process
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    path = Path(spec.submodule_search_locations[0]) / "fonts" / "NanumGothic.ttf" if spec else None
+    if path is None or not path.is_file():
+        from .errors import MnistlabError
+        raise MnistlabError("the Korean report needs its font: pip install 'mnistlab[report]'")
+    from matplotlib import font_manager
+    font_manager.fontManager.addfont(str(path))
+    name = font_manager.FontProperties(fname=path).get_name()
+    # DejaVu Sans first: it has the minus sign that log-scale tick labels (mathtext) need; Hangul falls
+    # back to NanumGothic, glyph by glyph
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans", name]}):
+        yield
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -30,59 +86,72 @@ def _present(values: Sequence[float | None]) -> bool:
     return any(v is not None for v in values)
 
 
-def accuracy_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> int | None:
+def accuracy_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "", lang: str = "en") -> int | None:
     """The report's graph: validation and test accuracy per epoch, convergence epoch marked."""
     epochs = _column(history, "epoch")
     val, test = _column(history, "val_acc"), _column(history, "test_acc")
     conv = convergence_epoch(val) if _present(val) else None
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if _present(val):
-        ax.plot(epochs, val, marker="o", ms=3, label="validation accuracy")
-    ax.plot(epochs, test, marker="s", ms=3, label="test accuracy")
+        ax.plot(epochs, val, marker="o", ms=3, label=t("validation accuracy", lang))
+    ax.plot(epochs, test, marker="s", ms=3, label=t("test accuracy", lang))
     if conv is not None:  # in the legend: a label on the plot hides behind it or falls off the right edge
-        ax.axvline(conv, color="grey", ls="--", lw=1, label=f"converged: epoch {conv}")
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "Accuracy per epoch")
-    _integer_epochs(ax)
+        ax.axvline(conv, color="grey", ls="--", lw=1, label=t("converged: epoch {}", lang).format(conv))
+    ax.set(xlabel=t("epoch", lang), ylabel=t("accuracy (%)", lang), title=title or t("Accuracy per epoch", lang))
+    _integer_epochs(ax, epochs)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     save_figure(fig, path)
     return conv
 
 
-def _integer_epochs(ax: Any) -> None:
+def _integer_epochs(ax: Any, epochs: Sequence[int] = ()) -> None:
     """Whole-epoch ticks, also for runs of a few epochs (matplotlib would put ticks at 1.5, 2.5...)."""
     from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 0 < len(epochs) <= 12:
+        ax.set_xticks(list(epochs))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def loss_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
+def loss_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "", lang: str = "en") -> None:
     epochs = _column(history, "epoch")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key, label in (("train_loss", "training loss (epoch mean)"), ("val_loss", "validation loss"),
                        ("test_loss", "test loss")):
         values = _column(history, key)
         if _present(values):
-            ax.plot(epochs, values, marker="o", ms=3, label=label)
+            ax.plot(epochs, values, marker="o", ms=3, label=t(label, lang))
     conv = convergence_epoch(_column(history, "val_acc")) if _present(_column(history, "val_acc")) else None
     if conv is not None:
-        ax.axvline(conv, color="grey", ls="--", lw=1, label=f"converged (epoch {conv})")
-    ax.set(xlabel="epoch", ylabel="cross-entropy", title=title or "Loss per epoch", yscale="log")
-    _integer_epochs(ax)
+        ax.axvline(conv, color="grey", ls="--", lw=1, label=t("converged (epoch {})", lang).format(conv))
+    ax.set(xlabel=t("epoch", lang), ylabel=t("cross-entropy", lang), title=title or t("Loss per epoch", lang),
+           yscale="log")
+    _integer_epochs(ax, epochs)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper right")
     save_figure(fig, path)
 
 
-def run_figures(history: Sequence[dict[str, Any]], run_dir: Path, name: str = "") -> int | None:
-    """Write accuracy.png and loss.png into ``run_dir``; returns the convergence epoch."""
-    conv = accuracy_figure(history, Path(run_dir) / "accuracy.png", f"{name}: accuracy per epoch" if name else "")
-    loss_figure(history, Path(run_dir) / "loss.png", f"{name}: loss per epoch" if name else "")
+def run_figures(history: Sequence[dict[str, Any]], run_dir: Path, name: str = "", lang: str = "en",
+                prefix: str = "") -> int | None:
+    """Write PREFIXaccuracy.png and PREFIXloss.png into ``run_dir``; returns the convergence epoch."""
+    with language(lang):
+        conv = accuracy_figure(history, Path(run_dir) / f"{prefix}accuracy.png",
+                               t("{}: accuracy per epoch", lang).format(name) if name else "", lang)
+        loss_figure(history, Path(run_dir) / f"{prefix}loss.png",
+                    t("{}: loss per epoch", lang).format(name) if name else "", lang)
     return conv
 
 
 def overlay_figure(curves: dict[str, list[list[float]]], path: Path, ylabel: str = "validation accuracy (%)",
-                   title: str = "") -> None:
+                   title: str = "", lang: str = "en") -> None:
     """One line per label (the mean over its seeds) with a band from the min to the max seed."""
+    with language(lang):
+        _overlay(curves, path, ylabel, title, lang)
+
+
+def _overlay(curves: dict[str, list[list[float]]], path: Path, ylabel: str, title: str, lang: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, runs in curves.items():
         n = min(len(r) for r in runs)
@@ -92,7 +161,7 @@ def overlay_figure(curves: dict[str, list[list[float]]], path: Path, ylabel: str
         (line,) = ax.plot(x, mean, lw=1.5, label=label)
         if len(runs) > 1:
             ax.fill_between(x, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.set(xlabel=t("epoch", lang), ylabel=t(ylabel, lang), title=t(title, lang))
     _integer_epochs(ax)
     lo = min(min(r[len(r) // 3:] or r) for runs in curves.values() for r in runs)
     ax.set_ylim(max(lo - 0.3, 0), None)

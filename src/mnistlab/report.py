@@ -4,6 +4,7 @@ file (figures embedded, math as MathML, no scripts or external styles), in Engli
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import re
@@ -11,8 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import MnistlabError
 from .metrics import BAND, WINDOW, summarize
+from .plots import overlay_figure, run_figures
 from .runs import RunDir, atomic_write
 
 TEXT: dict[str, dict[str, str]] = {
@@ -212,10 +216,10 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
             + t["checksum"].format(sha=env["data_sha256"], source=env["data_source"]) + "\n")
 
 
-def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None) -> str:
-    from .mechanics import activation_figure
+def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lang: str) -> str:
+    from .mechanics import activation_figure, study_figures
 
-    activation_figure(out / "activations.png")
+    activation_figure(out / "activations.png", lang)
     parts = [f"## {t['act']}\n", t["act_text"] + "\n", t["act_defs"] + "\n"]
     parts += [f"- {name}: ${formula}$" for name, formula in ACT_FORMULAS]
     parts += ["", f"![{t['act_fig']}](activations.png)", "", t["act_notes"], ""]
@@ -234,9 +238,9 @@ def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None) -> 
                                            s_ratio=g["sigmoid"]["init"][0] / g["sigmoid"]["init"][-1],
                                            r_ratio=g["relu"]["init"][0] / g["relu"]["init"][-1],
                                            s_acc=g["sigmoid"]["val_acc"][-1], r_acc=g["relu"]["val_acc"][-1]), ""]
+    study_figures(res, out, lang)  # redrawn from activations.json, in the report's language
     for name in ("dead_relu.png", "gradient_norms.png"):
-        if _copy_figure(act_dir / name, out, name):
-            parts += [f"![{name}]({name})", ""]
+        parts += [f"![{name}]({name})", ""]
     return "\n".join(parts)
 
 
@@ -255,7 +259,7 @@ def _section_mlp(t: dict[str, str]) -> str:
                       f"$${SGD_EQ}$$", "", t["gc_text"], "", gc])
 
 
-def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int) -> str:
+def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int, lang: str) -> str:
     info, history = run.read_info(), run.read_history()
     cfg = info["config"]
     name = info.get("name", run.path.name)
@@ -266,9 +270,9 @@ def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int) -> str:
                  [t["precision_seed"], f"{cfg['train']['precision']} / {cfg['train']['seed']}"],
                  [t["parameters"], f"{info.get('parameters', 0):,}"]]
     parts = [f"### {name}\n", f"**{t['run_config']}**\n", _table([t["key"], t["value"]], conf_rows)]
+    run_figures(history, out, name, lang, prefix=f"run{index}_")  # redrawn from the history, in the language
     for fig in ("accuracy.png", "loss.png"):
-        if _copy_figure(run.file(fig), out, f"run{index}_{fig}"):
-            parts.append(f"![{t['curves']}](run{index}_{fig})\n")
+        parts.append(f"![{t['curves']}](run{index}_{fig})\n")
     s = summarize(history)
     final_test = s["final_test_acc"]
     if "best_epoch" in s:
@@ -292,19 +296,38 @@ def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int) -> str:
     return "\n".join(parts)
 
 
-def _section_compare(t: dict[str, str], studies: list[Path], out: Path) -> str:
+def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
+    """Validation curves of a study's runs by config label, or None when its run directories are not there
+    (a study kept as its tables only)."""
+    try:
+        doc = json.loads((study / "compare.json").read_text())
+        curves = {}
+        for row in doc["rows"]:
+            hist = [RunDir(study / row["name"] / f"seed{r['seed']}").read_history() for r in doc["runs"][row["name"]]]
+            if all(h and h[0].get("val_acc") is not None for h in hist):
+                curves[row["config"]] = [[h_row["val_acc"] for h_row in h] for h in hist]
+        return curves or None
+    except (OSError, ValueError, KeyError, MnistlabError):
+        return None
+
+
+def _section_compare(t: dict[str, str], studies: list[Path], out: Path, lang: str) -> str:
     parts = [f"## {t['improve']}\n", t["improve_text"] + "\n"]
     for i, study in enumerate(studies, 1):
         try:
             parts.append((study / "compare.md").read_text())
         except OSError:
             raise MnistlabError(f"{study} holds no comparison (compare.md); run mnistlab compare first") from None
-        if _copy_figure(study / "curves.png", out, f"compare{i}_curves.png"):
+        curves = _study_curves(study)
+        if curves:
+            overlay_figure(curves, out / f"compare{i}_curves.png",
+                           title="Validation accuracy per epoch (mean over seeds, min-max band)", lang=lang)
+        if curves or _copy_figure(study / "curves.png", out, f"compare{i}_curves.png"):
             parts.append(f"![{t['improve_fig']}](compare{i}_curves.png)\n")
     return "\n".join(parts)
 
 
-def _section_inside(t: dict[str, str], ev_dir: Path, out: Path) -> str:
+def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> str:
     """Section 6 from a `mnistlab evaluate` directory: its table, and each model's figures."""
     models = sorted((p for p in ev_dir.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
         if ev_dir.is_dir() else []
@@ -320,16 +343,27 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path) -> str:
     parts = [f"## {t['inside']}\n", t["inside_text"].format(split=summaries[0]["split"]) + "\n",
              _table(["run", "model", "accuracy %", "ECE %", "NLL", "shift 3 px %", "rotation 30° %", "noise 0.3 %",
                      "inverted %"], rows)]
-    if _copy_figure(ev_dir / "robustness.png", out, "inside_robustness.png") or \
-            _copy_figure(models[0] / "robustness.png", out, "inside_robustness.png"):
-        parts.append(f"![{t['inside_rob']}](inside_robustness.png)\n")
+    from .evaluate import confusion_figure, first_layer_figure, reliability_figure, robustness_figure
+
+    # every figure redrawn from the evaluation's files, in the report's language
+    robustness_figure([(f"{s['name']} ({s['arch']})", s["robustness"]) for s in summaries],
+                      out / "inside_robustness.png", lang)
+    parts.append(f"![{t['inside_rob']}](inside_robustness.png)\n")
     for i, (m, s) in enumerate(zip(models, summaries), 1):
         pairs = ", ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in s["most_confused"][:3])
         parts.append(t["inside_pairs"].format(name=s["name"], pairs=pairs) + "\n")
+        try:
+            cm = np.array([[int(r[f"pred_{p}"]) for p in range(10)] for r in csv.DictReader((m / "confusion.csv").open())])
+            bins = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((m / "calibration.csv").open())]
+            units = np.load(m / "first_layer.npy")
+        except (OSError, ValueError, KeyError) as e:
+            raise MnistlabError(f"{m} is an incomplete evaluation ({e}); run mnistlab evaluate again") from None
+        confusion_figure(cm, s["name"], out / f"inside{i}_confusion.png", lang)
+        reliability_figure(bins, s["ece"], s["name"], out / f"inside{i}_reliability.png", lang)
+        first_layer_figure(units, s["name"], out / f"inside{i}_first_layer.png", lang)
         for fig, key in (("confusion.png", "inside_conf"), ("reliability.png", "inside_rel"),
                          ("first_layer.png", "inside_first")):
-            if _copy_figure(m / fig, out, f"inside{i}_{fig}"):
-                parts.append(f"![{t[key].format(name=s['name'])}](inside{i}_{fig})\n")
+            parts.append(f"![{t[key].format(name=s['name'])}](inside{i}_{fig})\n")
     return "\n".join(parts)
 
 
@@ -342,18 +376,18 @@ def build_markdown(run_dirs: list[Path], out: Path, lang: str = "en", compare_di
             raise MnistlabError(f"{r.path} is not a run directory (needs run.json and metrics.csv)")
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {t['title']}\n", t["intro"] + "\n", _section_data(t, runs[0].read_info()),
-             _section_activations(t, out, activations_dir), _section_mlp(t), f"## {t['train']}\n"]
-    parts += [_section_run(t, r, out, i + 1) for i, r in enumerate(runs)]
+             _section_activations(t, out, activations_dir, lang), _section_mlp(t), f"## {t['train']}\n"]
+    parts += [_section_run(t, r, out, i + 1, lang) for i, r in enumerate(runs)]
     if compare_dirs:
-        parts.append(_section_compare(t, compare_dirs, out))
+        parts.append(_section_compare(t, compare_dirs, out, lang))
     if evaluate_dir is not None:
-        parts.append(_section_inside(t, evaluate_dir, out))
+        parts.append(_section_inside(t, evaluate_dir, out, lang))
     return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- self-contained HTML
 
-CSS = """body{font-family:system-ui,-apple-system,'Segoe UI','Noto Sans KR','Malgun Gothic',sans-serif;max-width:60em;
+CSS = """body{font-family:system-ui,-apple-system,'Segoe UI','Noto Sans KR','Apple SD Gothic Neo','Malgun Gothic','NanumGothic',sans-serif;max-width:60em;
 margin:2em auto;padding:0 1em;line-height:1.55;color:#222}table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}math[display=block]{margin:.6em 0;font-size:1.1em}
