@@ -18,7 +18,6 @@ import io
 import json
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

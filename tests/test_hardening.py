@@ -11,7 +11,6 @@ import subprocess
 import threading
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

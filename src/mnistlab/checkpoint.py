@@ -77,13 +77,10 @@ class CheckpointError(MnistlabError):
         super().__init__(f"{path} is not a usable checkpoint: {problem}; start the run again with --overwrite")
 
 
-_fail = CheckpointError
-
-
 def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
     """The one validation of a checkpoint's metadata: types and ranges of everything resume reads."""
     if not isinstance(meta, dict):
-        raise _fail(path, "its metadata is not an object")
+        raise CheckpointError(path, "its metadata is not an object")
     checks = {
         "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
@@ -97,11 +94,11 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
     }
     for key, ok in checks.items():
         if key not in meta:
-            raise _fail(path, f"'{key}' is missing")
+            raise CheckpointError(path, f"'{key}' is missing")
         if not ok(meta[key]):
-            raise _fail(path, f"'{key}' has a wrong type or value ({meta[key]!r:.60})")
+            raise CheckpointError(path, f"'{key}' has a wrong type or value ({meta[key]!r:.60})")
     if len(meta["history"]) != meta["epoch"]:
-        raise _fail(path, f"it records {len(meta['history'])} epochs of history for epoch {meta['epoch']}")
+        raise CheckpointError(path, f"it records {len(meta['history'])} epochs of history for epoch {meta['epoch']}")
     return meta
 
 
@@ -116,25 +113,25 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         try:
             meta = json.loads(header["meta"])
         except ValueError as e:
-            raise _fail(path, f"its metadata is not JSON ({e})") from None
+            raise CheckpointError(path, f"its metadata is not JSON ({e})") from None
     else:  # format 1: tensors + checkpoint.json, written one after the other
         legacy = run.file(LEGACY_JSON)
         try:
             meta = json.loads(legacy.read_text())
         except OSError:
-            raise _fail(path, f"{LEGACY_JSON} is missing") from None
+            raise CheckpointError(path, f"{LEGACY_JSON} is missing") from None
         except ValueError as e:
-            raise _fail(legacy, f"it is not JSON ({e})") from None
+            raise CheckpointError(legacy, f"it is not JSON ({e})") from None
         if isinstance(meta, dict) and header.get("epoch") != str(meta.get("epoch")):
-            raise _fail(path, f"its tensors are of epoch {header.get('epoch')} but {LEGACY_JSON} is of epoch "
+            raise CheckpointError(path, f"its tensors are of epoch {header.get('epoch')} but {LEGACY_JSON} is of epoch "
                               f"{meta.get('epoch')} (a run killed between writing the two)")
     meta = _check_meta(meta, path)
     if meta.get("format") not in (1, FORMAT):
-        raise _fail(path, f"unknown checkpoint format {meta.get('format')!r}")
+        raise CheckpointError(path, f"unknown checkpoint format {meta.get('format')!r}")
     for key in ("rng.data", "rng.augment", "rng.dropout"):
         t = tensors.get(key)
         if t is None or t.dtype != torch.uint8 or t.dim() != 1:
-            raise _fail(path, f"the random-number state '{key}' is missing or malformed")
+            raise CheckpointError(path, f"the random-number state '{key}' is missing or malformed")
     return tensors, meta
 
 
@@ -196,10 +193,10 @@ def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Ten
     missing, extra = expected.keys() - got.keys(), got.keys() - expected.keys()
     if missing or extra:
         what = f"lacks {prefix}{sorted(missing)[0]}" if missing else f"has an unexpected {prefix}{sorted(extra)[0]}"
-        raise _fail(Path(path), f"it {what} (a checkpoint of another model?)")
+        raise CheckpointError(Path(path), f"it {what} (a checkpoint of another model?)")
     for k, v in expected.items():
         if tuple(got[k].shape) != tuple(v.shape):
-            raise _fail(Path(path), f"{prefix}{k} has shape {tuple(got[k].shape)}, the model needs {tuple(v.shape)}")
+            raise CheckpointError(Path(path), f"{prefix}{k} has shape {tuple(got[k].shape)}, the model needs {tuple(v.shape)}")
 
 
 def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:

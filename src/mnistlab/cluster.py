@@ -172,6 +172,19 @@ def write_run_dir(path: Path, files: dict[str, bytes], node: dict[str, Any]) -> 
         raise
 
 
+def task_result(ref: Any, title: str) -> Any:
+    """The value of a finished Ray task; a user error raised on the worker comes back as one line naming
+    ``title`` (other failures propagate as they are)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, MnistlabError):
+            raise MnistlabError(f"{title}: {e.cause}") from None
+        raise
+
+
 def remote(fn: Callable[..., Any], options: RayOptions) -> Any:
     """``fn`` as a Ray remote function with the run's resources and Ray's retries of system failures."""
     import ray

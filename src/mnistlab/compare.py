@@ -24,7 +24,7 @@ from .errors import MnistlabError
 from .experiment import resume, run
 from .metrics import predict_proba, summarize
 from .plots import overlay_figure
-from .runs import RunDir, atomic_write, remove_stale_temp
+from .runs import RunDir, atomic_write, remove_stale_temp, validation_curves
 
 if TYPE_CHECKING:
     from . import cluster
@@ -177,12 +177,7 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
             while pending:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(ready)
-                try:
-                    result = ray.get(ready)
-                except ray.exceptions.RayTaskError as e:
-                    if isinstance(e.cause, MnistlabError):
-                        raise MnistlabError(f"{job.title}: {e.cause}") from None
-                    raise
+                result = cluster.task_result(ready, job.title)
                 cluster.write_run_dir(job.run_dir.path, result["files"], result["node"])
                 if tracker:
                     tracker.replay(job.title, job.run_dir.path)
@@ -289,10 +284,6 @@ def write_outputs(rows: list[StudyRow], out: Path) -> None:
     w.writerows({k: ("" if v is None else v) for k, v in rec.items()} for rec in recs)
     atomic_write(out / "compare.csv", buf.getvalue())
     atomic_write(out / "compare.json", json.dumps({"rows": recs, "runs": {r.name: r.runs for r in rows}}, indent=1))
-    curves = {}
-    for r in rows:
-        hist = [RunDir(out / r.name / f"seed{s['seed']}").read_history() for s in r.runs]
-        if all(h and h[0].get("val_acc") is not None for h in hist):
-            curves[r.label] = [[row["val_acc"] for row in h] for h in hist]
+    curves = validation_curves(out, [(r.label, r.name, [s["seed"] for s in r.runs]) for r in rows])
     if curves:
         overlay_figure(curves, out / "curves.png", title="Validation accuracy per epoch (mean over seeds, min-max band)")

@@ -218,45 +218,51 @@ def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path
         save_figure(fig, path)
 
 
+def _image_grid(n: int, cell: tuple[float, float] = (1.2, 1.2), cols: int = 8) -> tuple[Any, Any]:
+    """A figure of ``n`` image cells, ``cols`` a row, axes hidden: (figure, the axes, flat)."""
+    from .plots import plt
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
 def first_layer_figure(units: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
     """(U, H, W) weight images: 28x28 per hidden unit of an MLP, or a CNN's filters."""
-    from .plots import language, plt, save_figure, t
+    from .plots import language, save_figure, t
     title = ("{}: first-layer weights of 64 hidden units (28x28 each)" if units.shape[1:] == (28, 28) else
              "{}: first-layer filters ({})")
     with language(lang):
-        cols = 8
-        rows = math.ceil(len(units) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, u in zip(axes.flat, units):
+        fig, axes = _image_grid(len(units))
+        for ax, u in zip(axes, units):
             lim = float(np.abs(u).max()) or 1.0
             ax.imshow(u, cmap="seismic", vmin=-lim, vmax=lim)
         fig.suptitle(t(title, lang).format(name, f"{units.shape[1]}x{units.shape[2]}"))
         save_figure(fig, path)
 
 
+def _first_layer(model: torch.nn.Module) -> torch.nn.Module:
+    return next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+
+
 def first_layer_units(model: torch.nn.Module) -> np.ndarray:
     """The first layer as images: an MLP's first 64 weight vectors as 28x28, or a CNN's first filters."""
-    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    first = _first_layer(model)
     w = first.weight.detach().float()
     return (w[:64].reshape(-1, 28, 28) if isinstance(first, torch.nn.Linear) else w[:, 0]).numpy()
 
 
 def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray,
              out: Path) -> None:
-    from .plots import plt, save_figure
+    from .plots import save_figure
 
     confusion_figure(ev.confusion, ev.name, out / "confusion.png")
     wrong = np.nonzero(probs.argmax(1) != labels)[0]
     wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:24]
     if len(wrong):
-        cols = 8
-        rows = math.ceil(len(wrong) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.7), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, i in zip(axes.flat, wrong):
+        fig, axes = _image_grid(len(wrong), cell=(1.4, 1.7))
+        for ax, i in zip(axes, wrong):
             ax.imshow(x[i, 0].numpy(), cmap="gray")
             ax.set_title(f"true {labels[i]}\nsaid {probs[i].argmax()} ({probs[i].max():.0%})", fontsize=8)
         fig.suptitle(f"{ev.name}: the most confident mistakes")
@@ -267,16 +273,12 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
     np.save(buf, units)
     atomic_write(out / "first_layer.npy", buf.getvalue())  # the report redraws it in its language
     first_layer_figure(units, ev.name, out / "first_layer.png")
-    first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    first = _first_layer(model)
     if isinstance(first, torch.nn.Conv2d):
         with torch.inference_mode():
             maps = first(x[:1])[0]  # (C, H, W) before the activation
-        cols = 8
-        rows = math.ceil(len(maps) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.2), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, m in zip(axes.flat, maps):
+        fig, axes = _image_grid(len(maps))
+        for ax, m in zip(axes, maps):
             ax.imshow(m.float().numpy(), cmap="viridis")
         fig.suptitle(f"{ev.name}: first-layer feature maps of one test digit")
         save_figure(fig, out / "feature_maps.png")

@@ -137,6 +137,14 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False,
     return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, tracker=tracker)
 
 
+def _epochs_on_disk(run_dir: RunDir) -> int:
+    """How many epochs metrics.csv holds: the truth about a run, whatever failed after it was written."""
+    try:
+        return len(run_dir.read_history()) if run_dir.is_run() else 0
+    except MnistlabError:
+        return 0
+
+
 def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
              show_progress: bool, hook: EpochHook | None = None, tracker: Trackers | None = None) -> RunResult:
     cfg = trainer.cfg
@@ -145,18 +153,15 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
     run_dir.write_info(info)
     log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
         f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
-    written = len(trainer.history)  # epochs in metrics.csv: what run.json may claim (a write can fail)
     if tracker:
         tracker.start(cfg.name, info["config"], run_dir.path)
 
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
-        nonlocal written
         if math.isfinite(row["train_loss"]):  # a diverged epoch is recorded but never checkpointed
             if improved or tr.val is None:
                 checkpoint.save_weights(run_dir, tr.model, tr.epoch)
             checkpoint.save(run_dir, *tr.state(), data_sha256)
         run_dir.write_history(tr.history)
-        written = len(tr.history)
         log(format_row(row))
         if tracker:
             tracker.epoch(row)
@@ -171,7 +176,7 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         finished = True
     except KeyboardInterrupt:
         info["status"] = "interrupted"
-        raise RunInterrupted(run_dir.path, written) from None
+        raise RunInterrupted(run_dir.path, _epochs_on_disk(run_dir)) from None
     except StopRun as e:
         info.update(status="stopped", stop_reason=str(e))
         raise
@@ -179,11 +184,7 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         info["status"] = "failed"
         raise
     finally:
-        if run_dir.is_run():  # what metrics.csv holds is the truth (Ctrl-C may land just after a write)
-            try:
-                written = len(run_dir.read_history())
-            except MnistlabError:
-                pass
+        written = _epochs_on_disk(run_dir)  # what run.json may claim: a write can fail, Ctrl-C land anywhere
         history = trainer.history[:written]
         info.update(finished=now(), wall_seconds=round(info.get("wall_seconds", 0) + time.perf_counter() - start, 3),
                     train_seconds=round(sum(r["seconds"] for r in history), 3), epochs_done=written)

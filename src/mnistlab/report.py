@@ -17,7 +17,7 @@ import numpy as np
 from .errors import MnistlabError
 from .metrics import BAND, WINDOW, summarize
 from .plots import overlay_figure, run_figures
-from .runs import RunDir, atomic_write
+from .runs import RunDir, atomic_write, validation_curves
 
 TEXT: dict[str, dict[str, str]] = {
     "en": {
@@ -301,12 +301,8 @@ def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
     (a study kept as its tables only)."""
     try:
         doc = json.loads((study / "compare.json").read_text())
-        curves = {}
-        for row in doc["rows"]:
-            hist = [RunDir(study / row["name"] / f"seed{r['seed']}").read_history() for r in doc["runs"][row["name"]]]
-            if all(h and h[0].get("val_acc") is not None for h in hist):
-                curves[row["config"]] = [[h_row["val_acc"] for h_row in h] for h in hist]
-        return curves or None
+        return validation_curves(study, [(row["config"], row["name"], [r["seed"] for r in doc["runs"][row["name"]]])
+                                         for row in doc["rows"]]) or None
     except (OSError, ValueError, KeyError, MnistlabError):
         return None
 

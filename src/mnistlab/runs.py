@@ -28,7 +28,7 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -224,3 +224,14 @@ class RunDir:
                 raise MnistlabError(f"{path}: malformed row {i + 1}") from None
             rows.append(row)
         return rows
+
+
+def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[int]]]) -> dict[str, list[list[float]]]:
+    """Validation accuracy per epoch of a study's runs, by label. ``entries`` are (label, config name,
+    seeds), the runs being ``study/NAME/seedS``; a label whose runs have no validation set is left out."""
+    curves = {}
+    for label, name, seeds in entries:
+        hist = [RunDir(Path(study) / name / f"seed{s}").read_history() for s in seeds]
+        if all(h and h[0].get("val_acc") is not None for h in hist):
+            curves[label] = [[row["val_acc"] for row in h] for h in hist]
+    return curves

@@ -259,11 +259,8 @@ class Trainer:
         if self.epoch > self.cfg.train.epochs:
             raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, f"its epoch {self.epoch} is past the config's "
                                                                     f"train.epochs = {self.cfg.train.epochs}")
-        if self.scheduled:  # checkpoints of older versions hold the lr the schedule had reached: recompute
-            self._set_lr(self.epoch * self.steps_per_epoch)
-        else:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.optim.lr
+        # the lr is the step's (checkpoints of older versions hold the lr their schedule had reached)
+        self._set_lr(self.epoch * self.steps_per_epoch)
 
 
 def _jsonable(obj: Any) -> Any:

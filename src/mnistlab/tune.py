@@ -163,6 +163,20 @@ def trial_config(base: config.Config, params: list[Param], stored: dict[str, Any
     return checks.set_values(base, {**values, "name": f"{base.name}-trial{number:04d}"})
 
 
+def _sample(study: Any, trial: Any, base: config.Config, params: list[Param], log: Log) -> config.Config | None:
+    """The trial's config from the sampler's values; a combination the config rejects (e.g. nesterov
+    without momentum) is recorded as a rejected trial (pruned) and gives None."""
+    try:
+        for p in params:
+            p.suggest(trial)
+        return trial_config(base, params, trial.params, trial.number)  # labels decoded back to values
+    except ConfigError as e:
+        trial.set_user_attr("outcome", f"rejected: {e}")
+        study.tell(trial, state=_optuna().trial.TrialState.PRUNED)
+        log(f"trial {trial.number}: rejected by the config ({e})")
+        return None
+
+
 def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, hook: PruningHook,
               tracker: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
@@ -301,16 +315,9 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
 
 def _search_here(study: Any, base: config.Config, params: list[Param], trials: int, trials_dir: Path,
                  dataset: data.Dataset, tag: str, log: Log, tracker: Any = None) -> None:
-    optuna = _optuna()
     while (trial := _budget_trial(study, trials, tag)) is not None:
-        try:
-            for p in params:
-                p.suggest(trial)
-            cfg = trial_config(base, params, trial.params, trial.number)  # labels decoded back to values
-        except ConfigError as e:  # a combination the config rejects (e.g. nesterov without momentum)
-            trial.set_user_attr("outcome", f"rejected: {e}")
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            log(f"trial {trial.number}: rejected by the config ({e})")
+        cfg = _sample(study, trial, base, params, log)
+        if cfg is None:
             continue
         path = trials_dir / f"trial{trial.number:04d}"
         try:
@@ -348,7 +355,6 @@ def _search_on_ray(study: Any, storage: Any, base: config.Config, params: list[P
                    tracker: Any = None) -> None:
     from . import cluster
 
-    optuna = _optuna()
     with cluster.connect(ray_options.address) as ray:
         host = ray.util.get_node_ip_address()
         proxy = _serve_storage(storage, host)
@@ -370,14 +376,8 @@ def _search_on_ray(study: Any, storage: Any, base: config.Config, params: list[P
                     if trial is None:
                         spent = True
                         break
-                    try:
-                        for p in params:
-                            p.suggest(trial)
-                        cfg = trial_config(base, params, trial.params, trial.number)
-                    except ConfigError as e:
-                        trial.set_user_attr("outcome", f"rejected: {e}")
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                        log(f"trial {trial.number}: rejected by the config ({e})")
+                    cfg = _sample(study, trial, base, params, log)
+                    if cfg is None:
                         continue
                     hook = PruningHook(proxy=proxy, study_name=study.study_name, trial_number=trial.number,
                                        options=options)
@@ -388,11 +388,9 @@ def _search_on_ray(study: Any, storage: Any, base: config.Config, params: list[P
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
                 trial = pending.pop(ready)
                 try:
-                    result = ray.get(ready)
-                except ray.exceptions.RayTaskError as e:
+                    result = cluster.task_result(ready, f"trial {trial.number}")
+                except BaseException:
                     _retry_later(study, trial.number, trial.params, "its task failed")
-                    if isinstance(e.cause, MnistlabError):
-                        raise MnistlabError(f"trial {trial.number}: {e.cause}") from None
                     raise
                 path = trials_dir / f"trial{trial.number:04d}"
                 cluster.write_run_dir(path, result["files"], result["node"])
