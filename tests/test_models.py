@@ -99,3 +99,19 @@ def test_dropout_masks_are_not_correlated_across_positions():
     m = (d(torch.ones(4000, 6)) != 0).float()
     corr = torch.corrcoef(m.t())
     assert (corr - torch.eye(6)).abs().max() < 0.06
+
+
+def test_gaussian_noise_is_absent_in_eval_mode_and_has_its_std_in_training():
+    model = models.build_model(_cfg(hidden="[64]", batchnorm="true", noise_std="0.3"), torch.Generator().manual_seed(0))
+    noise = [m for m in model.modules() if isinstance(m, models.GaussianNoise)]
+    assert len(noise) == 2  # the input and the one hidden layer
+    x = torch.rand(256, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), model(x))  # deterministic: no noise
+    layer = noise[0]
+    layer.train()
+    layer.generator = torch.Generator().manual_seed(1)
+    delta = layer(x) - x
+    assert delta.std().item() == pytest.approx(0.3, rel=0.02) and abs(delta.mean().item()) < 0.01
+    layer.eval()
+    assert torch.equal(layer(x), x)

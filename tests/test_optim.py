@@ -104,3 +104,13 @@ def test_early_stopping(small_mnist_dir):
     assert tr.stopped_early and len(hist) < 50
     best = max(range(len(hist)), key=lambda i: hist[i]["val_acc"])
     assert len(hist) - 1 - best == 2  # stopped exactly `patience` epochs after the last improvement
+
+
+def test_linear_schedule_holds_then_decays_to_min():
+    """Rasmus et al. 2015's annealing: constant for the first two thirds, then linear to min_lr_ratio."""
+    o = _o(schedule="'linear'", decay_start=0.5, min_lr_ratio=0.2)
+    assert [optim.lr_factor(s, 100, 10, o) for s in (0, 25, 50)] == [1.0, 1.0, 1.0]
+    assert optim.lr_factor(75, 100, 10, o) == pytest.approx(0.6)
+    assert optim.lr_factor(100, 100, 10, o) == pytest.approx(0.2)
+    plain = _o(schedule="'linear'")  # decay_start 0: linear from the first step
+    assert optim.lr_factor(50, 100, 10, plain) == pytest.approx(0.5)

@@ -44,6 +44,7 @@ class ModelConfig:
     dropout: float = 0.0  # after each hidden layer
     input_dropout: float = 0.0  # MLP only: dropout on the pixels
     batchnorm: bool = False  # MLP only: BatchNorm1d before each hidden activation
+    noise_std: float = 0.0  # MLP only: Gaussian noise on the input and each hidden pre-activation, training only
     normalize: bool = False  # standardise pixels with MNIST's mean/std inside the model
     width: int = 32  # CNN only: channels of the first convolution block
 
@@ -60,7 +61,8 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     step_epochs: int = 10  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
-    min_lr_ratio: float = 0.0  # cosine / one-cycle: final lr as a fraction of lr
+    min_lr_ratio: float = 0.0  # cosine / one-cycle / linear: final lr as a fraction of lr
+    decay_start: float = 0.0  # linear schedule: fraction of training after which the lr decays linearly
     max_norm: float = 0.0  # > 0: clamp each unit's incoming weight vector to this L2 norm after a step
     label_smoothing: float = 0.0
 
@@ -262,6 +264,7 @@ def validate(cfg: Config) -> None:
     check_value(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
     check_value(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
     check_value(m.width > 0, "model.width", m.width, "must be > 0")
+    check_value(m.noise_std >= 0, "model.noise_std", m.noise_std, "must be >= 0 (0 = off)")
 
     check_value(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     check_value(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
@@ -272,6 +275,7 @@ def validate(cfg: Config) -> None:
     check_value(o.step_epochs > 0, "optim.step_epochs", o.step_epochs, "must be > 0")
     check_value(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
     check_value(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+    check_value(0 <= o.decay_start < 1, "optim.decay_start", o.decay_start, "must be in [0, 1)")
     check_value(o.max_norm >= 0, "optim.max_norm", o.max_norm, "must be >= 0 (0 = off)")
     check_value(0 <= o.label_smoothing < 1, "optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
 

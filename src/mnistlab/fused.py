@@ -25,7 +25,7 @@ def applies(model: nn.Module, cfg: Config) -> bool:
     """True when the fused step computes the same update as autograd + torch.optim.SGD would."""
     o, m = cfg.optim, cfg.model
     return (cfg.train.fast and isinstance(model, MLP) and m.activation == "relu" and not m.batchnorm
-            and m.dropout == 0 and m.input_dropout == 0 and o.name == "sgd" and o.momentum == 0
+            and m.dropout == 0 and m.input_dropout == 0 and m.noise_std == 0 and o.name == "sgd" and o.momentum == 0
             and o.weight_decay == 0 and o.label_smoothing == 0 and o.max_norm == 0)
 
 

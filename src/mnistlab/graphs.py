@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .models import Dropout
+from .models import STOCHASTIC_LAYERS
 
 GRAPH_OPTIMIZERS = ("sgd", "adam", "adamw")  # fused implementations that accept a tensor lr under capture
 WARMUP_STEPS = 3
@@ -25,7 +25,7 @@ WARMUP_STEPS = 3
 
 def applies(model: nn.Module, cfg: Config, device: torch.device) -> bool:
     """Capture needs no host work inside the step: no augmentation or dropout draws from host-side state."""
-    dropout = any(isinstance(m, Dropout) and m.p > 0 for m in model.modules())
+    dropout = any(isinstance(m, STOCHASTIC_LAYERS) for m in model.modules())
     return (cfg.train.cuda_graphs and cfg.train.fast and device.type == "cuda" and cfg.data.augment == "none"
             and not dropout and cfg.optim.name in GRAPH_OPTIMIZERS)
 

@@ -27,6 +27,9 @@ SCHEDULES: dict[str, Callable[[float, int, OptimConfig], float]] = {
     "step": lambda t, epoch, c: c.gamma ** (epoch // c.step_epochs),
     "cosine": lambda t, epoch, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
     "onecycle": lambda t, epoch, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
+    # constant until decay_start, then linear to min_lr_ratio (Rasmus et al. 2015: Adam, last third annealed)
+    "linear": lambda t, epoch, c: 1.0 if t <= c.decay_start else
+    1.0 - (1 - c.min_lr_ratio) * (t - c.decay_start) / (1 - c.decay_start),
 }
 
 ONECYCLE_WARMUP = 0.3  # one-cycle's default share of steps spent warming up, as in torch's OneCycleLR

@@ -25,7 +25,7 @@ from .augment import augment
 from .config import Config
 from .errors import ConfigError, DivergenceError
 from .metrics import autocast, evaluate
-from .models import Dropout, build_model
+from .models import STOCHASTIC_LAYERS, build_model
 from .optim import apply_max_norm, build_optimizer, lr_factor
 
 AUG_SEED_OFFSET = 1_000_003  # keep the augmentation and dropout streams apart from the data stream
@@ -73,7 +73,7 @@ class Trainer:
         data.loader_seed(self.g_data)  # the report's validation DataLoader draws its base seed here
         self.model = build_model(cfg.model, self.g_data, device)
         for m in self.model.modules():
-            if isinstance(m, Dropout):
+            if isinstance(m, STOCHASTIC_LAYERS):
                 m.generator = self.g_drop
         if cfg.data.train_on_val:
             train_idx, val_idx = torch.arange(n), None
