@@ -85,20 +85,87 @@ def test_pruning_prunes_on_validation_accuracy(base, tmp_path):
     assert all(t["epochs_run"] == 4 for t in trials if t["state"] == "complete")
 
 
-def test_interrupted_search_resumes_with_the_same_trial(base, tmp_path, monkeypatch, capsys):
+def test_interrupted_trial_continues_under_its_number_from_its_epochs(base, tmp_path, monkeypatch, capsys):
     out = tmp_path / "r"
     interrupt_at_epoch(monkeypatch, 5)  # the second trial's second epoch
     assert _tune(base, out, "--trials", "3", "--pruner", "none") == 130
     monkeypatch.undo()
-    first = _trials_in_storage(out)
-    assert [t.state.name for t in first] == ["COMPLETE", "FAIL", "WAITING"]
+    err = capsys.readouterr().err
+    assert "continues the cut-off trial under its own number" in err and err.count("\n") == 1
+    assert [t.state.name for t in _trials_in_storage(out)] == ["COMPLETE", "RUNNING"]
+    # Ctrl-C wrote the tables and best.toml of the finished trial, and names the cut-off one
+    assert [(t["number"], t["state"]) for t in _trials(out)] == [(0, "complete"), (1, "interrupted")]
+    assert "| 1 | interrupted |" in (out / "trials.md").read_text() and (out / "best.toml").is_file()
+
     assert _tune(base, out, "--trials", "3", "--pruner", "none") == 0
-    trials = {t["number"]: t for t in _trials(out)}
-    done = [t for t in trials.values() if t["state"] == "complete"]
-    assert len(done) == 3 and trials[1]["state"] == "failed"
-    # the interrupted trial ran again with the same parameters
-    assert (trials[2]["optim.lr"], trials[2]["model.hidden"]) == (trials[1]["optim.lr"], trials[1]["model.hidden"])
-    assert (out / "trials" / "trial0000" / "metrics.csv").is_file()
+    trials = _trials(out)
+    assert [(t["number"], t["state"]) for t in trials] == [(0, "complete"), (1, "complete"), (2, "complete")]
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["trial0000", "trial0001", "trial0002"]
+    info = json.loads((out / "trials" / "trial0001" / "run.json").read_text())
+    assert [r["after_epoch"] for r in info["resumed"]] == [1]  # continued from its finished epoch
+    # the same numbers as a search that was never interrupted: parameters, and each trial's accuracy
+    assert _tune(base, tmp_path / "whole", "--trials", "3", "--pruner", "none") == 0
+    same = ("optim.lr", "model.hidden", "best_val_acc", "epochs_run")
+    assert [{k: t[k] for k in same} for t in trials] == [{k: t[k] for k in same} for t in _trials(tmp_path / "whole")]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_an_extended_search_continues_its_sequence(base, tmp_path, sampler):
+    """--trials 3, then --trials 6 on the same study: six different points, the six of a fresh 6-trial study."""
+    args = ("--pruner", "none", "--sampler", sampler, "--set", "train.epochs=1")
+    assert _tune(base, tmp_path / "grown", "--trials", "3", *args) == 0
+    assert _tune(base, tmp_path / "grown", "--trials", "6", *args) == 0
+    assert _tune(base, tmp_path / "fresh", "--trials", "6", *args) == 0
+    points = lambda out: [(t["optim.lr"], t["model.hidden"]) for t in _trials(out)]  # noqa: E731
+    grown = points(tmp_path / "grown")
+    assert len(grown) == 6 and len({lr for lr, _ in grown}) == 6
+    assert grown == points(tmp_path / "fresh")
+
+
+def test_trial_seeds_depend_on_the_trial_number_only():
+    from mnistlab.tune import trial_seed
+    seeds = [trial_seed(0, k) for k in range(100)]
+    assert len(set(seeds)) == 100 and seeds == [trial_seed(0, k) for k in range(100)]
+    assert trial_seed(1, 0) != trial_seed(0, 0) and all(0 <= s < 2**32 for s in seeds)
+
+
+def test_a_trial_refused_at_run_time_is_rejected_and_the_search_goes_on(base, tmp_path, capsys):
+    """A batch size above the 1,800 training images is refused when the trial's run is set up: the trial is a
+    rejected row with the reason, the others run, and a rerun does not try it again."""
+    (tmp_path / "space.toml").write_text('[params."train.batch_size"]\ntype = "categorical"\n'
+                                         'choices = [100, 5000]\n')
+    out = tmp_path / "b"
+    assert _tune(base, out, "--trials", "6", "--pruner", "none", "--sampler", "random") == 0
+    trials = _trials(out)
+    states = {t["state"] for t in trials}
+    assert len(trials) == 6 and states == {"complete", "rejected"}
+    for t in trials:
+        assert (t["state"] == "rejected") == (t["train.batch_size"] == 5000)
+        if t["state"] == "rejected":
+            assert "exceeds the 1800 training images" in t["note"] and t["epochs_run"] == 0
+    assert "rejected" in (out / "trials.md").read_text()
+    # every choice refused: a table of rejected rows, exit 2 saying so, and a rerun that does not wedge
+    (tmp_path / "space.toml").write_text('[params."train.batch_size"]\ntype = "categorical"\n'
+                                         'choices = [4000, 5000]\n')
+    capsys.readouterr()
+    for _ in range(2):
+        assert _tune(base, tmp_path / "all", "--trials", "2") == 2
+        captured = capsys.readouterr()
+        assert "no trial of" in captured.err and "budget of 2 trials is spent" in captured.err
+        assert captured.out.count("| rejected |") == 2
+    assert [t["state"] for t in _trials(tmp_path / "all")] == ["rejected", "rejected"]
+
+
+def test_a_search_whose_every_trial_diverged_ends_with_its_table_and_exit_2(base, tmp_path, capsys):
+    (tmp_path / "space.toml").write_text('[params."optim.lr"]\ntype = "float"\nlow = 1e30\nhigh = 1e31\n')
+    out = tmp_path / "d"
+    assert _tune(base, out, "--trials", "2", "--pruner", "none") == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "no trial of" in captured.err and "Traceback" not in captured.err
+    trials = _trials(out)
+    assert [t["state"] for t in trials] == ["diverged", "diverged"]
+    assert all("diverged at epoch 1" in t["note"] for t in trials)
+    assert "| diverged |" in (out / "trials.md").read_text() and not (out / "best.toml").exists()
 
 
 def _trials_in_storage(out):
@@ -185,3 +252,129 @@ def test_load_space_reads_the_committed_spaces():
     for name, cfg in (("mlp_noaug.toml", "mlp_best.toml"), ("cnn.toml", "cnn_best.toml")):
         params = load_space(root / "spaces" / name, config.load(root / cfg))
         assert params
+
+
+# ---------------------------------------------------------------- refused before anything is written
+
+
+@pytest.mark.parametrize("bad, good, message", [
+    (["--space-text", 'step = inf'], [], "step must be a finite number"),
+    (["--space-text", 'step = 0.4'], [], "must be a whole number of steps of 0.4"),
+    (["--seed", str(2**32)], ["--seed", "1"], "--seed must be in [0, 4294967295]"),
+    (["--storage", "sqlite://"], [], "keeps the study in memory"),
+    (["--storage", "sqlite:///:memory:"], [], "keeps the study in memory"),
+    (["--timeout", "0"], ["--timeout", "5"], "--timeout must be a finite number of minutes > 0"),
+    (["--timeout", "inf"], [], "--timeout must be a finite number of minutes > 0"),
+])
+def test_a_refused_command_leaves_out_usable(base, tmp_path, capsys, bad, good, message):
+    """Every option and the whole space are checked before anything is written: the corrected command then
+    uses the same --out."""
+    out = tmp_path / "o"
+    space = tmp_path / "space.toml"
+    lr = '[params."optim.lr"]\ntype = "float"\nlow = 0.1\nhigh = 1.0\n'
+    bad = list(bad)
+    if bad[0] == "--space-text":
+        space.write_text(lr + bad[1] + "\n")
+        bad = []
+    else:
+        space.write_text(lr)
+    assert _tune(base, out, "--trials", "1", *bad) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+    space.write_text(lr)
+    assert _tune(base, out, "--trials", "1", "--pruner", "none", "--set", "train.epochs=1", *good) == 0
+
+
+def test_each_study_directory_keeps_its_kind(base, tmp_path, capsys):
+    """compare refuses a tune directory and tune a compare directory, before touching anything."""
+    tuned, compared = tmp_path / "tuned", tmp_path / "compared"
+    assert _tune(base, tuned, "--trials", "1", "--pruner", "none", "--set", "train.epochs=1") == 0
+    assert main(["compare", str(base), "--seeds", "1", "--epochs", "1", "--quiet", "--out", str(compared)]) == 0
+    assert json.loads((tuned / "study.json").read_text())["kind"] == "tune"
+    assert json.loads((compared / "study.json").read_text())["kind"] == "compare"
+
+    def files(d):
+        return {p: p.stat().st_mtime_ns for p in d.rglob("*")}
+    before = files(tuned), files(compared)
+    capsys.readouterr()
+    assert main(["compare", str(base), "--seeds", "1", "--epochs", "1", "--quiet", "--out", str(tuned)]) == 2
+    assert "holds a `mnistlab tune` study" in capsys.readouterr().err
+    assert _tune(base, compared, "--trials", "1") == 2
+    err = capsys.readouterr().err
+    assert "holds a `mnistlab compare` study" in err and err.count("\n") == 1
+    assert (files(tuned), files(compared)) == before  # nothing written, not even a lock or a study.db
+    # a directory holding a run is no study directory either
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(base), "--epochs", "1", "--quiet", "--out", str(run)]) == 0
+    assert _tune(base, run, "--trials", "1") == 2 and "holds a run" in capsys.readouterr().err
+    assert not (run / ".mnistlab.lock").exists()
+
+
+def test_a_moved_study_resumes(base, tmp_path):
+    import shutil
+    first = tmp_path / "here"
+    assert _tune(base, first, "--trials", "1", "--pruner", "none", "--set", "train.epochs=1") == 0
+    assert json.loads((first / "tune.json").read_text())["storage"] == "study.db"  # relative to the directory
+    moved = tmp_path / "elsewhere" / "there"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    assert _tune(base, moved, "--trials", "2", "--pruner", "none", "--set", "train.epochs=1") == 0
+    assert [t["number"] for t in _trials(moved)] == [0, 1]
+
+
+def test_timeout_stops_starting_trials_and_a_rerun_goes_on(base, tmp_path, capsys):
+    """--timeout MINUTES: no trial starts after the time is up; the trial under way finishes."""
+    out = tmp_path / "t"
+    args = ("--pruner", "none", "--set", "train.epochs=2")
+    assert _tune(base, out, "--trials", "50", "--timeout", "0.02", *args) == 0  # 1.2 s
+    printed = capsys.readouterr().out
+    assert "stopped by --timeout 0.02 before the budget of 50 trials was spent" in printed
+    done = len(_trials(out))
+    assert 1 <= done < 50 and {t["state"] for t in _trials(out)} == {"complete"}
+    assert _tune(base, out, "--trials", str(done + 1), *args) == 0  # the same study, one trial more
+    assert [t["number"] for t in _trials(out)] == list(range(done + 1))
+
+
+def test_progress_inside_trials_shows_validation_only(base, tmp_path, capsys):
+    assert main(["tune", str(base), "--space", str(base.parent / "space.toml"), "--out", str(tmp_path / "p"),
+                 "--trials", "1", "--pruner", "none"]) == 0
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if line.startswith("trial 0: epoch")]
+    assert len(epochs) == 3 and all("val_acc" in line and "test" not in line for line in epochs)
+    assert "trial 0: optim.lr=" in out
+
+
+def test_ray_requests_that_cannot_be_met_are_one_line(base, tmp_path, capsys):
+    for extra, message in [
+        (["--ray", "--cpus-per-run", "inf"], "--cpus-per-run must be a finite number > 0"),
+        (["--ray", "--gpus-per-run", "nan"], "--gpus-per-run must be a finite number >= 0"),
+        (["--ray", "ray://127.0.0.1"], "needs a host and a port, e.g. ray://HOST:10001"),
+        (["--ray", "somehost"], "needs a host and a port"),
+        (["--ray", "--ray-timeout", "-1"], "--ray-timeout must be a finite number of seconds > 0"),
+    ]:
+        assert _tune(base, tmp_path / "o", "--trials", "1", *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+        assert not (tmp_path / "o").exists()
+
+
+def test_search_figures_are_readable():
+    """history.png: one title, the axis in percent, whole trial numbers; importance.png: the number of
+    trials behind it, with a caveat when few."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from mnistlab.tune import history_figure, importance_figure
+    recs = [{"number": 0, "state": "complete", "best_val_acc": 90.0}, {"number": 1, "state": "pruned",
+            "best_val_acc": 60.0}, {"number": 2, "state": "complete", "best_val_acc": 95.0}]
+    fig = history_figure(recs, "tiny")
+    (ax,) = fig.axes
+    assert not fig._suptitle and ax.get_title().startswith("Validation accuracy of each trial")
+    assert ax.get_ylabel() == "validation accuracy (%)" and ax.get_xlabel() == "trial"
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    few = importance_figure({"optim.lr": 0.7, "model.hidden": 0.3}, complete=3)
+    assert "from 3 complete trials: few trials" in few.axes[0].get_title()
+    many = importance_figure({"optim.lr": 0.7, "model.hidden": 0.3}, complete=40)
+    assert "few trials" not in many.axes[0].get_title()

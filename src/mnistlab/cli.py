@@ -219,12 +219,13 @@ def cmd_final(args: argparse.Namespace) -> int:
 
 def _ray_options(args: argparse.Namespace) -> "RayOptions | None":
     if args.ray is None:
-        if args.cpus_per_run is not None or args.gpus_per_run is not None:
-            raise MnistlabError("--cpus-per-run and --gpus-per-run need --ray")
+        if args.cpus_per_run is not None or args.gpus_per_run is not None or args.ray_timeout is not None:
+            raise MnistlabError("--cpus-per-run, --gpus-per-run and --ray-timeout need --ray")
         return None
     from .cluster import RayOptions
     return RayOptions(address=args.ray or None, cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
-                      gpus_per_run=args.gpus_per_run or 0.0)
+                      gpus_per_run=args.gpus_per_run or 0.0,
+                      schedule_timeout=600.0 if args.ray_timeout is None else args.ray_timeout)
 
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
@@ -234,31 +235,65 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs each run asks Ray for (default 1)")
     p.add_argument("--gpus-per-run", type=float, metavar="F", help="GPUs each run asks Ray for; fractions share a GPU "
                                                                     "(default 0)")
+    p.add_argument("--ray-timeout", type=float, metavar="SECONDS",
+                   help="on a cluster: how long runs may wait for a node that offers their resources before the "
+                        "study stops (default 600)")
+
+
+def _study_tracking(tracker, out: Path, kind: str):  # noqa: ANN001, ANN202 - a context manager
+    """The study's tracking context, continuing the one recorded in study.json (its MLflow parent run)."""
+    from contextlib import contextmanager
+
+    from .runs import read_study, write_study
+
+    @contextmanager
+    def tracking():  # noqa: ANN202
+        with tracker.study(out.name, read_study(out).get("tracking")) as identity:
+            write_study(out, kind, **({"tracking": identity} if identity else {}))
+            yield
+    return tracking()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import add_ensembles, load_configs, markdown_table, run_study, run_study_ray, write_outputs
+    from . import compare
+    from .runs import check_study_dir
 
     if args.seeds < 1:
         raise MnistlabError("--seeds must be at least 1")
     ray_options = _ray_options(args)
     overrides = _overrides(args)
-    cfgs = load_configs(args.configs, overrides)
+    cfgs = compare.load_configs(args.configs, overrides)
     out = args.out or Path("runs") / "compare"
+    check_study_dir(out, "compare")  # before anything is written there
+    tracker = _trackers(args)  # checks the tracking store before anything is written
     _make_dir(out)
-    tracker = _trackers(args)
-    with _study_lock(out), tracker.study(out.name):
-        if ray_options is None:
-            rows = run_study(cfgs, args.seeds, out, log=_logger(args.quiet), show_progress=_show_progress(args),
-                             tracker=tracker)
-        else:
-            rows = run_study_ray(cfgs, args.seeds, out, ray_options, log=_logger(args.quiet),
-                                 show_progress=_show_progress(args), tracker=tracker)
+    log = _logger(args.quiet)
+    with _study_lock(out), _study_tracking(tracker, out, "compare"):
+        try:
+            if ray_options is None:
+                rows = compare.run_study(cfgs, args.seeds, out, log=log, show_progress=_show_progress(args),
+                                         tracker=tracker)
+            else:
+                rows = compare.run_study_ray(cfgs, args.seeds, out, ray_options, log=log,
+                                             show_progress=_show_progress(args), tracker=tracker,
+                                             epoch_lines=not args.quiet)
+        except BaseException:
+            try:  # the table of the runs that finished, whatever stopped the study
+                compare.write_outputs(compare.current_rows(cfgs, args.seeds, out), out)
+            except Exception:  # noqa: BLE001 - the error that stopped the study is the one to report
+                pass
+            raise
         if args.ensemble:
-            add_ensembles(rows, out)
-        write_outputs(rows, out)
-    print(markdown_table(rows), end="")
+            compare.add_ensembles(rows, out)
+        compare.write_outputs(rows, out)
+    print(compare.markdown_table(rows), end="")
     print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and curves.png")
+    for warning in compare.mixed_threads(rows):
+        print(f"mnistlab: warning: {warning}", file=sys.stderr)
+    problem = compare.incomplete(rows)
+    if problem:
+        print(f"mnistlab: error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 
@@ -275,27 +310,41 @@ def _study_lock(out: Path):  # noqa: ANN202 - a context manager
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from .checks import set_values
+    from .runs import check_study_dir
     from .space import load_space
-    from .tune import SearchOptions, tune
+    from .tune import SearchOptions, check_request, tune
 
+    # every option, the config and the whole space are checked before anything is written
     ray_options = _ray_options(args)
     options = SearchOptions(sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                             pruner_startup=args.pruner_startup, pruner_warmup=args.pruner_warmup)
-    from .checks import set_values
     base = set_values(config_mod.load(args.config), _overrides(args))
     params = load_space(args.space, base)
+    check_request(base, args.trials, args.storage, args.timeout)
     out = args.out or Path("runs") / f"tune-{base.name}"
-    _make_dir(out)
+    check_study_dir(out, "tune")
     tracker = _trackers(args)
-    with _study_lock(out), tracker.study(out.name):
+    _make_dir(out)
+    with _study_lock(out), _study_tracking(tracker, out, "tune"):
         result = tune(base, params, args.trials, out, options, storage_url=args.storage, study_name=args.study_name,
-                      ray_options=ray_options, log=_logger(args.quiet), tracker=tracker)
+                      ray_options=ray_options, log=_logger(args.quiet), tracker=tracker,
+                      timeout_minutes=args.timeout, show_progress=_show_progress(args), epoch_lines=not args.quiet)
     print((out / "trials.md").read_text(), end="")
     if result.best_toml is None:
-        print(f"no trial completed yet; wrote {out / 'trials.md'}")
-        return 0
+        if result.spent:
+            print(f"mnistlab: error: no trial of {out} completed (see the table's notes), so there is no best "
+                  f"config; the budget of {args.trials} trials is spent: raise --trials to draw more, or change "
+                  f"the space and use another --out", file=sys.stderr)
+        else:
+            print(f"mnistlab: error: no trial completed yet (stopped by --timeout); run the same command again to "
+                  f"go on", file=sys.stderr)
+        return EXIT_USER_ERROR
     print(f"wrote {out / 'trials.md'}, trials.csv, trials.json, history.png and {result.best_toml} "
           f"(the best trial by validation accuracy)")
+    if result.timed_out:
+        print(f"stopped by --timeout {args.timeout:g} before the budget of {args.trials} trials was spent; "
+              f"run the same command again to go on")
     print(f"next, the honest test estimate over seeds: mnistlab compare {result.best_toml} --seeds 3")
     return 0
 
@@ -445,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="median pruner: trials to finish before pruning starts (default 5)")
     p.add_argument("--pruner-warmup", type=int, default=1, metavar="N",
                    help="median pruner: epochs of a trial before it can be pruned (default 1)")
+    p.add_argument("--timeout", type=float, metavar="MINUTES",
+                   help="start no new trial after MINUTES (trials under way finish); rerunning goes on")
     p.add_argument("--quiet", "-q", action="store_true")
     _add_override_options(p, STUDY_FLAGS)
     _add_ray_options(p)
@@ -511,6 +562,10 @@ def _interrupted_message(e: KeyboardInterrupt, args: argparse.Namespace) -> str:
     """What Ctrl-C left behind, and how to go on."""
     study = args.command in ("compare", "tune")
     again = "; run the same command again to resume the study" if study else ""
+    if args.command == "tune":
+        where = "from its last finished epoch" if args.ray is None else "from its start (it ran on Ray)"
+        again = (f"; trials.md and best.toml hold the finished trials; the same command continues the cut-off "
+                 f"trial under its own number and parameters, {where}")
     epochs, run_dir = getattr(e, "epochs", None), getattr(e, "run_dir", None)
     if epochs is None:
         return "interrupted" + (" (finished runs are kept)" + again if study else "")

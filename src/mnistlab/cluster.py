@@ -5,12 +5,19 @@ the run's files as bytes; the driver, which owns the study directory, writes the
 (see :func:`write_run_dir`). The dataset travels once through Ray's object store, so workers read no
 data files either. Scheduling, placement and retries (a task whose node dies is run again elsewhere)
 are Ray's. Ray is imported only here, and only when a study asks for it.
+
+Resource requests are checked against the nodes Ray reports: an embedded Ray (this machine only) refuses
+at once a request no node can meet; on a cluster, where an autoscaler may still add such a node, a warning
+is printed and the study stops with a message once the request has been unmeetable for
+``RayOptions.schedule_timeout`` seconds. Each run's epochs reach the driver's log through a Ray queue.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import queue
 import shutil
 import socket
 import tempfile
@@ -34,12 +41,17 @@ class RayOptions:
     address: str | None = None
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
+    schedule_timeout: float = 600.0  # on a cluster: seconds runs may wait for a node that can take them
 
     def __post_init__(self) -> None:
-        if not self.cpus_per_run > 0:
-            raise MnistlabError(f"--cpus-per-run must be > 0, got {self.cpus_per_run}")
-        if not 0 <= self.gpus_per_run:
-            raise MnistlabError(f"--gpus-per-run must be >= 0, got {self.gpus_per_run}")
+        if not (self.cpus_per_run > 0 and math.isfinite(self.cpus_per_run)):
+            raise MnistlabError(f"--cpus-per-run must be a finite number > 0, got {self.cpus_per_run}")
+        if not (0 <= self.gpus_per_run and math.isfinite(self.gpus_per_run)):
+            raise MnistlabError(f"--gpus-per-run must be a finite number >= 0, got {self.gpus_per_run}")
+        if not (self.schedule_timeout > 0 and math.isfinite(self.schedule_timeout)):
+            raise MnistlabError(f"--ray-timeout must be a finite number of seconds > 0, got {self.schedule_timeout}")
+        if self.address is not None:
+            check_address(self.address)
         if self.gpus_per_run > 1 and self.gpus_per_run != int(self.gpus_per_run):
             raise MnistlabError(f"--gpus-per-run above 1 must be a whole number, got {self.gpus_per_run}")
 
@@ -51,9 +63,29 @@ class RayOptions:
         """Torch threads of a run that does not set train.threads: the CPUs it asked for."""
         return max(1, int(self.cpus_per_run))
 
+    def request(self) -> str:
+        return f"{self.cpus_per_run:g} CPU" + (f" + {self.gpus_per_run:g} GPU" if self.gpus_per_run else "")
 
-def _import_ray() -> Any:
+
+def check_address(address: str) -> tuple[str, int] | None:
+    """The (host, port) of a cluster address (None for ``auto``); a malformed one is one line."""
+    if address == "auto":
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    example = "ray://HOST:10001" if address.startswith("ray://") else "HOST:6379"
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MnistlabError(f"--ray {address!r} needs a host and a port, e.g. {example} (or auto)")
+    return host.strip("[]"), int(port)
+
+
+def _import_ray(embedded: bool = False) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage statistics unless the user opts in
+    if embedded:
+        # the embedded Ray serves this process only: keep token authentication (Ray's default for a new
+        # local cluster) without its warning, and take the loopback address without probing the internet
+        # for one (Ray's switch for single-machine clusters; the probe logs "Failed to determine local IP")
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -63,21 +95,20 @@ def _import_ray() -> Any:
 
 def _check_reachable(address: str) -> None:
     """Fail fast on a HOST:PORT that nothing listens on (ray.init would retry for a minute)."""
-    host_port = address.removeprefix("ray://")
-    if address == "auto" or ":" not in host_port:
+    where = check_address(address)
+    if where is None:
         return
-    host, _, port = host_port.rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+        with socket.create_connection(where, timeout=5):
             pass
-    except (OSError, ValueError) as e:
-        raise MnistlabError(f"cannot reach a Ray cluster at {address}: {getattr(e, 'strerror', None) or e}") from None
+    except OSError as e:
+        raise MnistlabError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
 
 
 @contextmanager
 def connect(address: str | None) -> Iterator[Any]:
     """Yield the ``ray`` module connected to ``address`` (None: start an embedded local Ray, stopped after)."""
-    ray = _import_ray()
+    ray = _import_ray(embedded=not address)
     if ray.is_initialized():  # a caller (a notebook, a test) already connected: use that
         yield ray
         return
@@ -111,33 +142,46 @@ def node_info() -> dict[str, Any]:
 
 
 def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int,
-                     on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train one config on this worker and return ``{"files", "node", "outcome"}``.
+                     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                     progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one config on this worker and return ``{"files", "node", "outcome", "seconds", "reason"}``.
 
     ``files`` maps each file name of the run directory to its bytes. ``outcome`` is "complete",
-    "stopped" (an ``on_epoch`` hook raised :class:`~mnistlab.experiment.StopRun`) or "diverged".
+    "stopped" (an ``on_epoch`` hook raised :class:`~mnistlab.experiment.StopRun`), "diverged", or "rejected"
+    (the config was refused when the run was set up, e.g. a batch larger than the training set; no files,
+    ``reason`` says why). ``progress(row)`` sees each epoch's row (the driver prints it).
     """
     import torch
 
     from . import config
-    from .errors import DivergenceError
+    from .errors import ConfigError, DivergenceError
     from .experiment import StopRun, run
+
+    def hook(row: dict[str, Any]) -> None:
+        if progress is not None:
+            progress(row)
+        if on_epoch is not None:
+            on_epoch(row)
 
     cfg = config.from_dict(cfg_dict)
     if not cfg.train.threads:
         torch.set_num_threads(threads)
-    outcome = "complete"
+    outcome, reason = "complete", ""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnistlab-run-") as tmp:
         path = Path(tmp) / "run"
         try:
-            run(cfg, path, log=lambda msg: None, dataset=dataset, on_epoch=on_epoch)
-        except StopRun:
-            outcome = "stopped"
-        except DivergenceError:
-            outcome = "diverged"
-        files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
-    return {"files": files, "node": node_info(), "outcome": outcome, "seconds": time.perf_counter() - start}
+            run(cfg, path, log=lambda msg: None, dataset=dataset, on_epoch=hook)
+        except StopRun as e:
+            outcome, reason = "stopped", str(e)
+        except DivergenceError as e:
+            outcome, reason = "diverged", str(e)
+        except ConfigError as e:
+            outcome, reason = "rejected", str(e)
+        files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")} \
+            if path.is_dir() else {}
+    return {"files": files, "node": node_info(), "outcome": outcome, "reason": reason,
+            "seconds": time.perf_counter() - start}
 
 
 def write_run_dir(path: Path, files: dict[str, bytes], node: dict[str, Any]) -> None:
@@ -190,3 +234,115 @@ def remote(fn: Callable[..., Any], options: RayOptions) -> Any:
     import ray
 
     return ray.remote(fn).options(**options.task_options())
+
+
+# ---------------------------------------------------------------- resources and waiting
+
+
+def _nodes(ray: Any) -> list[dict[str, float]]:
+    """The total resources of each live node."""
+    return [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def slots(ray: Any, options: RayOptions) -> int:
+    """How many runs of ``options``' size the cluster's nodes hold at once (0: none fits anywhere)."""
+    total = 0
+    for res in _nodes(ray):
+        n = res.get("CPU", 0) // options.cpus_per_run
+        if options.gpus_per_run:
+            n = min(n, res.get("GPU", 0) // options.gpus_per_run)
+        total += int(n)
+    return total
+
+
+def _largest(ray: Any) -> str:
+    nodes = _nodes(ray)
+    if not nodes:
+        return "no live node"
+    best = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)))
+    return f"{len(nodes)} node{'s' if len(nodes) > 1 else ''}, the largest with {best.get('CPU', 0):g} CPU and " \
+           f"{best.get('GPU', 0):g} GPU"
+
+
+def check_resources(ray: Any, options: RayOptions, log: Callable[[str], None]) -> None:
+    """Refuse (embedded Ray) or warn about (cluster) a per-run request that no node can meet."""
+    if slots(ray, options):
+        return
+    if options.address is None:
+        raise MnistlabError(f"no run can start: each asks for {options.request()} (--cpus-per-run, --gpus-per-run) "
+                            f"but the embedded Ray on this machine has {_largest(ray)}")
+    log(f"warning: no node of the Ray cluster offers {options.request()} per run now ({_largest(ray)}); runs "
+        f"wait for one (an autoscaler may add it) for at most {options.schedule_timeout:g} s")
+
+
+class EpochProgress:
+    """Each run's epochs, sent by Ray workers through a queue actor and printed by the driver, so long runs
+    on Ray are not silent."""
+
+    def __init__(self, log: Callable[[str], None],
+                 line: Callable[[dict[str, Any]], str] | None = None) -> None:
+        from ray.util.queue import Queue
+
+        from .experiment import format_row
+
+        self.queue = Queue(actor_options={"num_cpus": 0})  # takes no CPU a run could use
+        self.log, self.line = log, line or format_row
+
+    def sender(self, title: str) -> "_EpochSender":
+        return _EpochSender(self.queue, title)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                title, row = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            self.log(f"{title}: {self.line(row)}")
+
+    def close(self) -> None:
+        self.drain()
+        self.queue.shutdown()
+
+
+@dataclass
+class _EpochSender:
+    """The picklable end of :class:`EpochProgress` that a task calls with each epoch's row."""
+
+    queue: Any
+    title: str
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.queue.put_nowait((self.title, {k: v for k, v in row.items() if isinstance(v, (int, float, str))}))
+
+
+class TaskWaiter:
+    """Waits for the next finished task of a study while printing the epochs that arrive; on a cluster,
+    stops the study once no node has been able to take a run for ``schedule_timeout`` seconds."""
+
+    POLL_S = 0.5
+    CHECK_S = 5.0
+
+    def __init__(self, ray: Any, options: RayOptions, progress: EpochProgress | None = None) -> None:
+        self.ray, self.options, self.progress = ray, options, progress
+        self.checked = time.monotonic()
+        self.unmet_since: float | None = None if slots(ray, options) else self.checked
+
+    def next(self, pending: dict[Any, Any]) -> Any:
+        """The Ray object ref of a finished task among ``pending``'s keys."""
+        while True:
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=self.POLL_S)
+            if self.progress is not None:
+                self.progress.drain()
+            if ready:
+                return ready[0]
+            now = time.monotonic()
+            if now - self.checked >= self.CHECK_S:
+                self.checked = now
+                if slots(self.ray, self.options):
+                    self.unmet_since = None
+                elif self.unmet_since is None:
+                    self.unmet_since = now
+                elif now - self.unmet_since >= self.options.schedule_timeout:
+                    raise MnistlabError(f"no node of the Ray cluster has offered {self.options.request()} per run "
+                                        f"for {self.options.schedule_timeout:g} s ({_largest(self.ray)}); lower "
+                                        f"--cpus-per-run/--gpus-per-run or add such a node, then rerun to resume")

@@ -2,7 +2,9 @@
 
 Model selection uses validation only: each run is read at its best-validation epoch, and the test
 accuracy reported is the one at that epoch. Runs already complete are skipped and interrupted ones
-resumed, so a study that was stopped picks up where it was.
+resumed, so a study that was stopped picks up where it was. A run that diverges is a row entry that says
+so, and the study goes on: the table is always written, and the caller's exit code says whether every
+run completed.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import json
 import math
 import shutil
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from . import checkpoint, checks, config, data
-from .errors import MnistlabError
+from .errors import DivergenceError, MnistlabError
 from .experiment import resume, run
 from .metrics import predict_proba, summarize
 from .plots import overlay_figure
@@ -37,9 +39,21 @@ Log = Callable[[str], None]
 class StudyRow:
     label: str
     name: str
-    runs: list[dict[str, Any]]  # one summary per finished seed
-    parameters: int
+    runs: list[dict[str, Any]]  # one summary per complete seed
+    parameters: int | None
     ensemble_test_acc: float | None = None
+    planned: int = 0  # seeds the study asked for (0: as many as runs)
+    diverged: list[int] = field(default_factory=list)  # seeds whose run diverged
+
+    @property
+    def unfinished(self) -> int:
+        return max(0, self.planned - len(self.runs) - len(self.diverged))
+
+    @property
+    def threads(self) -> list[int]:
+        """The torch thread counts the row's runs trained with (several: their numbers are not comparable
+        to the last digit)."""
+        return sorted({t for r in self.runs for t in r.get("threads", [])})
 
     def stat(self, key: str) -> tuple[float, float]:
         values = [r[key] for r in self.runs if r.get(key) is not None]
@@ -76,7 +90,9 @@ def _run_summary(run_dir: RunDir) -> dict[str, Any]:
     info, history = run_dir.read_info(), run_dir.read_history()
     s = summarize(history)
     env = info.get("environment", {})
+    threads = {e.get("torch_threads") for e in [env, *(r.get("environment", {}) for r in info.get("resumed", []))]}
     return {"seed": info["config"]["train"]["seed"], "epochs": len(history), "parameters": info.get("parameters"),
+            "threads": sorted(t for t in threads if t is not None),
             "node": info.get("node", {}).get("hostname"),
             "device": env.get("cuda_device") if env.get("device") == "cuda" else env.get("device"),
             "train_seconds": info.get("train_seconds"), "final_test_acc": s["final_test_acc"],
@@ -119,12 +135,52 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
     return jobs
 
 
+def _status(run_dir: RunDir) -> str | None:
+    try:
+        return run_dir.read_info().get("status") if run_dir.file("run.json").is_file() else None
+    except MnistlabError:
+        return None
+
+
 def study_rows(cfgs: list[config.Config], jobs: list[Job]) -> list[StudyRow]:
+    """One row per config from what its run directories hold now: complete runs summarised, diverged ones
+    named by seed, the rest counted as unfinished."""
     rows = []
     for cfg in cfgs:
-        summaries = [_run_summary(j.run_dir) for j in jobs if j.cfg.name == cfg.name]
-        rows.append(StudyRow(cfg.label or cfg.name, cfg.name, summaries, summaries[0]["parameters"]))
+        mine = [j for j in jobs if j.cfg.name == cfg.name]
+        status = {j.cfg.train.seed: _status(j.run_dir) for j in mine}
+        summaries = [_run_summary(j.run_dir) for j in mine if status[j.cfg.train.seed] == "complete"]
+        parameters = next((j.run_dir.read_info().get("parameters") for j in mine if status[j.cfg.train.seed]), None)
+        rows.append(StudyRow(cfg.label or cfg.name, cfg.name, summaries, parameters, planned=len(mine),
+                             diverged=[seed for seed, st in status.items() if st == "diverged"]))
     return rows
+
+
+def current_rows(cfgs: list[config.Config], seeds: int, out: Path) -> list[StudyRow]:
+    """The study's rows as its directory holds them now (e.g. after Ctrl-C: the finished runs)."""
+    return study_rows(cfgs, plan_study(cfgs, seeds, out))
+
+
+def incomplete(rows: list[StudyRow]) -> str | None:
+    """None when every planned run completed, else one line naming what did not."""
+    diverged = [f"{r.name} seed {s}" for r in rows for s in r.diverged]
+    unfinished = sum(r.unfinished for r in rows)
+    if not diverged and not unfinished:
+        return None
+    parts = []
+    if diverged:
+        parts.append(f"{len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged ({', '.join(diverged)}; "
+                     f"loss NaN or infinite: try a smaller optim.lr)")
+    if unfinished:
+        parts.append(f"{unfinished} run{'s' if unfinished > 1 else ''} did not finish")
+    return "; ".join(parts) + "; the table holds the others"
+
+
+def mixed_threads(rows: list[StudyRow]) -> list[str]:
+    """A warning per row whose runs trained with different torch thread counts."""
+    return [f"{r.label}: its runs used {' and '.join(map(str, r.threads))} threads; numbers made with different "
+            f"thread counts differ in the last digits (set --threads to make them equal)"
+            for r in rows if len(r.threads) > 1]
 
 
 def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print,
@@ -133,59 +189,71 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
     skipped and interrupted ones resumed from their checkpoints."""
     jobs = plan_study(cfgs, seeds, out)
     for job in jobs:
-        if job.status == "complete":
-            log(f"{job.title}: complete, skipped")
-        elif job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
-            log(f"{job.title}: resuming")
-            resume(job.run_dir.path, log=log, show_progress=show_progress, tracker=tracker)
-        else:
-            log(f"{job.title}: training")
-            run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log, show_progress=show_progress,
-                tracker=tracker)
+        if job.status in ("complete", "diverged"):
+            log(f"{job.title}: {job.status}, skipped" + (" (delete its directory to run it again)"
+                                                          if job.status == "diverged" else ""))
+            continue
+        try:
+            if job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
+                log(f"{job.title}: resuming")
+                resume(job.run_dir.path, log=log, show_progress=show_progress, tracker=tracker)
+            else:
+                log(f"{job.title}: training")
+                run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log,
+                    show_progress=show_progress, tracker=tracker)
+        except DivergenceError as e:
+            log(f"{job.title}: {e}; the study goes on")
     return study_rows(cfgs, jobs)
 
 
 def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cluster.RayOptions",
-                  log: Log = print, show_progress: bool = False, tracker: "Trackers | None" = None) -> list[StudyRow]:
+                  log: Log = print, show_progress: bool = False, tracker: "Trackers | None" = None,
+                  epoch_lines: bool = True) -> list[StudyRow]:
     """The same study with each unfinished (config, seed) run as one Ray task on the cluster.
 
     The driver (this process) owns ``out``: each finished run's files come back through Ray and are put
     in place atomically as it completes, so an interrupted study keeps every run that finished and a
-    rerun skips them. Unfinished runs start over (their partial state lived on the workers).
+    rerun skips them. Unfinished runs start over (their partial state lived on the workers). With
+    ``epoch_lines``, each run's epochs are logged as they finish on the workers.
     """
     from tqdm import tqdm
 
     from . import cluster
 
     jobs = plan_study(cfgs, seeds, out)
-    todo = [j for j in jobs if j.status != "complete"]
+    todo = [j for j in jobs if j.status not in ("complete", "diverged")]
     for job in jobs:
-        if job.status == "complete":
-            log(f"{job.title}: complete, skipped")
+        if job.status in ("complete", "diverged"):
+            log(f"{job.title}: {job.status}, skipped")
     if not todo:
         return study_rows(cfgs, jobs)
     dataset = data.load(cfgs[0].data.dir or None)  # the study's configs share one dataset (load_configs)
-    diverged = []
     with cluster.connect(options.address) as ray:
+        cluster.check_resources(ray, options, log)
         task = cluster.remote(cluster.train_in_tempdir, options)
         data_ref = ray.put(dataset)
-        pending = {task.remote(config.to_dict(j.cfg), data_ref, options.threads()): j for j in todo}
-        log(f"study: {len(todo)} runs on Ray ({len(jobs) - len(todo)} already complete), "
-            f"{options.cpus_per_run:g} CPU + {options.gpus_per_run:g} GPU per run")
+        progress = cluster.EpochProgress(log) if epoch_lines else None
+        pending = {task.remote(config.to_dict(j.cfg), data_ref, options.threads(), None,
+                               progress and progress.sender(j.title)): j for j in todo}
+        log(f"study: {len(todo)} runs on Ray ({len(jobs) - len(todo)} already finished), "
+            f"{options.request()} per run")
+        waiter = cluster.TaskWaiter(ray, options, progress)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not show_progress)
         try:
             while pending:
-                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                ready = waiter.next(pending)
                 job = pending.pop(ready)
                 result = cluster.task_result(ready, job.title)
+                if result["outcome"] == "rejected":
+                    raise MnistlabError(f"{job.title}: {result['reason']}")
                 cluster.write_run_dir(job.run_dir.path, result["files"], result["node"])
                 if tracker:
                     tracker.replay(job.title, job.run_dir.path)
                 node = result["node"]
                 where = f"{node['hostname']} ({node['node_id'][:8]}, {node['device']})"
                 if result["outcome"] == "diverged":
-                    diverged.append(job.title)
-                    log(f"{job.title}: diverged (loss NaN or infinite) after {result['seconds']:.0f} s on {where}")
+                    log(f"{job.title}: diverged (loss NaN or infinite) after {result['seconds']:.0f} s on {where}; "
+                        f"the study goes on")
                 else:
                     s = _run_summary(job.run_dir)
                     log(f"{job.title}: test {s['test_acc']:.2f}% at best-val epoch {s['best_epoch']} "
@@ -198,8 +266,8 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
             raise
         finally:
             bar.close()
-    if diverged:
-        raise MnistlabError(f"{len(diverged)} runs diverged ({', '.join(diverged)}): try a smaller optim.lr")
+            if progress is not None:
+                progress.close()
     return study_rows(cfgs, jobs)
 
 
@@ -231,21 +299,37 @@ def _pm(mean: float, std: float, digits: int = 2) -> str:
 
 
 TABLE_COLUMNS = ("config", "name", "seeds", "test_acc_mean", "test_acc_std", "best_val_acc_mean", "best_epoch_mean",
-                 "converged_epochs", "epochs", "parameters", "train_seconds_per_run", "ran_on", "ensemble_test_acc")
+                 "converged_epochs", "epochs", "parameters", "train_seconds_per_run", "ran_on", "threads",
+                 "ensemble_test_acc", "planned", "diverged_seeds")
+
+
+def _num(value: float, digits: int) -> float | None:
+    return None if math.isnan(value) else round(value, digits)
 
 
 def table_records(rows: list[StudyRow]) -> list[dict[str, Any]]:
     recs = []
     for r in rows:
         t, v = r.stat("test_acc"), r.stat("best_val_acc")
-        recs.append({"config": r.label, "name": r.name, "seeds": len(r.runs), "test_acc_mean": round(t[0], 3),
-                     "test_acc_std": round(t[1], 3), "best_val_acc_mean": None if math.isnan(v[0]) else round(v[0], 3),
-                     "best_epoch_mean": round(r.stat("best_epoch")[0], 1), "converged_epochs": _converged(r),
-                     "epochs": round(r.stat("epochs")[0], 1),
-                     "parameters": r.parameters, "train_seconds_per_run": round(r.stat("train_seconds")[0], 1),
-                     "ran_on": _ran_on(r),
-                     "ensemble_test_acc": None if r.ensemble_test_acc is None else round(r.ensemble_test_acc, 3)})
+        recs.append({"config": r.label, "name": r.name, "seeds": len(r.runs), "test_acc_mean": _num(t[0], 3),
+                     "test_acc_std": _num(t[1], 3), "best_val_acc_mean": _num(v[0], 3),
+                     "best_epoch_mean": _num(r.stat("best_epoch")[0], 1), "converged_epochs": _converged(r),
+                     "epochs": _num(r.stat("epochs")[0], 1),
+                     "parameters": r.parameters, "train_seconds_per_run": _num(r.stat("train_seconds")[0], 1),
+                     "ran_on": _ran_on(r), "threads": ", ".join(map(str, r.threads)),
+                     "ensemble_test_acc": None if r.ensemble_test_acc is None else round(r.ensemble_test_acc, 3),
+                     "planned": r.planned or len(r.runs), "diverged_seeds": " ".join(map(str, r.diverged))})
     return recs
+
+
+def _seeds_cell(row: StudyRow) -> str:
+    """How many seeds the row's numbers come from, and what happened to the others."""
+    planned = row.planned or len(row.runs)
+    if len(row.runs) == planned:
+        return str(planned)
+    notes = [f"{len(row.diverged)} diverged"] if row.diverged else []
+    notes += [f"{row.unfinished} unfinished"] if row.unfinished else []
+    return f"{len(row.runs)} of {planned} ({', '.join(notes)})"
 
 
 def _converged(row: StudyRow) -> str:
@@ -264,13 +348,19 @@ def _ran_on(row: StudyRow) -> str:
 
 def markdown_table(rows: list[StudyRow]) -> str:
     lines = ["| config | seeds | test acc % at best-val epoch (mean ± std) | best val acc % | best epoch | converged "
-             "(epochs over seeds) | epochs | parameters | train s/run | ran on | ensemble test acc % |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "(epochs over seeds) | epochs | parameters | train s/run | ran on | threads | ensemble test acc % |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+
+    def num(value: float, fmt: str) -> str:
+        return "-" if math.isnan(value) else format(value, fmt)
     for r in rows:
         ens = "-" if r.ensemble_test_acc is None else f"{r.ensemble_test_acc:.2f}"
-        lines.append(f"| {r.label} | {len(r.runs)} | {_pm(*r.stat('test_acc'))} | {_pm(*r.stat('best_val_acc'))} | "
-                     f"{r.stat('best_epoch')[0]:.1f} | {_converged(r)} | {r.stat('epochs')[0]:.0f} | {r.parameters:,} | "
-                     f"{r.stat('train_seconds')[0]:.0f} | {_ran_on(r)} | {ens} |")
+        test = _pm(*r.stat("test_acc")) if r.runs else "diverged" if r.diverged else "-"
+        params = "-" if r.parameters is None else f"{r.parameters:,}"
+        lines.append(f"| {r.label} | {_seeds_cell(r)} | {test} | {_pm(*r.stat('best_val_acc'))} | "
+                     f"{num(r.stat('best_epoch')[0], '.1f')} | {_converged(r)} | {num(r.stat('epochs')[0], '.0f')} | "
+                     f"{params} | {num(r.stat('train_seconds')[0], '.0f')} | {_ran_on(r) or '-'} | "
+                     f"{', '.join(map(str, r.threads)) or '-'} | {ens} |")
     return "\n".join(lines) + "\n"
 
 

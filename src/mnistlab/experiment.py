@@ -13,7 +13,7 @@ import torch
 from . import checkpoint, checks, data
 from . import config as config_mod
 from .config import Config
-from .errors import ConfigError, MnistlabError
+from .errors import ConfigError, DivergenceError, MnistlabError
 from .metrics import summarize
 from .models import count_parameters
 from .plots import run_figures
@@ -106,8 +106,12 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
 
 
 def resume(path: str | Path, log: Log = print, show_progress: bool = False,
-           tracker: Trackers | None = None) -> RunResult:
-    """Continue an interrupted run from its last checkpoint; ends with the metrics of an uninterrupted run."""
+           tracker: Trackers | None = None, dataset: data.Dataset | None = None,
+           on_epoch: EpochHook | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint; ends with the metrics of an uninterrupted run.
+
+    ``dataset`` and ``on_epoch`` as in :func:`run`; ``on_epoch`` sees only the epochs trained now. A tracker
+    continues the run it followed before (its identity is in run.json)."""
     run_dir = RunDir(path)
     if not run_dir.file("config.toml").is_file():
         raise MnistlabError(f"{run_dir.path} is not a run directory (no config.toml)")
@@ -122,7 +126,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False,
         raise MnistlabError(f"{run_dir.file('config.toml')} differs from the config the run started with "
                             f"(run.json); restore it, or start the run again with --overwrite")
     tensors, meta = checkpoint.load(run_dir)
-    dataset, device, cfg = prepare(cfg, log)
+    dataset, device, cfg = prepare(cfg, log, dataset)
     if dataset.checksum != meta["data_sha256"]:
         raise MnistlabError(f"the data differs from the run's (SHA-256 {dataset.checksum[:12]}... vs "
                             f"{meta['data_sha256'][:12]}...): resume with the same --data-dir")
@@ -134,7 +138,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False,
     info.setdefault("resumed", []).append({"at": now(), "after_epoch": trainer.epoch,
                                            "environment": environment(device, dataset.checksum, dataset.source,
                                                                       cfg.train.seed)})
-    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, tracker=tracker)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch, tracker)
 
 
 def _epochs_on_disk(run_dir: RunDir) -> int:
@@ -150,11 +154,12 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
     cfg = trainer.cfg
     remove_stale_temp(run_dir.path)
     info.update(status="running")
+    if tracker:  # the tracker's run identity lives in run.json, so a resume (even after kill -9) continues it
+        info["tracking"] = tracker.start(cfg.name, info["config"], run_dir.path, info.get("tracking"),
+                                         trainer.history)
     run_dir.write_info(info)
     log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
         f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
-    if tracker:
-        tracker.start(cfg.name, info["config"], run_dir.path)
 
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
         if math.isfinite(row["train_loss"]):  # a diverged epoch is recorded but never checkpointed
@@ -179,6 +184,9 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
         raise RunInterrupted(run_dir.path, _epochs_on_disk(run_dir)) from None
     except StopRun as e:
         info.update(status="stopped", stop_reason=str(e))
+        raise
+    except DivergenceError as e:
+        info.update(status="diverged", stop_reason=str(e))
         raise
     except Exception:
         info["status"] = "failed"

@@ -11,12 +11,17 @@ Layout of a run directory::
     metrics.json    the same rows as a list of objects
     accuracy.png    validation and test accuracy per epoch, convergence epoch marked
     loss.png        losses per epoch
+    tensorboard/    TensorBoard's event files (``--track tensorboard``)
+
+A study directory (``compare`` or ``tune``) records its kind in ``study.json``; each command refuses a
+directory of the other kind before it writes anything (:func:`check_study_dir`).
 """
 
 from __future__ import annotations
 
 import csv
 import fcntl
+import shutil
 import io
 import json
 import math
@@ -38,6 +43,7 @@ from .errors import MnistlabError
 
 RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
              "checkpoint.safetensors", "checkpoint.json", "best.safetensors")  # .json: format-1 checkpoints
+RUN_DIRS = ("tensorboard",)  # folders that belong to a run (a tracker's files)
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
                "eval_seconds")
 
@@ -162,12 +168,12 @@ class RunDir:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise MnistlabError(f"output path {run.path} exists and is not a directory")
-        foreign = sorted(p.name for p in run.path.iterdir() if p.name not in RUN_FILES
+        foreign = sorted(p.name for p in run.path.iterdir() if p.name not in RUN_FILES + RUN_DIRS
                          and not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))) if run.path.is_dir() else []
         if foreign:
             raise MnistlabError(f"output directory {run.path} holds files that are not a run's ({foreign[0]}); "
                                 f"choose an empty or new --out")
-        held = [f for f in RUN_FILES if (run.path / f).exists()]
+        held = [f for f in RUN_FILES + RUN_DIRS if (run.path / f).exists()]
         if held and not overwrite:
             raise MnistlabError(f"output directory {run.path} already holds a run ({held[0]}); "
                                 f"pass --overwrite or choose another --out")
@@ -176,7 +182,10 @@ class RunDir:
         except OSError as e:
             raise MnistlabError(f"cannot create output directory {run.path}: {e.strerror or e}") from None
         for f in held:
-            (run.path / f).unlink()
+            if (run.path / f).is_dir():
+                shutil.rmtree(run.path / f)
+            else:
+                (run.path / f).unlink()
         remove_stale_temp(run.path)
         return run
 
@@ -232,6 +241,52 @@ def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[in
     curves = {}
     for label, name, seeds in entries:
         hist = [RunDir(Path(study) / name / f"seed{s}").read_history() for s in seeds]
-        if all(h and h[0].get("val_acc") is not None for h in hist):
+        if hist and all(h and h[0].get("val_acc") is not None for h in hist):
             curves[label] = [[row["val_acc"] for row in h] for h in hist]
     return curves
+
+
+# ---------------------------------------------------------------- study directories
+
+STUDY_FILE = "study.json"
+STUDY_KINDS = ("compare", "tune")
+
+
+def study_kind(directory: Path) -> str | None:
+    """What ``directory`` holds: "compare" or "tune" (a study), "run" (a run directory), None (empty, absent or
+    other files). Studies made before ``study.json`` existed are recognised by their files."""
+    d = Path(directory)
+    try:
+        return json.loads((d / STUDY_FILE).read_text())["kind"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if (d / "tune.json").is_file():
+        return "tune"
+    if (d / "compare.md").is_file() or (d / "compare.json").is_file() or any(d.glob("*/seed*/run.json")):
+        return "compare"
+    if (d / "run.json").is_file() or (d / "config.toml").is_file():
+        return "run"
+    return None
+
+
+def check_study_dir(directory: Path, kind: str) -> None:
+    """Refuse, before anything is written, a study directory that holds a study of another kind or a run."""
+    found = study_kind(directory)
+    if found not in (None, kind):
+        what = "a run" if found == "run" else f"a `mnistlab {found}` study"
+        raise MnistlabError(f"{directory} holds {what}; `mnistlab {kind}` needs a directory of its own (--out)")
+
+
+def read_study(directory: Path) -> dict[str, Any]:
+    """study.json's record (empty for a study made before it existed)."""
+    try:
+        return json.loads((Path(directory) / STUDY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_study(directory: Path, kind: str, **fields: Any) -> None:
+    """Record the study's kind (and ``fields``, e.g. its trackers' identity) in study.json."""
+    record = {**read_study(directory), "kind": kind, **fields}
+    record.setdefault("created", now())
+    atomic_write(Path(directory) / STUDY_FILE, json.dumps(record, indent=1) + "\n")

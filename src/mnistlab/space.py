@@ -26,6 +26,7 @@ rejects (an unknown key, a wrong type, a value out of range) is reported before 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ def _number(value: Any, name: str, want: type) -> Any:
     ok = isinstance(value, want) if want is int else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
         raise ConfigError(f"{name} must be {'an integer' if want is int else 'a number'}, got {value!r}")
+    if not math.isfinite(value):  # TOML has inf and nan; no sampler can draw from them
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return value
 
 
@@ -130,6 +133,13 @@ def _param(key: str, spec: Any, base: config.Config, where: str) -> Param:
         step = _number(step, f"{name} step", want)
         if step <= 0 or log:
             raise ConfigError(f"{name} step must be > 0 and cannot be combined with log")
+        steps = math.floor((high - low) / step + 1e-9)
+        if steps < 1:
+            raise ConfigError(f"{name} step {step} is larger than the range {low}..{high}")
+        if not math.isclose(low + steps * step, high, rel_tol=1e-9, abs_tol=1e-12):
+            # Optuna would lower high to the last step below it, with a warning
+            raise ConfigError(f"{name}: high - low ({high} - {low}) must be a whole number of steps of {step} "
+                              f"(e.g. high = {low + steps * step:g})")
     for bound in (low, high):
         try:
             checks.set_values(base, {key: float(bound) if tp is float else bound})

@@ -2,22 +2,31 @@
 
 A tracker sees a run start (its resolved config as parameters), each epoch's metrics, and its end (the
 figures and best weights as artifacts). TensorBoard writes event files under the run directory
-(``RUN_DIR/tensorboard/``); MLflow writes to its default local store (``sqlite:///mlflow.db``) unless
-``MLFLOW_TRACKING_URI`` says otherwise, and groups a study's runs under one parent run. Neither library is
-imported unless asked for. A study run on Ray is logged by the driver as each run's files come back.
+(``RUN_DIR/tensorboard/``, part of the run); MLflow writes to its default local store (``sqlite:///mlflow.db``)
+unless ``MLFLOW_TRACKING_URI`` says otherwise, and groups a study's runs under one parent run. Neither
+library is imported unless asked for. A study run on Ray is logged by the driver as each run's files come back.
+
+A run's tracker identity lives with the run: :meth:`Trackers.start` returns it (the MLflow run id and store,
+the TensorBoard directory) and the caller records it in ``run.json``; resuming the run passes it back, so
+MLflow continues the same run (FINISHED at the end, KILLED on Ctrl-C, FAILED on divergence) and TensorBoard
+drops the events after the checkpoint (``purge_step``). A store that cannot be used is found when the
+tracker is made, before any run directory exists, in one line and a few seconds.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import MnistlabError
 
 METRICS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 ARTIFACTS = ("accuracy.png", "loss.png", "best.safetensors", "config.toml", "run.json")
+TB_DIR = "tensorboard"
+STORE_TIMEOUT_S = 5  # how long a tracking store may take to answer before the command gives up
 
 
 def flat_params(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -31,8 +40,16 @@ def flat_params(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def mlflow_status(status: str) -> str:
+    """MLflow's run status for a run.json status: complete -> FINISHED, interrupted or stopped (pruned) ->
+    KILLED, diverged or failed -> FAILED."""
+    return {"complete": "FINISHED", "interrupted": "KILLED", "stopped": "KILLED"}.get(status, "FAILED")
+
+
 class TensorBoardTracker:
     """Scalars per epoch, the config as text, the figures as images, in ``RUN_DIR/tensorboard/``."""
+
+    name = "tensorboard"
 
     def __init__(self) -> None:
         try:
@@ -43,12 +60,19 @@ class TensorBoardTracker:
         self.writer: Any = None
 
     @contextmanager
-    def study(self, name: str) -> Iterator[None]:
-        yield  # a study's runs are found by pointing TensorBoard at the study directory
+    def study(self, name: str, previous: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        yield {}  # a study's runs are found by pointing TensorBoard at the study directory
 
-    def start(self, name: str, cfg: dict[str, Any], run_dir: Path) -> None:
-        self.writer = self._writer_cls(log_dir=str(Path(run_dir) / "tensorboard"))
-        self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in flat_params(cfg).items()))
+    def start(self, name: str, cfg: dict[str, Any], run_dir: Path, previous: dict[str, Any] | None,
+              history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        log_dir = str(Path(run_dir) / TB_DIR)
+        if history:  # a resume: drop whatever was logged from the last finished epoch on, and log that epoch again
+            self.writer = self._writer_cls(log_dir=log_dir, purge_step=history[-1]["epoch"])
+            self.epoch(history[-1])
+        else:
+            self.writer = self._writer_cls(log_dir=log_dir)
+            self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in flat_params(cfg).items()))
+        return {"log_dir": TB_DIR}
 
     def epoch(self, row: dict[str, Any]) -> None:
         for key in METRICS:
@@ -68,15 +92,90 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+def _redact(uri: str) -> str:
+    """A store URI without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a database URL: no password to hide
+        return uri
+
+
+def store_uri(uri: str) -> str:
+    """A tracking URI with a relative SQLite path made absolute, so a run names the store it used."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+        return f"sqlite:///{Path(path).resolve()}{sep}{query}"
+    return uri
+
+
+def check_store(uri: str, timeout: float = STORE_TIMEOUT_S) -> None:
+    """Open the tracking store once, quickly: a database must accept a connection (and SQLite a write lock),
+    a tracking server must answer. MLflow itself retries for minutes with a warning per try."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme
+    shown = _redact(uri)
+    try:
+        if scheme == "sqlite":
+            import sqlite3
+            path = uri.removeprefix("sqlite:///").partition("?")[0]
+            if path in ("", ":memory:"):
+                raise MnistlabError(f"the MLflow tracking store {shown} is in memory: the runs would be lost; "
+                                    f"use sqlite:///PATH")
+            con = sqlite3.connect(path, timeout=timeout)
+            try:
+                con.execute("BEGIN IMMEDIATE")  # needs a writable database
+                con.rollback()
+            finally:
+                con.close()
+        elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+            kind = scheme.split("+")[0]
+            args = {"connect_timeout": int(timeout)} if kind in ("postgresql", "mysql") else {}
+            engine = sqlalchemy.create_engine(uri, connect_args=args, pool_pre_ping=False)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+        elif scheme in ("http", "https"):
+            import urllib.request
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                pass
+    except MnistlabError:
+        raise
+    except ImportError as e:
+        raise MnistlabError(f"cannot use the MLflow tracking store {shown}: {e.name or e} is not installed") from None
+    except Exception as e:  # noqa: BLE001 - every driver has its own errors; all mean "cannot use it"
+        reason = str(getattr(e, "orig", None) or getattr(e, "reason", None) or e).strip().splitlines()
+        raise MnistlabError(f"cannot use the MLflow tracking store {shown}: "
+                            f"{reason[0] if reason else type(e).__name__}") from None
+
+
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating tables, experiments) off unless MLFLOW_LOGGING_LEVEL asks for them."""
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when mlflow is imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # already imported
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 class MlflowTracker:
     """Parameters, per-epoch metrics and artifacts in MLflow; a study is a parent run with one child per run."""
 
+    name = "mlflow"
+
     def __init__(self) -> None:
+        _quiet_mlflow()
         try:
             import mlflow
         except ImportError:
             raise MnistlabError("--track mlflow needs MLflow: pip install 'mnistlab[track]'") from None
         self.mlflow = mlflow
+        self.uri = store_uri(mlflow.get_tracking_uri())
+        check_store(self.uri)
+        self._experiment()
         self.active: Any = None
         self.nested = False
 
@@ -84,26 +183,55 @@ class MlflowTracker:
         try:
             self.mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnistlab"))
         except Exception as e:  # noqa: BLE001 - an unreachable or unwritable tracking store
-            raise MnistlabError(f"cannot use the MLflow tracking store {self.mlflow.get_tracking_uri()}: "
+            raise MnistlabError(f"cannot use the MLflow tracking store {_redact(self.uri)}: "
                                 f"{str(e).splitlines()[0]}") from None
 
+    def _existing(self, previous: dict[str, Any] | None, what: str) -> str | None:
+        """The MLflow run id to continue, checked against this store (None: start a new run)."""
+        if not previous or not previous.get("run_id"):
+            return None
+        if previous.get("tracking_uri") != self.uri:
+            raise MnistlabError(f"this {what} is tracked in the MLflow store {_redact(previous.get('tracking_uri', '?'))} "
+                                f"(run {previous['run_id']}), not {_redact(self.uri)}: set MLFLOW_TRACKING_URI to it "
+                                f"to continue there")
+        try:
+            run = self.mlflow.MlflowClient().get_run(previous["run_id"])
+        except Exception:  # noqa: BLE001 - deleted from the store: start a new run
+            return None
+        return None if run.info.lifecycle_stage == "deleted" else previous["run_id"]
+
     @contextmanager
-    def study(self, name: str) -> Iterator[None]:
-        self._experiment()
-        with self.mlflow.start_run(run_name=name):
+    def study(self, name: str, previous: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        run_id = self._existing(previous, "study")
+        status = "FAILED"
+        with_run = self.mlflow.start_run(run_id=run_id) if run_id else self.mlflow.start_run(run_name=name)
+        try:
             self.mlflow.set_tag("mnistlab.kind", "study")
             self.nested = True
-            try:
-                yield
-            finally:
-                self.nested = False
+            yield {"run_id": with_run.info.run_id, "tracking_uri": self.uri}
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.nested = False
+            self.mlflow.end_run(status=status)
 
-    def start(self, name: str, cfg: dict[str, Any], run_dir: Path) -> None:
-        if not self.nested:
-            self._experiment()
-        self.active = self.mlflow.start_run(run_name=name, nested=self.nested)
-        self.mlflow.log_params(flat_params(cfg))
-        self.mlflow.set_tag("mnistlab.run_dir", str(Path(run_dir).resolve()))
+    def start(self, name: str, cfg: dict[str, Any], run_dir: Path, previous: dict[str, Any] | None,
+              history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        run_id = self._existing(previous, "run")
+        if run_id:
+            self.active = self.mlflow.start_run(run_id=run_id, nested=self.nested)
+            client = self.mlflow.MlflowClient()
+            logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+            for row in history:  # epochs finished but not logged (a kill between the two)
+                if row["epoch"] not in logged:
+                    self.epoch(row)
+        else:
+            self.active = self.mlflow.start_run(run_name=name, nested=self.nested)
+            self.mlflow.log_params(flat_params(cfg))
+            self.mlflow.set_tag("mnistlab.run_dir", str(Path(run_dir).resolve()))
+        return {"run_id": self.active.info.run_id, "tracking_uri": self.uri}
 
     def epoch(self, row: dict[str, Any]) -> None:
         self.mlflow.log_metrics({k: float(row[k]) for k in METRICS if row.get(k) is not None}, step=row["epoch"])
@@ -113,16 +241,18 @@ class MlflowTracker:
             path = Path(run_dir) / name
             if path.is_file():
                 self.mlflow.log_artifact(str(path))
-        self.mlflow.end_run(status="FINISHED" if status == "complete" else "KILLED" if status in (
-            "interrupted", "stopped") else "FAILED")
+        self.mlflow.end_run(status=mlflow_status(status))
         self.active = None
 
 
-TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
+TRACKERS: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
 
 
 class Trackers:
-    """The trackers a command asked for, called together (none: every call does nothing)."""
+    """The trackers a command asked for, called together (none: every call does nothing).
+
+    Making them checks that each can be used (its library installed, its store reachable), so a command
+    fails before it creates any directory."""
 
     def __init__(self, names: list[str] | None) -> None:
         unknown = sorted(set(names or []) - TRACKERS.keys())
@@ -134,15 +264,18 @@ class Trackers:
         return bool(self.items)
 
     @contextmanager
-    def study(self, name: str) -> Iterator[None]:
+    def study(self, name: str, previous: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """A study's tracking context; yields its identity by tracker (record it to continue the study later)."""
         with ExitStack() as stack:
-            for t in self.items:
-                stack.enter_context(t.study(name))
-            yield
+            identity = {t.name: stack.enter_context(t.study(name, (previous or {}).get(t.name)))
+                        for t in self.items}
+            yield {k: v for k, v in identity.items() if v}
 
-    def start(self, name: str, cfg: dict[str, Any], run_dir: Path) -> None:
-        for t in self.items:
-            t.start(name, cfg, run_dir)
+    def start(self, name: str, cfg: dict[str, Any], run_dir: Path, previous: dict[str, Any] | None = None,
+              history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Start following a run (or, with ``previous`` and the ``history`` of its finished epochs, continue
+        it); returns its identity by tracker, for run.json."""
+        return {t.name: t.start(name, cfg, run_dir, (previous or {}).get(t.name), history) for t in self.items}
 
     def epoch(self, row: dict[str, Any]) -> None:
         for t in self.items:
@@ -153,11 +286,12 @@ class Trackers:
             t.end(run_dir, status)
 
     def replay(self, name: str, run_dir: Path) -> None:
-        """Log a finished run from its files (a run that trained on a Ray worker)."""
+        """Log a finished run from its files (a run that trained on a Ray worker); its identity goes to run.json."""
         from .runs import RunDir
         run = RunDir(run_dir)
         info = run.read_info()
-        self.start(name, info["config"], run.path)
+        info["tracking"] = self.start(name, info["config"], run.path, info.get("tracking"))
+        run.write_info(info)
         for row in run.read_history():
             self.epoch(row)
         self.end(run.path, info.get("status", "complete"))
