@@ -86,7 +86,7 @@ def test_divergence_stops_with_history_kept(small_mnist_dir, tmp_path, capsys):
     assert "training diverged" in err and err.count("\n") == 1
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert rows[0]["train_loss"] in ("nan", "inf")
-    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
 
 
 def test_plot_rebuilds_figures_from_files(small_mnist_dir, tmp_path, capsys):

@@ -132,3 +132,61 @@ def test_convergence_is_given_as_a_spread_over_seeds():
     row = lambda epochs: StudyRow("x", "x", [{"convergence_epoch": e} for e in epochs], 1)  # noqa: E731
     assert _converged(row([21, 15, 19])) == "15-21"
     assert _converged(row([17])) == "17" and _converged(row([None, None])) == "-"
+
+
+def test_a_diverging_config_is_a_row_and_the_study_goes_on(small_mnist_dir, tmp_path, capsys):
+    """One config diverges: the later configs still run, the table has every row (the diverged one saying
+    so), the exit code is 2, and a rerun does not train the diverged runs again."""
+    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+    bad = _config(tmp_path / "bad.toml", "huge_lr", small_mnist_dir, "[optim]\nlr = 1e30\n")
+    c = _config(tmp_path / "c.toml", "momentum", small_mnist_dir, "[optim]\nmomentum = 0.9\nlr = 0.05\n")
+    out = tmp_path / "study"
+    argv = ["compare", str(a), str(bad), str(c), "--seeds", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "2 runs diverged (huge_lr seed 123, huge_lr seed 124" in captured.err
+    rows = {r["name"]: r for r in csv.DictReader((out / "compare.csv").open())}
+    assert list(rows) == ["plain", "huge_lr", "momentum"]
+    assert rows["plain"]["seeds"] == rows["momentum"]["seeds"] == "2" and float(rows["momentum"]["test_acc_mean"]) > 30
+    assert rows["huge_lr"]["seeds"] == "0" and rows["huge_lr"]["diverged_seeds"] == "123 124"
+    md = (out / "compare.md").read_text()
+    assert "| huge_lr label | 0 of 2 (2 diverged) | diverged |" in md and "| momentum label | 2 |" in md
+    assert json.loads((out / "huge_lr" / "seed123" / "run.json").read_text())["status"] == "diverged"
+    before = (out / "huge_lr" / "seed123" / "run.json").read_bytes()
+    assert main(argv[:-1]) == 2
+    assert "huge_lr seed 123: diverged, skipped" in capsys.readouterr().out
+    assert (out / "huge_lr" / "seed123" / "run.json").read_bytes() == before
+
+
+def test_threads_are_shown_and_a_row_that_mixes_them_is_flagged(small_mnist_dir, tmp_path, capsys):
+    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+    out = tmp_path / "study"
+    assert main(["compare", str(a), "--seeds", "1", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert next(csv.DictReader((out / "compare.csv").open()))["threads"] == "1"
+    # a second seed made with two threads: the same config (threads do not define it), numbers not comparable
+    assert main(["compare", str(a), "--seeds", "2", "--epochs", "1", "--threads", "2", "--quiet", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "plain label: its runs used 1 and 2 threads" in err and err.count("\n") == 1
+    assert next(csv.DictReader((out / "compare.csv").open()))["threads"] == "1, 2"
+    assert "| 1, 2 |" in (out / "compare.md").read_text()
+
+
+def test_an_interrupted_tensorboard_tracked_study_resumes(small_mnist_dir, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """Cut off in a run's first epoch (no checkpoint: the run starts over, its tensorboard/ folder part of it)."""
+    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+    out = tmp_path / "study"
+    argv = ["compare", str(a), "--seeds", "2", "--out", str(out), "--quiet", "--track", "tensorboard"]
+    interrupt_at_epoch(monkeypatch, 3)  # seed 124's first epoch
+    assert main(argv) == 130
+    assert (out / "plain" / "seed124" / "tensorboard").is_dir()
+    monkeypatch.undo()
+    assert main(argv) == 0
+    for seed in (123, 124):
+        acc = EventAccumulator(str(out / "plain" / f"seed{seed}" / "tensorboard"))
+        acc.Reload()
+        history = json.loads((out / "plain" / f"seed{seed}" / "metrics.json").read_text())
+        assert [(e.step, e.value) for e in acc.Scalars("val_acc")] == [
+            (r["epoch"], pytest.approx(r["val_acc"])) for r in history]  # each epoch once
+    assert len(history) == 2

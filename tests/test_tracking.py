@@ -74,3 +74,99 @@ def test_untracked_commands_import_no_tracker(small_mnist_dir, tmp_path):
             f"'--out', {str(tmp_path / 'r')!r}]); "
             "assert not {'mlflow', 'tensorboard', 'torch.utils.tensorboard'} & set(sys.modules), 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _mlflow_runs(client):
+    return client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+
+
+def _train_tracked(data_dir, out, *extra):
+    return main(["train", "--data-dir", str(data_dir), "--epochs", "3", "--hidden", "16", "--quiet",
+                 "--out", str(out), *extra])
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_events(small_mnist_dir, tmp_path, mlflow_store):
+    """Ctrl-C after epoch 1, then --resume: one MLflow run (KILLED in between, FINISHED at the end) holding
+    epochs 1-3 once each, and TensorBoard events for epochs 1-3 once each."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import interrupt_at_epoch
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:  # its own: undoing it keeps the store's environment
+        interrupt_at_epoch(mp, 2)
+        assert _train_tracked(small_mnist_dir, out, "--track", "mlflow", "--track", "tensorboard") == 130
+    (first,) = _mlflow_runs(mlflow_store)
+    assert first.info.status == "KILLED"
+    tracking = json.loads((out / "run.json").read_text())["tracking"]
+    assert tracking["mlflow"]["run_id"] == first.info.run_id and tracking["tensorboard"] == {"log_dir": "tensorboard"}
+
+    assert main(["train", "--resume", str(out), "--quiet", "--track", "mlflow", "--track", "tensorboard"]) == 0
+    (run,) = _mlflow_runs(mlflow_store)
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    history = json.loads((out / "metrics.json").read_text())
+    steps = mlflow_store.get_metric_history(run.info.run_id, "val_acc")
+    assert sorted((m.step, m.value) for m in steps) == [(r["epoch"], pytest.approx(r["val_acc"])) for r in history]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("val_acc")] == [
+        (r["epoch"], pytest.approx(r["val_acc"])) for r in history]
+
+
+def test_after_kill_9_the_resumed_run_continues_the_same_mlflow_run(small_mnist_dir, tmp_path, mlflow_store):
+    import os
+    import signal
+    import subprocess
+    import time
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--data-dir", str(small_mnist_dir),
+                             "--epochs", "40", "--hidden", "64", "--threads", "1", "--quiet", "--out", str(out),
+                             "--track", "mlflow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "INFO" not in err and "Creating" not in err  # MLflow's INFO lines are off under -q
+    (first,) = _mlflow_runs(mlflow_store)
+    assert first.info.status == "RUNNING"  # nobody ended it
+    assert main(["train", "--resume", str(out), "--quiet", "--track", "mlflow"]) == 0
+    (run,) = _mlflow_runs(mlflow_store)
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    steps = sorted(m.step for m in mlflow_store.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps == list(range(1, 41))  # every epoch once
+
+
+def test_overwrite_clears_the_run_and_its_trackers(small_mnist_dir, tmp_path, mlflow_store):
+    out = tmp_path / "run"
+    assert _train_tracked(small_mnist_dir, out, "--track", "tensorboard", "--track", "mlflow") == 0
+    old = json.loads((out / "run.json").read_text())["tracking"]["mlflow"]["run_id"]
+    stale = out / "tensorboard" / "stale-marker"
+    stale.write_text("x")
+    assert _train_tracked(small_mnist_dir, out, "--overwrite", "--epochs", "2", "--track", "mlflow") == 0
+    assert not (out / "tensorboard").exists()  # the tensorboard/ folder belonged to the replaced run
+    new = json.loads((out / "run.json").read_text())["tracking"]["mlflow"]["run_id"]
+    assert new != old and len(_mlflow_runs(mlflow_store)) == 2
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/a-file/mlflow.db", "postgresql://nobody@127.0.0.1:1/none",
+                                 "sqlite://"])
+def test_a_tracking_store_that_cannot_be_used_fails_before_the_run_directory(small_mnist_dir, tmp_path,
+                                                                             monkeypatch, capsys, uri):
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(tmp=tmp_path))
+    out = tmp_path / "run"
+    assert _train_tracked(small_mnist_dir, out, "--track", "mlflow") == 2
+    err = capsys.readouterr().err
+    assert "MLflow tracking store" in err and err.count("\n") == 1 and "retried" not in err
+    assert not out.exists()
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'name = "a"\n[data]\ndir = "{small_mnist_dir}"\n')
+    assert main(["compare", str(cfg), "--out", str(tmp_path / "study"), "--track", "mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert "MLflow tracking store" in err and err.count("\n") == 1
+    assert not (tmp_path / "study").exists()

@@ -119,8 +119,10 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT_S) -> None:
     try:
         if scheme == "sqlite":
             import sqlite3
-            path = uri.removeprefix("sqlite:///").partition("?")[0]
-            if path in ("", ":memory:"):
+
+            from sqlalchemy.engine import make_url
+            path = make_url(uri).database
+            if path in (None, "", ":memory:"):
                 raise MnistlabError(f"the MLflow tracking store {shown} is in memory: the runs would be lost; "
                                     f"use sqlite:///PATH")
             con = sqlite3.connect(path, timeout=timeout)
