@@ -118,7 +118,8 @@ def connect(address: str | None) -> Iterator[Any]:
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            # "local": a new Ray of our own, never a cluster that happens to run on this machine
+            ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "an embedded local Ray"
         raise MnistlabError(f"cannot start or join Ray ({where}): {str(e).splitlines()[0]}") from None
@@ -292,16 +293,20 @@ class EpochProgress:
         return _EpochSender(self.queue, title)
 
     def drain(self) -> None:
-        while True:
+        while self.queue is not None:
             try:
                 title, row = self.queue.get_nowait()
             except queue.Empty:
+                return
+            except Exception:  # noqa: BLE001 - the queue actor is gone: progress is a courtesy, never a failure
+                self.queue = None
                 return
             self.log(f"{title}: {self.line(row)}")
 
     def close(self) -> None:
         self.drain()
-        self.queue.shutdown()
+        if self.queue is not None:
+            self.queue.shutdown()
 
 
 @dataclass
@@ -312,7 +317,10 @@ class _EpochSender:
     title: str
 
     def __call__(self, row: dict[str, Any]) -> None:
-        self.queue.put_nowait((self.title, {k: v for k, v in row.items() if isinstance(v, (int, float, str))}))
+        try:
+            self.queue.put_nowait((self.title, {k: v for k, v in row.items() if isinstance(v, (int, float, str))}))
+        except Exception:  # noqa: BLE001 - a lost progress line must not fail the run
+            pass
 
 
 class TaskWaiter:

@@ -733,6 +733,9 @@ def history_figure(recs: list[dict[str, Any]], study_name: str) -> Any:
         for n, v in sorted(done):
             best = max(best, v)
             so_far.append((n, best))
+        last = max(r["number"] for r in recs)
+        if last > so_far[-1][0]:
+            so_far.append((last, best))  # the best holds through the trials after it
         ax.step(*zip(*so_far), where="post", color="tab:red", label="best so far")
     if cut:
         ax.plot(*zip(*cut), "o", mfc="none", color="tab:gray", label="pruned trial (best epoch reached)")
@@ -741,7 +744,7 @@ def history_figure(recs: list[dict[str, Any]], study_name: str) -> Any:
     ax.set_ylabel("validation accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return fig
 
 
@@ -758,7 +761,7 @@ def importance_figure(importances: dict[str, float], complete: int) -> Any:
     caveat = f"from {complete} complete trials"
     if complete < FEW_TRIALS:
         caveat += ": few trials, a rough guide only"
-    ax.set_title(f"Parameter importances for validation accuracy ({caveat})")
+    ax.set_title(f"Parameter importances for validation accuracy\n({caveat})")
     return fig
 
 

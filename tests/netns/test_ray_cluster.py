@@ -90,6 +90,11 @@ def test_tune_on_ray_prunes_across_nodes(cluster, small_mnist_dir, tmp_path):
     assert pruned and all(t["epochs_run"] < 4 for t in pruned)  # stopped on the worker, told by the driver
     for t in trials:
         assert (out / "trials" / f"trial{t['number']:04d}" / "metrics.csv").is_file()
+    # extended, the search continues its sequence: no earlier trial's parameters drawn again
+    assert main(["tune", str(base), "--space", str(space), "--trials", "10", "--pruner-startup", "2",
+                 "--out", str(out), "--quiet", "--ray", c.address]) == 0
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 10 and len({t["optim.lr"] for t in trials}) == 10
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -158,3 +163,49 @@ def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_m
         return [t for t in tasks if t.task_id in failed and t.attempt_number > 0 and t.node_id]
     _wait_for(failed_and_retried, 30, "the failed attempt on the removed node and its retry")
     assert {t.node_id for t in failed_and_retried()} == {nodes[0].node_id}  # run again on the surviving node
+
+
+def _embedded(tmp_path: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    cfg = _config(tmp_path / "e.toml", "e", data_dir, epochs=1)
+    return subprocess.run([sys.executable, "-m", "mnistlab", "compare", str(cfg), "--seeds", "1", "--out",
+                           str(tmp_path / "e"), "--ray", *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_embedded_ray_refuses_what_it_cannot_schedule_and_runs_quietly(small_mnist_dir, tmp_path):
+    """An embedded Ray (this machine only) refuses a request no node can meet in one line instead of waiting
+    forever; a run it can schedule prints no token warning and no failed probe for a local IP."""
+    for extra, offers in ((["--gpus-per-run", "0.5"], "0.5 GPU"), (["--cpus-per-run", "64"], "64 CPU")):
+        proc = _embedded(tmp_path, small_mnist_dir, *extra)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.count("\n") == 1 and "no run can start" in proc.stderr and offers in proc.stderr, proc.stderr
+    ok = _embedded(tmp_path, small_mnist_dir)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stderr == "", ok.stderr  # no token warning, no "Failed to determine local IP"
+    assert "e seed 123: epoch   1" in ok.stdout  # each epoch, from the Ray task
+
+
+def test_a_request_no_node_of_a_cluster_meets_warns_then_stops(cluster, small_mnist_dir, tmp_path, capsys):
+    c, _ = cluster
+    cfg = _config(tmp_path / "g.toml", "g", small_mnist_dir, epochs=1)
+    start = time.monotonic()
+    assert main(["compare", str(cfg), "--seeds", "1", "--out", str(tmp_path / "g"), "--ray", c.address,
+                 "--gpus-per-run", "1", "--ray-timeout", "2"]) == 2
+    assert time.monotonic() - start < 60
+    captured = capsys.readouterr()
+    assert "warning: no node of the Ray cluster offers 1 CPU + 1 GPU per run now" in captured.out
+    assert "no node of the Ray cluster has offered 1 CPU + 1 GPU per run for 2 s" in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_a_diverging_config_on_ray_leaves_a_table_of_every_row(cluster, small_mnist_dir, tmp_path, capsys):
+    c, _ = cluster
+    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+    bad = _config(tmp_path / "bad.toml", "huge_lr", small_mnist_dir, extra="[optim]\nlr = 1e30\n")
+    out = tmp_path / "study"
+    assert main(["compare", str(a), str(bad), "--seeds", "1", "--out", str(out), "--ray", c.address]) == 2
+    captured = capsys.readouterr()
+    assert "1 run diverged (huge_lr seed 123" in captured.err
+    assert "plain seed 123: epoch   2" in captured.out  # the epochs of a Ray task reach the driver
+    rows = {r["name"]: r for r in csv.DictReader((out / "compare.csv").open())}
+    assert rows["plain"]["seeds"] == "1" and float(rows["plain"]["test_acc_mean"]) > 30
+    assert rows["huge_lr"]["diverged_seeds"] == "123"
