@@ -335,10 +335,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if result.spent:
             print(f"mnistlab: error: no trial of {out} completed (see the table's notes), so there is no best "
                   f"config; the budget of {args.trials} trials is spent: raise --trials to draw more, or change "
-                  f"the space and use another --out", file=sys.stderr)
+                  "the space and use another --out", file=sys.stderr)
         else:
-            print(f"mnistlab: error: no trial completed yet (stopped by --timeout); run the same command again to "
-                  f"go on", file=sys.stderr)
+            print("mnistlab: error: no trial completed yet (stopped by --timeout); run the same command again to "
+                  "go on", file=sys.stderr)
         return EXIT_USER_ERROR
     print(f"wrote {out / 'trials.md'}, trials.csv, trials.json, history.png and {result.best_toml} "
           f"(the best trial by validation accuracy)")

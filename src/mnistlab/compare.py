@@ -208,7 +208,7 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
 
 def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cluster.RayOptions",
                   log: Log = print, show_progress: bool = False, tracker: "Trackers | None" = None,
-                  epoch_lines: bool = True) -> list[StudyRow]:
+                  epoch_lines: bool = False) -> list[StudyRow]:
     """The same study with each unfinished (config, seed) run as one Ray task on the cluster.
 
     The driver (this process) owns ``out``: each finished run's files come back through Ray and are put

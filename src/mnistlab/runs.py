@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import shutil
 import io
 import json
 import math
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile

@@ -449,7 +449,7 @@ def _existing_tag(out: Path, record: dict[str, Any]) -> str | None:
 def tune(base: config.Config, params: list[Param], trials: int, out: Path, options: SearchOptions,
          storage_url: str | None = None, study_name: str | None = None, ray_options: Any = None,
          log: Log = print, tracker: Any = None, timeout_minutes: float | None = None,
-         show_progress: bool = False, epoch_lines: bool = True) -> TuneResult:
+         show_progress: bool = False, epoch_lines: bool = False) -> TuneResult:
     """Run (or resume) the search until the study holds ``trials`` finished trials; write its outputs.
 
     ``timeout_minutes``: start no trial after that long (trials under way finish), as Optuna's
