@@ -159,9 +159,17 @@ def test_a_diverging_config_is_a_row_and_the_study_goes_on(small_mnist_dir, tmp_
 
 
 def test_threads_are_shown_and_a_row_that_mixes_them_is_flagged(small_mnist_dir, tmp_path, capsys):
-    a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
-    out = tmp_path / "study"
-    assert main(["compare", str(a), "--seeds", "1", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
+        out = tmp_path / "study"
+        assert main(["compare", str(a), "--seeds", "1", "--epochs", "1", "--threads", "1", "--quiet",
+                     "--out", str(out)]) == 0
+        assert torch.get_num_threads() == 3  # a run's thread count does not leak into what runs next
+    finally:
+        torch.set_num_threads(before)
     assert "warning" not in capsys.readouterr().err
     assert next(csv.DictReader((out / "compare.csv").open()))["threads"] == "1"
     # a second seed made with two threads: the same config (threads do not define it), numbers not comparable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -82,6 +83,20 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
     return dataset, device, cfg
 
 
+def _keeps_torch_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """A run sets torch's thread count for itself (``train.threads``); the caller's count comes back after,
+    so a run that does not set it is not run with the count an earlier run in the process left."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> RunResult:
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapper
+
+
+@_keeps_torch_threads
 def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print, show_progress: bool = False,
         dataset: data.Dataset | None = None, on_epoch: EpochHook | None = None,
         tracker: Trackers | None = None) -> RunResult:
@@ -105,6 +120,7 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
     return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch, tracker)
 
 
+@_keeps_torch_threads
 def resume(path: str | Path, log: Log = print, show_progress: bool = False,
            tracker: Trackers | None = None, dataset: data.Dataset | None = None,
            on_epoch: EpochHook | None = None) -> RunResult:
