@@ -15,6 +15,7 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns: not in the checkout
     from mlflow import MlflowClient
     return MlflowClient()
 
