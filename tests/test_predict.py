@@ -38,17 +38,15 @@ def digit_files(mnist, tmp_path_factory):
 
 
 def test_preprocessing_recovers_mnist_style(mnist):
-    """A 28x28 MNIST digit, blown up and inverted, comes back close to the original."""
+    """A 28x28 MNIST digit, blown up and inverted, comes back as the original (do no harm)."""
     arr = mnist.test_images[0].numpy()
     big = np.asarray(Image.fromarray(255 - arr).resize((280, 280), Image.BILINEAR), np.float32) / 255
     out = predict.mnist_style(big)
     orig = arr.astype(np.float32) / 255
     assert out.shape == (28, 28) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
-    corr = np.corrcoef(out.ravel(), orig.ravel())[0, 1]
-    assert corr > 0.8
-    ys, xs = np.nonzero(out > 0.05)
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    assert max(h, w) in (19, 20, 21) and min(h, w) <= 20  # scaled to fit a 20x20 box
+    assert np.corrcoef(out.ravel(), orig.ravel())[0, 1] > 0.98 and np.abs(out - orig).mean() < 0.03
+    ys, xs = np.nonzero(out > 0.5)
+    assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 == 20  # the ink's box: 20 pixels, as MNIST's
     mass = out.sum()
     cy, cx = (np.arange(28) @ out.sum(1)) / mass, (np.arange(28) @ out.sum(0)) / mass
     assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # centred by mass
