@@ -131,8 +131,9 @@ def _to_numpy(source: Any, name: str) -> np.ndarray:
 
 
 def _unit_range(arr: np.ndarray, name: str) -> np.ndarray:
-    """Pixel values -> float32 in [0, 1]: uint8 and other integers 0-255 by 255, uint16 and integers up to
-    65535 by 65535, booleans as 0/1, floats in [0, 1] as they are and floats in (1, 255] by 255."""
+    """Pixel values -> float32 in [0, 1]. Integers (0-65535) are read on the smallest of 8, 10, 12, 14 or 16
+    bits that holds them (a 12-bit sensor's image in a 16-bit PNG reads on its 12-bit scale), booleans as
+    0/1, floats in [0, 1] as they are and floats in (1, 255] by 255."""
     kind = arr.dtype.kind
     if kind == "b":
         return arr.astype(np.float32)
@@ -140,8 +141,8 @@ def _unit_range(arr: np.ndarray, name: str) -> np.ndarray:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise ImageError(f"{name}: integer pixel values must lie in 0-65535, got {lo} to {hi}")
-        scale = 65535.0 if arr.dtype.itemsize >= 2 and (arr.dtype == np.uint16 or hi > 255) else 255.0
-        return arr.astype(np.float32) / scale
+        bits = next(b for b in (8, 10, 12, 14, 16) if hi < 2 ** b)
+        return arr.astype(np.float32) / (2 ** bits - 1)
     if kind == "f":
         x = arr.astype(np.float32)
         if not np.isfinite(x).all():
@@ -206,7 +207,7 @@ def _background(g: np.ndarray) -> tuple[np.ndarray, float]:
 
     A quadratic surface is fitted by least squares to the paper only: starting from the median level (the
     paper covers most of an image of a digit), pixels more than 2.5 robust standard deviations (at least
-    0.02) from the surface are left out of the next fit, until the set stops changing. Ink never enters the
+    2% of the image's range) from the surface are left out of the next fit, until the set stops changing. Ink never enters the
     fit, so strokes of any width keep their level, and a uniform background comes out as exactly its
     constant. The fit runs on every f-th pixel, at most 64 a side (the surface is smooth)."""
     h, w = g.shape
@@ -217,8 +218,9 @@ def _background(g: np.ndarray) -> tuple[np.ndarray, float]:
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     a = _quadratic(rr.ravel(), cc.ravel())
     values = small.ravel().astype(np.float64)
+    floor = 0.02 * max(float(g.max() - g.min()), 1e-3)  # 2% of the image's range: clean images have no spread
     resid = values - np.median(values)
-    cut = max(2.5 * _robust_std(resid), 0.02)
+    cut = max(2.5 * _robust_std(resid), floor)
     use, coef = np.abs(resid) <= cut, np.array([np.median(values), 0, 0, 0, 0, 0])
     for _ in range(8):
         if use.sum() < a.shape[1]:
@@ -226,7 +228,7 @@ def _background(g: np.ndarray) -> tuple[np.ndarray, float]:
         aa = a[use]
         coef = np.linalg.lstsq(aa.T @ aa, aa.T @ values[use], rcond=None)[0]  # the normal equations (6x6)
         resid = values - a @ coef
-        cut = max(2.5 * _robust_std(resid[use]), 0.02)
+        cut = max(2.5 * _robust_std(resid[use]), floor)
         new = np.abs(resid) <= cut
         if (new == use).all():
             break
@@ -251,7 +253,8 @@ def _normalise(grey: np.ndarray, name: str) -> np.ndarray:
     dark ink on light paper is inverted, and the paper's level divided out (a flat-field correction), a
     light ink has the ground's level subtracted; the paper's grain is cut at its 99th percentile. On a clean image (uniform
     background, no grain) the correction and the cut do nothing, so an MNIST digit keeps its grey levels.
-    A blank image (too little contrast to be ink, unless the image is cleanly two-level) raises ImageError."""
+    A blank image (ink less than 0.1 above the paper, relative to the paper's level for dark ink) raises
+    ImageError."""
     background, cut = _background(grey)
     r = grey - background
     dark_ink = float(np.clip(-r - cut, 0, None).sum()) > float(np.clip(r - cut, 0, None).sum())
@@ -259,16 +262,13 @@ def _normalise(grey: np.ndarray, name: str) -> np.ndarray:
     # light ink on a dark ground: subtract (dividing by a ground near black would only amplify its noise)
     x = -r / np.maximum(background, 0.05) if dark_ink else r
     paper = np.abs(r) <= cut
-    t = otsu_threshold(x)
+    peak = max(float(x.max()), 1e-6)
+    t = otsu_threshold(x / peak) * peak  # on the ink's own range: 256 levels even for faint 16-bit ink
     ink = x > t
     paper &= ~ink
     if not ink.any() or not paper.any():
         raise ImageError(f"{name}: no digit found (the image is blank)")
-    contrast = float(x[ink].mean() - x[paper].mean())
-    share = float(ink.mean())
-    separation = share * (1 - share) * contrast ** 2 / max(float(x.var()), 1e-12)  # Otsu's effectiveness, 0-1
-    # blank: little contrast, unless the image is cleanly two-level (a faint but clean drawing)
-    if contrast < 0.1 and separation < 0.8:
+    if float(x[ink].mean() - x[paper].mean()) < 0.1:  # less contrast than this is shading, not ink
         raise ImageError(f"{name}: no digit found (the image is blank)")
     low = min(max(float(np.percentile(x[paper], 99)), 0.0), 0.5 * t)
     top = float(np.percentile(x[ink], 95))
