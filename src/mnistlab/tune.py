@@ -27,6 +27,7 @@ from . import checks, config, data
 from .errors import ConfigError, DivergenceError, MnistlabError
 from .experiment import StopRun, run
 from .metrics import summarize
+from .text import plural
 from .runs import RunDir, atomic_write
 from .space import Param, space_to_dict
 
@@ -202,7 +203,7 @@ def _finish(study: Any, trial: Any, path: Path, result: dict[str, Any], log: Log
                        "seconds": round(result["seconds"], 1), "best_epoch": s.get("best_epoch"),
                        "outcome": result["outcome"]}.items():
         trial.set_user_attr(key, value)
-    where = f"{len(history)} epochs, {result['seconds']:.0f} s on {result['node'].get('hostname')}"
+    where = f"{plural(len(history), 'epoch')}, {result['seconds']:.0f} s on {result['node'].get('hostname')}"
     if result["outcome"] == "complete":
         study.tell(trial, s["best_val_acc"])
         log(f"trial {trial_number}: best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']} "
