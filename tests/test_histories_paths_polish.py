@@ -81,9 +81,9 @@ def test_a_diverged_run_is_reported_as_diverged(run_copy, tmp_path, capsys):
 
 
 def test_a_run_that_diverged_in_its_first_epoch(small_mnist_dir, tmp_path, capsys):
-    """A real divergence (lr 1e4): train exits 2 and keeps the NaN row; report and plot read the run."""
+    """A real divergence (lr 1e6): train exits 2 and keeps the NaN row; report and plot read the run."""
     out = tmp_path / "div"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "3", "--hidden", "16", "--lr", "1e4",
+    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "2", "--lr", "1e6",
                  "--quiet", "--out", str(out)]) == 2
     assert "diverged" in capsys.readouterr().err
     history = RunDir(out).read_history()
