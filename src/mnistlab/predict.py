@@ -97,7 +97,7 @@ ARRAY_LAYOUTS = "(H, W), (1, H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
 
 
-def image_array(img: Image.Image) -> np.ndarray:
+def _pil_array(img: Image.Image) -> np.ndarray:
     """A decoded PIL image as the array an API user would pass for it: (H, W) grey, (H, W, 3) RGB or
     (H, W, 4) RGBA; uint8, uint16 (16-bit images), int32 or float32 (PIL's "I" and "F" modes).
 
@@ -121,7 +121,8 @@ def image_array(img: Image.Image) -> np.ndarray:
     return arr
 
 
-def _to_numpy(source: Any, name: str) -> np.ndarray:
+def _to_numpy(source: Any) -> np.ndarray:
+    """An array or tensor as a NumPy array (tensors detached, moved to the CPU, bf16/fp16 made float32)."""
     if isinstance(source, torch.Tensor):
         t = source.detach().cpu()
         if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
@@ -171,7 +172,7 @@ def to_grey(source: np.ndarray | torch.Tensor | Image.Image, name: str = "array"
 
     Colour becomes BT.601 luma; an alpha channel is composited on white paper, or taken as the ink where
     the background is transparent. Raises :class:`ImageError` naming the shape or dtype it cannot take."""
-    arr = image_array(source) if isinstance(source, Image.Image) else _to_numpy(source, name)
+    arr = _pil_array(source) if isinstance(source, Image.Image) else _to_numpy(source)
     shape = arr.shape
     if arr.ndim == 3 and shape[-1] in (1, 3, 4):
         pass  # channels last
