@@ -30,7 +30,7 @@ def test_compare_table_curves_ensemble_and_resume(small_mnist_dir, tmp_path, mon
     capsys.readouterr()
     assert main(["compare", str(a), str(b), "--seeds", "2", "--out", str(out), "--ensemble"]) == 0
     printed = capsys.readouterr().out
-    assert "plain seed 123: complete, skipped" in printed and "momentum seed 123: resuming" in printed
+    assert "plain/seed123: complete, skipped" in printed and "momentum/seed123: resuming" in printed
     assert (out / "plain" / "seed123" / "metrics.csv").read_bytes() == first_run  # not retrained
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [r["config"] for r in rows] == ["plain label", "momentum label"]

@@ -277,6 +277,10 @@ def test_preprocessing_gives_an_mnist_image_or_a_clear_error(h, w, seed, kind):
 
 
 def test_preprocess_rejects_arrays_of_the_wrong_shape():
-    with pytest.raises(ImageError, match="expected a 2-D"):
+    with pytest.raises(ImageError, match=r"expected an image array of shape .*got shape \(2, 2, 2, 2\)"):
         preprocess(np.zeros((2, 2, 2, 2)))
-    assert torch.tensor(preprocess(np.zeros((28, 28)))).shape == (28, 28)
+    with pytest.raises(ImageError, match="no digit found"):  # a blank array, as a blank file
+        preprocess(np.zeros((28, 28)))
+    digit = np.zeros((28, 28), np.float32)
+    digit[4:24, 13:15] = 1.0
+    assert torch.tensor(preprocess(digit)).shape == (28, 28)

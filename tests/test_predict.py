@@ -38,17 +38,15 @@ def digit_files(mnist, tmp_path_factory):
 
 
 def test_preprocessing_recovers_mnist_style(mnist):
-    """A 28x28 MNIST digit, blown up and inverted, comes back close to the original."""
+    """A 28x28 MNIST digit, blown up and inverted, comes back as the original (do no harm)."""
     arr = mnist.test_images[0].numpy()
     big = np.asarray(Image.fromarray(255 - arr).resize((280, 280), Image.BILINEAR), np.float32) / 255
     out = predict.mnist_style(big)
     orig = arr.astype(np.float32) / 255
     assert out.shape == (28, 28) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
-    corr = np.corrcoef(out.ravel(), orig.ravel())[0, 1]
-    assert corr > 0.8
-    ys, xs = np.nonzero(out > 0.05)
-    h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-    assert max(h, w) in (19, 20, 21) and min(h, w) <= 20  # scaled to fit a 20x20 box
+    assert np.corrcoef(out.ravel(), orig.ravel())[0, 1] > 0.98 and np.abs(out - orig).mean() < 0.03
+    ys, xs = np.nonzero(out > 0.5)
+    assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 == 20  # the ink's box: 20 pixels, as MNIST's
     mass = out.sum()
     cy, cx = (np.arange(28) @ out.sum(1)) / mass, (np.arange(28) @ out.sum(0)) / mass
     assert abs(cy - 14) < 1 and abs(cx - 14) < 1  # centred by mass
@@ -163,3 +161,174 @@ def test_noise_is_flagged_unlike_any_digit(trained_run, mnist, tmp_path, capsys)
     out = json.loads(capsys.readouterr().out)
     assert out[0]["unlike_digit"] and "ink covers" in out[0]["unlike_digit"]
     assert out[1]["unlike_digit"] is None and out[1]["prediction"] == int(mnist.test_labels[0])
+
+
+# ---------------------------------------------------------------- right answers on real inputs (issue 17)
+
+
+def test_mnist_digits_saved_as_png_are_read_as_the_tensors_are(trained_run, mnist, tmp_path):
+    """1,000 MNIST test digits written as PNG files, as they are (28x28, light on dark) and as dark-on-light
+    enlarged scans: predict's accuracy is within 0.3 points of the tensor path's on the same digits (before,
+    the photo corrections hollowed bold strokes and cost 1.5-3 points)."""
+    n = 1000
+    digits, labels = mnist.test_images[:n].numpy(), mnist.test_labels[:n].numpy()
+    clf = mnistlab.load_model(trained_run)
+    tensor_acc = 100 * float((clf.probabilities(digits.astype(np.float32) / 255).argmax(1) == labels).mean())
+    as_is, scans = [], []
+    for i, d in enumerate(digits):
+        as_is.append(tmp_path / f"{i}.png")
+        Image.fromarray(d).save(as_is[-1])
+        side = 56 + 28 * (i % 5)  # 56-168 pixels
+        scans.append(tmp_path / f"scan{i}.png")
+        Image.fromarray(255 - d).resize((side, side), Image.BILINEAR).save(scans[-1])
+    for files in (as_is, scans):
+        preds = clf.predict([str(f) for f in files])
+        acc = 100 * float(np.mean([p.prediction == y for p, y in zip(preds, labels)]))
+        assert abs(acc - tensor_acc) <= 0.3, (files[0].name, acc, tensor_acc)
+    # as they are, the digits pass through unchanged (up to the ink level's 95th percentile scaling)
+    (p,) = clf.predict([str(as_is[200])])
+    assert np.abs(p.input - digits[200] / 255).max() < 0.05
+
+
+def _seven(width: int, size: int = 280) -> Image.Image:
+    """A "7" drawn with a marker ``width`` pixels wide, black on a white canvas."""
+    from PIL import ImageDraw
+    img = Image.new("L", (size, size), 255)
+    ImageDraw.Draw(img).line([(60, 50), (220, 50), (120, 240)], fill=0, width=width, joint="curve")
+    return img
+
+
+def test_a_seven_drawn_with_a_fat_marker_is_a_seven(trained_run):
+    """A stroke wider than the old background estimate's window (1/6 of the image) was hollowed: a "7"
+    drawn 50 pixels wide on 280 was read as "1". The web pad's 22-pixel stroke is the easy case beside it."""
+    clf = mnistlab.load_model(trained_run)
+    for width in (22, 50):
+        (p,) = clf.predict([_seven(width)])
+        assert p.prediction == 7 and p.unlike_digit is None, width
+    # across the fat top bar (a column left of the diagonal) the stroke is solid ink: no hollow middle
+    xs = np.nonzero((p.input > 0.5).any(0))[0]
+    column = p.input[:, xs.min() + 2]
+    ys = np.nonzero(column > 0.5)[0]
+    assert ys.max() - ys.min() >= 2 and column[ys.min() + 1:ys.max()].min() > 0.9, column
+
+
+def test_bold_mnist_digit_as_a_png_is_read_as_its_tensor(trained_run, mnist, tmp_path):
+    """MNIST test digit 200 is a bold "3": saved as a 28x28 PNG it was read as "6"."""
+    path = tmp_path / "200.png"
+    Image.fromarray(mnist.test_images[200].numpy()).save(path)
+    clf = mnistlab.load_model(trained_run)
+    (p,) = clf.predict([str(path)])
+    assert int(mnist.test_labels[200]) == 3 and p.prediction == 3
+    assert clf.probabilities(mnist.test_images[200:201].numpy() / 255.0).argmax() == 3
+
+
+def _rgba(stroke: np.ndarray, colour: int) -> np.ndarray:
+    """A canvas export: strokes of ``colour`` whose coverage is the alpha channel, the rest transparent."""
+    out = np.zeros(stroke.shape + (4,), np.uint8)
+    out[..., :3] = colour
+    out[..., 3] = stroke
+    return out
+
+
+def test_strokes_carried_by_alpha_are_read_in_either_colour(trained_run, tmp_path):
+    """White strokes on a transparent background (a canvas export) were "no digit found"; black ones
+    worked. Both read as the same digit as black on white, as files and as arrays."""
+    clf = mnistlab.load_model(trained_run)
+    stroke = 255 - np.asarray(_seven(30))  # coverage: 255 on the stroke
+    paths = []
+    for name, arr in (("white", _rgba(stroke, 255)), ("black", _rgba(stroke, 0))):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(arr).save(paths[-1])
+        Image.fromarray(arr).convert("LA").save(tmp_path / f"{name}_la.png")
+        paths.append(tmp_path / f"{name}_la.png")
+    paths.append(tmp_path / "plain.png")
+    _seven(30).save(paths[-1])  # the easy case: black on white, no alpha
+    preds = clf.predict([str(p) for p in paths] + [_rgba(stroke, 255)])
+    assert [p.prediction for p in preds] == [7] * len(preds)
+    for p in preds:
+        np.testing.assert_allclose(p.input, preds[-2].input, atol=0.02)
+    # an opaque picture with a transparent margin stays a picture on white paper
+    framed = np.dstack([np.asarray(_seven(30))] * 3 + [np.full((280, 280), 255, np.uint8)])
+    framed[:10, :, 3] = 0
+    assert clf.predict([framed])[0].prediction == 7
+
+
+def test_images_of_other_bit_depths_and_value_ranges(trained_run, mnist, tmp_path):
+    """A 16-bit greyscale PNG whose values span only part of the range (20000-24000 of 65535), a 12-bit
+    sensor's light-on-dark image in a 16-bit PNG (0-4080), a 1-bit image and a float TIFF are read as the
+    same digit as the 8-bit PNG."""
+    clf = mnistlab.load_model(trained_run)
+    d = mnist.test_images[0].numpy()
+    big = np.asarray(Image.fromarray(255 - d).resize((112, 112), Image.BILINEAR))
+    Image.fromarray(big).save(tmp_path / "8bit.png")
+    Image.fromarray((20000 + big.astype(np.float64) / 255 * 4000).astype(np.uint16)).save(tmp_path / "16bit.png")
+    assert Image.open(tmp_path / "16bit.png").mode.startswith("I")
+    Image.fromarray(big).point(lambda v: 255 if v > 128 else 0).convert("1").save(tmp_path / "1bit.png")
+    Image.fromarray(big.astype(np.float32) / 255).save(tmp_path / "float.tiff")
+    Image.fromarray((255 - big).astype(np.uint16) * 16).save(tmp_path / "12bit.png")
+    names = ("8bit.png", "16bit.png", "1bit.png", "float.tiff", "12bit.png")
+    preds = clf.predict([str(tmp_path / n) for n in names])
+    assert [p.prediction for p in preds] == [int(mnist.test_labels[0])] * len(names)
+    for i in (1, 3, 4):
+        np.testing.assert_allclose(preds[i].input, preds[0].input, atol=0.03, err_msg=names[i])
+
+
+def test_every_array_layout_reads_as_the_file(trained_run, mnist, tmp_path):
+    """(28,28), (1,28,28), (28,28,1), (H,W,3), (H,W,4); uint8, uint16, float in [0, 1]; NumPy or torch:
+    each is read as the same digit as the equivalent PNG, with the same polarity rule (a dark-on-light
+    28x28 array is inverted as its file is; it used to be taken as it was)."""
+    import torch
+    clf = mnistlab.load_model(trained_run)
+    for i in range(5):
+        d = mnist.test_images[i].numpy()
+        light = 255 - d  # dark on light, 28x28
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(light).save(path)
+        (want,) = clf.predict([str(path)])
+        rgb = np.dstack([light] * 3)
+        layouts = [light, light[None], light[..., None], rgb, np.dstack([rgb, np.full_like(light, 255)]),
+                   light.astype(np.uint16) * 257, light.astype(np.float32) / 255, light.astype(np.float64)]
+        inputs = layouts + [torch.from_numpy(a.copy()) for a in layouts if a.dtype != np.uint16] \
+            + [torch.from_numpy(light.astype(np.float32) / 255).to(torch.bfloat16)]
+        for k, arr in enumerate(inputs):
+            (p,) = clf.predict([arr])
+            assert p.prediction == want.prediction, (i, k, getattr(arr, "shape", None))
+            np.testing.assert_allclose(p.input, want.input, atol=0.02 if k == len(inputs) - 1 else 1e-5)
+        assert want.prediction == int(mnist.test_labels[i])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 28, 28), np.uint8), r"shape \(2, 28, 28\)"),
+    (np.zeros((28, 28, 2), np.uint8), r"shape \(28, 28, 2\)"),
+    (np.zeros((1, 1, 28, 28), np.uint8), r"shape \(1, 1, 28, 28\)"),
+    (np.zeros((28, 28), np.complex64), "dtype complex64"),
+    (np.full((28, 28), np.nan, np.float32), "NaN"),
+    (np.full((28, 28), -3, np.int32), "0-65535"),
+    (np.full((28, 28), 300.0), r"\[0, 1\]"),
+    (np.zeros((0, 28), np.uint8), "empty"),
+    ("not an image object".split(), "cannot read a list"),
+])
+def test_arrays_that_are_not_images_are_refused_by_name(bad, message):
+    with pytest.raises(predict.ImageError, match=message):
+        predict.preprocess(bad if not isinstance(bad, list) else bad)
+
+
+def test_small_noise_is_flagged_like_large_noise(trained_run, mnist):
+    """Uniform noise at 28 and 64 pixels was read as "8" at 88-99% with no note (at 300 it was flagged);
+    a digit beside it is not flagged."""
+    clf = mnistlab.load_model(trained_run)
+    rng = np.random.default_rng(0)
+    for side in (28, 64, 300):
+        preds = clf.predict([(rng.random((side, side)) * 255).astype(np.uint8) for _ in range(10)])
+        assert all(p.unlike_digit for p in preds), side
+    (digit,) = clf.predict([mnist.test_images[0].numpy()])
+    assert digit.unlike_digit is None and digit.prediction == int(mnist.test_labels[0])
+
+
+def test_faint_ink_ratio_holds_mnist_digits(mnist):
+    """The speckle bound: MNIST's own training digits all have faint ink (> 0.1) on at most
+    FAINT_INK_RATIO_MAX times the area of their solid ink (> 0.5)."""
+    x = mnist.train_images.reshape(len(mnist.train_images), -1).float() / 255
+    ratio = (x > 0.1).float().mean(1) / (x > 0.5).float().mean(1)
+    assert float(ratio.max()) <= predict.FAINT_INK_RATIO_MAX
+    assert float(ratio.median()) < 0.6 * predict.FAINT_INK_RATIO_MAX

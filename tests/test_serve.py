@@ -270,3 +270,20 @@ def test_serve_command_runs_a_server(trained_run):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert "Traceback" not in out
+
+
+def test_canvas_export_of_white_strokes_on_transparent_is_read(client):
+    """A canvas exported with white strokes on a transparent background (the strokes live in the alpha
+    channel) was a 400 "no digit found"; it reads as the same digit as black strokes on white."""
+    from PIL import ImageDraw
+    pad = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(pad).line([(70, 50), (210, 50), (120, 240)], fill=255, width=22, joint="curve")
+    rgba = np.zeros((280, 280, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 255, np.asarray(pad)
+    answers = []
+    for arr in (rgba, 255 - np.asarray(pad)):  # the canvas export, and the easy case: black on white
+        r = client.post("/api/predict", json={"image": "data:image/png;base64," + _png(arr)})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    assert [a["prediction"] for a in answers] == [7, 7]
+    np.testing.assert_allclose(answers[0]["input"], answers[1]["input"], atol=0.01)

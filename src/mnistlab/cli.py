@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 from . import __version__
 from . import config as config_mod
 from .errors import MnistlabError
+from .text import plural
 
 if TYPE_CHECKING:
     from .cluster import RayOptions
@@ -47,6 +48,34 @@ def default_out(name: str) -> Path:
 
 
 # ---------------------------------------------------------------- shared options
+
+
+def _port(text: str) -> int:
+    """A TCP port number, 1-65535 (argparse type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {port}")
+    return port
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Output paths checked before any work: an output directory that exists as a file, or an output file
+    that exists as a directory, is one line and exit 2 rather than a traceback after the work is done; the
+    directories a report reads must exist."""
+    out = getattr(args, "out", None)
+    if out is not None and out.exists() and not out.is_dir():
+        raise MnistlabError(f"--out {out} exists and is not a directory")
+    onnx = getattr(args, "onnx", None)
+    if onnx is not None and onnx.is_dir():
+        raise MnistlabError(f"--onnx {onnx} is a directory; give a file name such as model.onnx")
+    for flag in ("compare", "activations", "evaluate"):
+        value = getattr(args, flag, None) if args.command == "report" else None
+        for path in value if isinstance(value, list) else [value] if value else []:
+            if not path.is_dir():
+                raise MnistlabError(f"--{flag} {path} is not a directory")
 
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
@@ -187,17 +216,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from .metrics import diverged_epoch
     from .plots import run_figures
     from .runs import RunDir
 
     run = RunDir(args.run_dir)
     history = run.read_history()
-    if not history:
-        raise MnistlabError(f"{run.path}/metrics.csv holds no epochs")
     name = run.read_info().get("name", "") if run.file("run.json").exists() else ""
     conv = run_figures(history, run.path, name)
+    diverged = diverged_epoch(history)
     print(f"wrote {run.file('accuracy.png')} and {run.file('loss.png')}"
-          + (f"; converged at epoch {conv}" if conv else ""))
+          + (f"; converged at epoch {conv}" if conv else "") + (f"; diverged at epoch {diverged}" if diverged else ""))
     return 0
 
 
@@ -212,7 +241,8 @@ def cmd_final(args: argparse.Namespace) -> int:
         raise MnistlabError(f"{run.path} has no best-validation epoch to take (a finished run with validation needed)")
     cfg = config_mod.set_values(run.read_config(), {
         "data.train_on_val": True, "train.epochs": best, "train.patience": 0, "name": f"{run.read_config().name}_final"})
-    print(f"final model: {cfg.name}, trained on train + validation for {best} epochs (the best epoch on validation)")
+    print(f"final model: {cfg.name}, trained on train + validation for {plural(best, 'epoch')} (the best epoch on "
+          f"validation)")
     _run_and_report(cfg, args)
     return 0
 
@@ -354,9 +384,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / "evaluate"
     evals = evaluate_runs(args.run_dirs, out, args.split, log=print)
-    extra = "; side by side: compare.md, compare.json, robustness.png" if len(evals) > 1 else ""
-    print(f"wrote {out}/NAME/ for each run (confusion, per-class, calibration, robustness, mistakes, first "
-          f"layer){extra}")
+    extra = f"; side by side in {out}: compare.md, compare.json, robustness.png" if len(evals) > 1 else ""
+    print(f"wrote {', '.join(f'{out / e.name}/' for e in evals)} (confusion, per-class, calibration, robustness, "
+          f"mistakes, first layer){extra}")
     return 0
 
 
@@ -364,7 +394,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .compare import ensemble_test_accuracy
 
     acc = ensemble_test_accuracy(args.run_dirs)
-    print(f"ensemble of {len(args.run_dirs)} runs (mean softmax of best-validation models): test accuracy {acc:.2f}%")
+    print(f"ensemble of {plural(len(args.run_dirs), 'run')} (mean softmax of best-validation models): test accuracy {acc:.2f}%")
     return 0
 
 
@@ -549,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="web demo: draw a digit, see the prediction (FastAPI + uvicorn)")
     p.add_argument("--model", type=Path, required=True, metavar="RUN_DIR")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (default 8000)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plot", help="redraw a run's figures from its metrics files")
@@ -582,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version and usage errors (already printed in one line)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     try:
+        check_paths(args)
         return args.func(args)
     except MnistlabError as e:
         print(f"mnistlab: error: {e}", file=sys.stderr)

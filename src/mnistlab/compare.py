@@ -27,6 +27,7 @@ from .experiment import resume, run
 from .metrics import predict_proba, summarize
 from .plots import overlay_figure
 from .runs import RunDir, atomic_write, remove_stale_temp, validation_curves
+from .text import md_cell, mean_epoch, plural
 
 if TYPE_CHECKING:
     from . import cluster
@@ -65,7 +66,7 @@ class StudyRow:
 def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[config.Config]:
     """Load the study's configs, each with ``overrides`` (dotted key -> value) applied; they must agree on
     the dataset and have distinct names."""
-    cfgs = [checks.set_values(config.load(p), overrides or {}) for p in paths]
+    cfgs = [_overridden(config.load(p), overrides or {}) for p in paths]
     names = [c.name for c in cfgs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -76,6 +77,25 @@ def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None =
             raise MnistlabError(f"{path} uses another dataset or split (data.dir={c.data.dir!r}, "
                                 f"val_fraction={c.data.val_fraction}) than {paths[0]}: a comparison needs the same data")
     return cfgs
+
+
+# overrides that change where or how fast a run trains, not what it is: a label need not mention them
+_NOT_THE_EXPERIMENT = ("train.threads", "train.device", "data.dir")
+
+
+def _overridden(cfg: config.Config, overrides: dict[str, Any]) -> config.Config:
+    """``cfg`` with ``overrides`` applied; its label says what they changed (a 784-64-10 net trained with
+    --hidden 64 is not "The report's MLP" any more)."""
+    new = checks.set_values(cfg, overrides)
+    old_d, new_d = config.to_dict(cfg), config.to_dict(new)
+    changed = []
+    for key in overrides:
+        section, _, leaf = key.partition(".")
+        if leaf and key not in _NOT_THE_EXPERIMENT and old_d[section][leaf] != new_d[section][leaf]:
+            changed.append(f"{key}={new_d[section][leaf]}".replace(" ", ""))
+    if not changed:
+        return new
+    return config.set_values(new, {"label": f"{cfg.label or cfg.name} ({', '.join(changed)})"})
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +131,7 @@ class Job:
 
     @property
     def title(self) -> str:
-        return f"{self.cfg.name} seed {self.cfg.train.seed}"
+        return f"{self.cfg.name}/seed{self.cfg.train.seed}"  # its directory in the study: never "seed seed 123"
 
 
 def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
@@ -235,7 +255,7 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
         progress = cluster.EpochProgress(log) if epoch_lines else None
         pending = {task.remote(config.to_dict(j.cfg), data_ref, options.threads(), None,
                                progress and progress.sender(j.title)): j for j in todo}
-        log(f"study: {len(todo)} runs on Ray ({len(jobs) - len(todo)} already finished), "
+        log(f"study: {plural(len(todo), 'run')} on Ray ({len(jobs) - len(todo)} already finished), "
             f"{options.request()} per run")
         waiter = cluster.TaskWaiter(ray, options, progress)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not show_progress)
@@ -357,10 +377,11 @@ def markdown_table(rows: list[StudyRow]) -> str:
         ens = "-" if r.ensemble_test_acc is None else f"{r.ensemble_test_acc:.2f}"
         test = _pm(*r.stat("test_acc")) if r.runs else "diverged" if r.diverged else "-"
         params = "-" if r.parameters is None else f"{r.parameters:,}"
-        lines.append(f"| {r.label} | {_seeds_cell(r)} | {test} | {_pm(*r.stat('best_val_acc'))} | "
-                     f"{num(r.stat('best_epoch')[0], '.1f')} | {_converged(r)} | {num(r.stat('epochs')[0], '.0f')} | "
-                     f"{params} | {num(r.stat('train_seconds')[0], '.0f')} | {_ran_on(r) or '-'} | "
-                     f"{', '.join(map(str, r.threads)) or '-'} | {ens} |")
+        best_epoch = r.stat("best_epoch")[0]
+        lines.append(f"| {md_cell(r.label)} | {_seeds_cell(r)} | {test} | {_pm(*r.stat('best_val_acc'))} | "
+                     f"{'-' if math.isnan(best_epoch) else mean_epoch(best_epoch)} | {_converged(r)} | "
+                     f"{num(r.stat('epochs')[0], '.0f')} | {params} | {num(r.stat('train_seconds')[0], '.0f')} | "
+                     f"{_ran_on(r) or '-'} | {', '.join(map(str, r.threads)) or '-'} | {ens} |")
     return "\n".join(lines) + "\n"
 
 

@@ -253,6 +253,11 @@ def validate(cfg: Config) -> None:
     and engine supports is checked beside it (``models.check`` and so on), all together by
     :func:`mnistlab.checks.check`."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    # the name becomes a directory (studies, evaluations, reports): one safe path component, never "..",
+    # an absolute path or a hidden file
+    check_value(re.fullmatch(r"\w[\w.-]{0,127}", cfg.name) is not None, "name", cfg.name,
+                "must be one file name of letters, digits, '_', '-' and '.', not starting with '.' or '-' "
+                "(at most 128 characters)")
     check_value(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be between 0 and 1")
     for key in ("max_shift", "max_rotation", "max_scale", "max_shear", "elastic_alpha"):
         check_value(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")

@@ -25,6 +25,7 @@ from . import checkpoint, data
 from .errors import MnistlabError
 from .metrics import predict_proba
 from .runs import RunDir, atomic_write
+from .text import md_cell
 
 N_CLASSES = 10
 ECE_BINS = 15
@@ -136,8 +137,8 @@ class Evaluation:
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "arch": self.arch, "split": self.split, "data": self.data_source,
-                "accuracy": round(self.accuracy, 3), "ece": round(self.calibration["ece"], 5),
-                "nll": round(self.calibration["nll"], 5), "most_confused": self.confused,
+                "accuracy": round(self.accuracy, 3), "ece": self.calibration["ece"],  # unrounded: every reader
+                "nll": self.calibration["nll"], "most_confused": self.confused,  # formats it the same way
                 "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()}}
 
 
@@ -170,8 +171,8 @@ def evaluate_run(path: Path, split: str = "test") -> tuple[Evaluation, torch.nn.
             for v in values:
                 p = predict_proba(model, fn(x, v), 2000).argmax(1).numpy() if v else probs.argmax(1)
                 robust[kind].append((v, 100.0 * float((p == labels).mean())))
-    name = run.read_info().get("name", run.path.name) if run.file("run.json").is_file() else run.path.name
-    ev = Evaluation(name=name, arch=cfg.model.arch, data_source=cfg.data.dir or "bundled MNIST", split=split,
+    # the config's name, validated as one safe directory name (never a path out of --out)
+    ev = Evaluation(name=cfg.name, arch=cfg.model.arch, data_source=cfg.data.dir or "bundled MNIST", split=split,
                     accuracy=100.0 * float(np.trace(cm) / cm.sum()), calibration=calibration(probs, labels),
                     confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust)
     return ev, model, x, labels, probs, checksum
@@ -189,9 +190,9 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
-    from .plots import language, plt, save_figure, t
+    from .plots import language, save_figure, subplots, t
     with language(lang):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        fig, axes = subplots(1, 2, figsize=(12, 5))
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         for ax, mat, title, fmt in ((axes[0], cm, "{}: confusion matrix, counts", "d"),
                                     (axes[1], norm, "{}: confusion matrix, row-normalised (recall)", ".2f")):
@@ -206,23 +207,23 @@ def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en") ->
 
 
 def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path: Path, lang: str = "en") -> None:
-    from .plots import language, plt, save_figure, t
+    from .plots import language, save_figure, subplots, t
     with language(lang):
-        fig, ax = plt.subplots(figsize=(5.5, 5))
+        fig, ax = subplots(figsize=(5.5, 5))
         ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS,
                edgecolor="black", alpha=0.7, label=t("accuracy in the bin", lang))
         ax.plot([0, 1], [0, 1], "k--", lw=1, label=t("perfect calibration", lang))
         ax.set(xlabel=t("confidence (max probability)", lang), ylabel=t("accuracy", lang), xlim=(0, 1), ylim=(0, 1),
-               title=t("{}: reliability (ECE {})", lang).format(name, f"{100 * ece:.2f}%"))
+               title=t("{}: reliability (ECE {})", lang).format(name, f"{ece_percent(ece)}%"))
         ax.legend(loc="upper left")
         save_figure(fig, path)
 
 
 def _image_grid(n: int, cell: tuple[float, float] = (1.2, 1.2), cols: int = 8) -> tuple[Any, Any]:
     """A figure of ``n`` image cells, ``cols`` a row, axes hidden: (figure, the axes, flat)."""
-    from .plots import plt
+    from .plots import subplots
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     return fig, axes.flat
@@ -234,10 +235,11 @@ def first_layer_figure(units: np.ndarray, name: str, path: Path, lang: str = "en
     title = ("{}: first-layer weights of 64 hidden units (28x28 each)" if units.shape[1:] == (28, 28) else
              "{}: first-layer filters ({})")
     with language(lang):
-        fig, axes = _image_grid(len(units))
-        for ax, u in zip(axes, units):
-            lim = float(np.abs(u).max()) or 1.0
-            ax.imshow(u, cmap="seismic", vmin=-lim, vmax=lim)
+        fig, grid = _image_grid(len(units))
+        axes = list(grid)
+        lim = float(np.percentile(np.abs(units), 99.5)) or 1.0  # one scale for all units, so one colour bar
+        shown = [ax.imshow(u, cmap="seismic", vmin=-lim, vmax=lim) for ax, u in zip(axes, units)]
+        fig.colorbar(shown[0], ax=list(axes), shrink=0.6, label=t("weight", lang), extend="both")
         fig.suptitle(t(title, lang).format(name, f"{units.shape[1]}x{units.shape[2]}"))
         save_figure(fig, path)
 
@@ -285,24 +287,45 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
 
 
 def robustness_figure(series: list[tuple[str, dict[str, list]]], path: Path, lang: str = "en") -> None:
-    """Accuracy against each perturbation, one line per (label, robustness) (MLP vs CNN on one plot)."""
-    from .plots import language, plt, save_figure, t
+    """Accuracy against each perturbation, one line per (label, robustness) (MLP vs CNN on one plot); the
+    yes/no inversion as bars. The legend sits below the panels, never over a curve."""
+    from .plots import language, save_figure, series_styles, subplots, t
 
+    styles = series_styles(len(series))
     with language(lang):
-        fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4))
-        for ax, (kind, (label, _, _)) in zip(axes, PERTURBATIONS.items()):
-            for name, robust in series:
-                pts = robust[kind]
-                ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=name)
-            ax.set(xlabel=t(label, lang), ylabel=t("accuracy (%)", lang), ylim=(0, 100))
+        fig, axes = subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4), layout="constrained",
+                             sharey=True)
+        for ax, (kind, (label, values, _)) in zip(axes, PERTURBATIONS.items()):
+            if kind == "inverted":  # a yes/no case: grouped bars, not a line through "0.5 inverted"
+                width = 0.8 / len(series)
+                for i, ((name, robust), style) in enumerate(zip(series, styles)):
+                    ax.bar([v + (i - (len(series) - 1) / 2) * width for v, _ in robust[kind]],
+                           [a for _, a in robust[kind]], width, color=style["color"])
+                ax.set_xticks([0, 1], [t("no", lang), t("yes", lang)])
+                ax.set_xlabel(t("inverted", lang))
+            else:
+                for (name, robust), style in zip(series, styles):
+                    pts = robust[kind]
+                    ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=name, **style)
+                ax.set_xlabel(t(label, lang))
+            ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8, loc="lower left")
+        axes[0].set_ylabel(t("accuracy (%)", lang))
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=9, frameon=False,
+                   ncol=min(len(series), 3))
         fig.suptitle(t("Robustness: accuracy under perturbations of the evaluation images", lang))
         save_figure(fig, path)
 
 
+def ece_percent(ece: float) -> str:
+    """The expected calibration error as every output prints it: a percentage with two decimals."""
+    return f"{100 * ece:.2f}"
+
+
 def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print) -> list[Evaluation]:
-    """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot."""
+    """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot.
+    Runs of the same name get ``NAME_2``, ``NAME_3``... in the order given; each log line names its run
+    directory."""
     if split not in ("test", "val"):
         raise MnistlabError(f"--split must be test or val, got {split!r}")
     evals, checksum0 = [], None
@@ -313,7 +336,9 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
             checksum0 = checksum
         elif checksum != checksum0:
             raise MnistlabError(f"{path} was trained on other data than {paths[0]}: a comparison needs one dataset")
-        name = ev.name if ev.name not in {e.name for e in evals} else f"{ev.name}_{i + 1}"
+        name, k = ev.name, 2
+        while name in {e.name for e in evals}:
+            name, k = f"{ev.name}_{k}", k + 1
         ev.name = name
         d = out / name
         d.mkdir(exist_ok=True)
@@ -326,7 +351,8 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
         _figures(ev, model, x, probs, labels, d)
         robustness_figure([(f"{ev.name} ({ev.arch})", ev.robustness)], d / "robustness.png")
-        log(f"{name} ({ev.arch}, {split}): accuracy {ev.accuracy:.2f}%, ECE {100 * ev.calibration['ece']:.2f}%, "
+        log(f"{name} ({path}; {ev.arch}, {split}) -> {d}/: accuracy {ev.accuracy:.2f}%, "
+            f"ECE {ece_percent(ev.calibration['ece'])}%, "
             f"NLL {ev.calibration['nll']:.4f}; most confused "
             + ", ".join(f"{c['true']}->{c['predicted']} ({c['count']})" for c in ev.confused[:3])
             + f"; shifted 3 px {ev.robustness['shift'][3][1]:.1f}%, rotated 30 deg {ev.robustness['rotation'][5][1]:.1f}%, "
@@ -344,7 +370,7 @@ def compare_table(evals: list[Evaluation]) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for e in evals:
         r = e.robustness
-        lines.append(f"| {e.name} | {e.arch} | {e.accuracy:.2f} | {100 * e.calibration['ece']:.2f} | "
+        lines.append(f"| {md_cell(e.name)} | {e.arch} | {e.accuracy:.2f} | {ece_percent(e.calibration['ece'])} | "
                      f"{e.calibration['nll']:.4f} | {r['shift'][3][1]:.2f} | {r['rotation'][5][1]:.2f} | "
                      f"{r['noise'][3][1]:.2f} | {r['inverted'][1][1]:.2f} |")
     return "\n".join(lines) + "\n"

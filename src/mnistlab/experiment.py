@@ -19,6 +19,7 @@ from .metrics import summarize
 from .models import count_parameters
 from .plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
+from .text import plural
 from .train import Trainer, bf16_supported, resolve_device
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False,
     trainer = make_trainer(cfg, dataset, device)
     trainer.load_state(tensors, meta)
     if trainer.done:
-        raise MnistlabError(f"{run_dir.path} is already complete ({trainer.epoch} epochs)")
+        raise MnistlabError(f"{run_dir.path} is already complete ({plural(trainer.epoch, 'epoch')})")
     log(f"resuming {run_dir.path} after epoch {trainer.epoch}")
     info.setdefault("resumed", []).append({"at": now(), "after_epoch": trainer.epoch,
                                            "environment": environment(device, dataset.checksum, dataset.source,
@@ -160,7 +161,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False,
 def _epochs_on_disk(run_dir: RunDir) -> int:
     """How many epochs metrics.csv holds: the truth about a run, whatever failed after it was written."""
     try:
-        return len(run_dir.read_history()) if run_dir.is_run() else 0
+        return len(run_dir.read_history(allow_empty=True)) if run_dir.is_run() else 0
     except MnistlabError:
         return 0
 

@@ -41,11 +41,11 @@ def activation_figure(path: Path, lang: str = "en") -> None:
 
 
 def _activation_figure(path: Path, lang: str) -> None:
-    from .plots import plt, save_figure, t
+    from .plots import save_figure, subplots, t
 
     x = torch.linspace(-5, 5, 1001)
     curves = activation_curves(x)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a, b) = subplots(1, 2, figsize=(11, 4.2))
     for name, (y, dy) in curves.items():
         # dashed lines drawn later, and ReLU thicker: ReLU and leaky ReLU coincide for x > 0, and would
         # otherwise hide each other
@@ -134,9 +134,9 @@ def study_figures(res: dict[str, Any], out: Path, lang: str = "en", prefix: str 
 
 
 def _study_figures(res: dict[str, Any], out: Path, lang: str, prefix: str) -> None:
-    from .plots import plt, save_figure, t
+    from .plots import save_figure, subplots, t
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     for label, r in res["dead_relu"].items():
         shown = label.replace("(report)", "(보고서)") if lang == "ko" else label
         ax.plot(range(len(r["dead_fraction"])), [100 * v for v in r["dead_fraction"]], marker="o", ms=3, label=shown)
@@ -147,7 +147,7 @@ def _study_figures(res: dict[str, Any], out: Path, lang: str, prefix: str) -> No
     save_figure(fig, out / f"{prefix}dead_relu.png")
 
     g = res["gradients"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     for act, style in (("sigmoid", "-"), ("relu", "--")):
         n = len(g[act]["init"])
         ax.semilogy(range(1, n + 1), g[act]["init"], style, marker="o", label=t("{}, at initialisation", lang).format(act))

@@ -81,16 +81,34 @@ def best_epoch(val_acc: Sequence[float]) -> int:
 # ---------------------------------------------------------------- histories (pure functions of the rows)
 
 
+def diverged_epoch(history: Sequence[dict[str, Any]]) -> int | None:
+    """The epoch whose mean training loss was NaN or infinite (training stops there), or None."""
+    for row in history:
+        loss = row.get("train_loss")
+        if loss is not None and not math.isfinite(loss):
+            return row["epoch"]
+    return None
+
+
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Final and best-on-validation figures of a history (test never selects anything)."""
-    last = history[-1]
-    out: dict[str, Any] = {"epochs_run": len(history), "final_test_acc": last.get("test_acc"),
-                           "final_val_acc": last.get("val_acc"), "final_train_loss": last.get("train_loss")}
-    val = [r.get("val_acc") for r in history]
-    if all(v is not None for v in val):
+    """Final and best-on-validation figures of a history (test never selects anything).
+
+    A run that diverged has ``diverged_epoch``, no final figures (its last model is not a number) and its
+    best-validation figures from the epochs before it."""
+    diverged = diverged_epoch(history)
+    out: dict[str, Any] = {"epochs_run": len(history)}
+    good = history if diverged is None else [r for r in history if r["epoch"] < diverged]
+    if diverged is None:
+        last = history[-1]
+        out.update(final_test_acc=last.get("test_acc"), final_val_acc=last.get("val_acc"),
+                   final_train_loss=last.get("train_loss"))
+    else:
+        out.update(diverged_epoch=diverged, final_test_acc=None, final_val_acc=None, final_train_loss=None)
+    val = [r.get("val_acc") for r in good]
+    if val and all(v is not None for v in val):
         best = best_epoch(val)
-        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=history[best - 1]["test_acc"],
-                   convergence_epoch=convergence_epoch(val))
+        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=good[best - 1]["test_acc"],
+                   convergence_epoch=convergence_epoch(val) if diverged is None else None)
     return out
 
 

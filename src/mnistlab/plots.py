@@ -1,4 +1,8 @@
-"""Figures rebuilt from history files: accuracy and loss per epoch, and study overlays."""
+"""Figures rebuilt from history files: accuracy and loss per epoch, and study overlays.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects written straight to PNG: mnistlab never imports
+pyplot nor selects a backend, so importing it leaves the caller's matplotlib as it was (a notebook's inline
+figures keep showing)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .metrics import convergence_epoch  # noqa: E402
-from .runs import atomic_write  # noqa: E402
+from .metrics import convergence_epoch
+from .runs import atomic_write
 
 
 # figure text in Korean, for the Korean report (keys are the English text; {} marks a value)
@@ -36,7 +38,8 @@ KO = {
     "confidence (max probability)": "확신도 (최대 확률)", "accuracy": "정확도", "accuracy in the bin": "구간의 정확도",
     "perfect calibration": "완벽한 보정", "{}: reliability (ECE {})": "{}: 신뢰도 (ECE {})",
     "shift (pixels)": "이동 (픽셀)", "rotation (degrees)": "회전 (도)", "Gaussian noise (std)": "가우스 잡음 (표준편차)",
-    "inverted (0 = no, 1 = yes)": "반전 (0 = 아니오, 1 = 예)",
+    "inverted (0 = no, 1 = yes)": "반전 (0 = 아니오, 1 = 예)", "inverted": "반전", "no": "아니오", "yes": "예",
+    "weight": "가중치",
     "Robustness: accuracy under perturbations of the evaluation images": "강건성: 평가 이미지를 교란했을 때의 정확도",
     "{}: first-layer weights of 64 hidden units (28x28 each)": "{}: 은닉 노드 64개의 첫 층 가중치 (각 28x28)",
     "{}: first-layer filters ({})": "{}: 첫 층 필터 ({})",
@@ -71,10 +74,26 @@ def language(lang: str = "en") -> Iterator[None]:
         yield
 
 
-def save_figure(fig: Any, path: Path) -> None:
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, layout: str | None = None,
+             **kwargs: Any) -> tuple[Figure, Any]:
+    """A new figure and its axes, like ``pyplot.subplots`` but outside pyplot (no backend, no global state)."""
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def series_styles(n: int) -> list[dict[str, Any]]:
+    """Line styles that tell ``n`` series apart: tab10's colours up to 10 series, tab20's up to 20, then
+    tab20's colours again with dashed and dotted lines (matplotlib's default cycle repeats after 10)."""
+    from matplotlib import colormaps
+    colours = colormaps["tab10" if n <= 10 else "tab20"].colors
+    dashes = ["-", "--", ":", "-."]
+    return [{"color": colours[i % len(colours)], "linestyle": dashes[(i // len(colours)) % len(dashes)]}
+            for i in range(n)]
+
+
+def save_figure(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     atomic_write(path, buf.getvalue())
 
 
@@ -91,7 +110,7 @@ def accuracy_figure(history: Sequence[dict[str, Any]], path: Path, title: str = 
     epochs = _column(history, "epoch")
     val, test = _column(history, "val_acc"), _column(history, "test_acc")
     conv = convergence_epoch(val) if _present(val) else None
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     if _present(val):
         ax.plot(epochs, val, marker="o", ms=3, label=t("validation accuracy", lang))
     ax.plot(epochs, test, marker="s", ms=3, label=t("test accuracy", lang))
@@ -116,7 +135,7 @@ def _integer_epochs(ax: Any, epochs: Sequence[int] = ()) -> None:
 
 def loss_figure(history: Sequence[dict[str, Any]], path: Path, title: str = "", lang: str = "en") -> None:
     epochs = _column(history, "epoch")
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     for key, label in (("train_loss", "training loss (epoch mean)"), ("val_loss", "validation loss"),
                        ("test_loss", "test loss")):
         values = _column(history, key)
@@ -152,13 +171,13 @@ def overlay_figure(curves: dict[str, list[list[float]]], path: Path, ylabel: str
 
 
 def _overlay(curves: dict[str, list[list[float]]], path: Path, ylabel: str, title: str, lang: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, runs in curves.items():
+    fig, ax = subplots(figsize=(8, 5))
+    for (label, runs), style in zip(curves.items(), series_styles(len(curves))):
         n = min(len(r) for r in runs)
         cols = [[r[i] for r in runs] for i in range(n)]
         mean = [sum(c) / len(c) for c in cols]
         x = list(range(1, n + 1))
-        (line,) = ax.plot(x, mean, lw=1.5, label=label)
+        (line,) = ax.plot(x, mean, lw=1.5, label=label, **style)
         if len(runs) > 1:
             ax.fill_between(x, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(), alpha=0.15)
     ax.set(xlabel=t("epoch", lang), ylabel=t(ylabel, lang), title=t(title, lang))

@@ -7,6 +7,7 @@ import base64
 import csv
 import html
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from .errors import MnistlabError
 from .metrics import BAND, WINDOW, summarize
 from .plots import overlay_figure, run_figures
 from .runs import RunDir, atomic_write, validation_curves
+from .text import md_cell, plural
 
 TEXT: dict[str, dict[str, str]] = {
     "en": {
@@ -35,6 +37,7 @@ TEXT: dict[str, dict[str, str]] = {
         "train_role": "fits the weights", "val_role": "chooses epochs and settings",
         "test_role": "reports the final accuracy",
         "checksum": "Data SHA-256 (decompressed IDX files): `{sha}`; source: {source}.",
+        "bundled": "the MNIST bundled with mnistlab",
         "act": "2. Activation functions",
         "act_text": "An activation function makes the network non-linear: without it a stack of linear layers is "
                     "one linear map, however deep. It decides how strongly each unit passes its input on; its "
@@ -46,7 +49,7 @@ TEXT: dict[str, dict[str, str]] = {
                      "x > 0, cheap to compute and non-saturating, but a unit whose input is negative for every "
                      "image gets no gradient and stays at 0 (a dead ReLU). Leaky ReLU keeps a small slope (0.01) "
                      "for x < 0 so that no unit can die.",
-        "act_measured": "Measured ({epochs} epochs per run):",
+        "act_measured": "Measured ({epochs} per run):",
         "dead_text": "Dead hidden units of the report's MLP (units that output 0 for all 6,000 validation images): "
                      "{dead}.",
         "grad_text": "Weight-gradient norms per layer of an MLP with {depth} hidden layers of {width} units at "
@@ -68,13 +71,23 @@ TEXT: dict[str, dict[str, str]] = {
         "act_col": "activation", "ag_col": "vs autograd", "fd_col": "vs finite differences",
         "train": "4. Training and evaluation",
         "run_config": "Configuration",
-        "curves": "Validation and test accuracy per epoch (the convergence epoch marked), and the losses.",
+        "curves_acc": "Validation and test accuracy per epoch (the convergence epoch marked).",
+        "curves_loss": "Training, validation and test loss per epoch (cross-entropy, log scale).",
         "conv_text": "Convergence: validation accuracy stays within ±{band} points of its last-{window}-epoch mean "
                      "({plateau:.2f}%) from epoch **{conv}** on. The best validation accuracy, {best_val:.2f}%, is "
                      "at epoch {best}; the test accuracy there is **{test_at_best:.2f}%** (final epoch: "
                      "{final_test:.2f}%).",
         "no_val": "This run trained on training + validation data; the last epoch is its model (test accuracy "
                   "{final_test:.2f}%).",
+        "too_short": "Convergence cannot be judged from {epochs} epoch{s} (the rule needs at least {window}). The best "
+                     "validation accuracy, {best_val:.2f}%, is at epoch {best}; the test accuracy there is "
+                     "**{test_at_best:.2f}%** (final epoch: {final_test:.2f}%).",
+        "diverged": "**Training diverged at epoch {epoch}**: the mean training loss became NaN or infinite and the run "
+                    "stopped there.",
+        "diverged_best": "Before that, the best validation accuracy was {best_val:.2f}% at epoch {best} (test accuracy "
+                         "there {test_at_best:.2f}%); those weights are the run's model.",
+        "epoch_cols": "epoch|train loss|val loss|val acc %|test loss|test acc %",
+        "inside_cols": "run|model|accuracy %|ECE %|NLL|shift 3 px %|rotation 30° %|noise 0.3 %|inverted %",
         "epoch_table": "Per-epoch numbers",
         "improve": "5. Doing better than the report's MLP",
         "improve_text": "Each row is a config run over several seeds (mean ± standard deviation); every run is "
@@ -91,8 +104,8 @@ TEXT: dict[str, dict[str, str]] = {
         "inside_first": "What the first layer of {name} learned.",
         "inside_pairs": "Most confused pairs of {name} (true -> predicted, count): {pairs}.",
         "repro": "Reproducibility",
-        "repro_text": "Run {name}: seed {seed}, torch {torch}, Python {python}, {threads} threads on {device}; "
-                      "config in `config.toml` of its run directory.",
+        "repro_text": "seed {seed}, torch {torch}, Python {python}, {threads} threads on {device}; the config is "
+                      "`config.toml` in `{path}`.",
         "key": "key", "value": "value",
     },
     "ko": {
@@ -107,6 +120,7 @@ TEXT: dict[str, dict[str, str]] = {
         "batch_epochs": "배치 크기 / 에폭", "precision_seed": "정밀도 / 시드", "parameters": "파라미터 수",
         "train_role": "가중치 학습", "val_role": "에폭과 설정 선택", "test_role": "최종 정확도 보고",
         "checksum": "데이터 SHA-256 (압축 해제한 IDX 파일): `{sha}`; 출처: {source}.",
+        "bundled": "mnistlab에 포함된 MNIST",
         "act": "2. 활성화 함수",
         "act_text": "활성화 함수는 신경망에 비선형성을 더한다. 활성화 함수가 없으면 선형 층을 아무리 깊게 쌓아도 하나의 "
                     "선형 변환일 뿐이다. 활성화 함수는 각 노드가 입력을 얼마나 강하게 다음 층으로 전달할지 정하고, "
@@ -136,11 +150,20 @@ TEXT: dict[str, dict[str, str]] = {
         "act_col": "활성화 함수", "ag_col": "자동 미분 대비", "fd_col": "유한 차분 대비",
         "train": "4. 학습과 평가",
         "run_config": "설정",
-        "curves": "에폭별 검증·테스트 정확도(수렴 에폭 표시)와 손실.",
+        "curves_acc": "에폭별 검증·테스트 정확도 (수렴 에폭 표시).",
+        "curves_loss": "에폭별 학습·검증·테스트 손실 (교차 엔트로피, 로그 눈금).",
         "conv_text": "수렴: 에폭 **{conv}**부터 검증 정확도가 마지막 {window} 에폭 평균({plateau:.2f}%)의 ±{band}%p 안에 "
                      "머문다. 최고 검증 정확도 {best_val:.2f}%는 에폭 {best}이며, 그때의 테스트 정확도는 "
                      "**{test_at_best:.2f}%**이다 (마지막 에폭: {final_test:.2f}%).",
         "no_val": "이 실행은 학습+검증 데이터로 학습했으므로 마지막 에폭이 모델이다 (테스트 정확도 {final_test:.2f}%).",
+        "too_short": "{epochs} 에폭으로는 수렴을 판단할 수 없다 (규칙은 최소 {window} 에폭이 필요하다). 최고 검증 정확도 "
+                     "{best_val:.2f}%는 에폭 {best}이며, 그때의 테스트 정확도는 **{test_at_best:.2f}%**이다 "
+                     "(마지막 에폭: {final_test:.2f}%).",
+        "diverged": "**에폭 {epoch}에서 학습이 발산했다**: 평균 학습 손실이 NaN 또는 무한대가 되어 실행이 그 자리에서 멈췄다.",
+        "diverged_best": "그 전까지 최고 검증 정확도는 에폭 {best}의 {best_val:.2f}%였고 (그때의 테스트 정확도 "
+                         "{test_at_best:.2f}%), 그 가중치가 이 실행의 모델이다.",
+        "epoch_cols": "에폭|학습 손실|검증 손실|검증 정확도 %|테스트 손실|테스트 정확도 %",
+        "inside_cols": "실행|모델|정확도 %|ECE %|NLL|3픽셀 이동 %|30도 회전 %|잡음 0.3 %|반전 %",
         "epoch_table": "에폭별 수치",
         "improve": "5. 보고서의 MLP보다 잘하기",
         "improve_text": "각 행은 여러 시드로 실행한 설정이다(평균 ± 표준편차). 모든 실행은 검증 정확도가 가장 높은 에폭에서 "
@@ -156,8 +179,8 @@ TEXT: dict[str, dict[str, str]] = {
         "inside_first": "{name}의 첫 층이 배운 것.",
         "inside_pairs": "{name}이(가) 가장 많이 헷갈린 쌍 (실제 -> 예측, 개수): {pairs}.",
         "repro": "재현성",
-        "repro_text": "실행 {name}: 시드 {seed}, torch {torch}, Python {python}, {device}에서 스레드 {threads}개; "
-                      "설정은 실행 디렉터리의 `config.toml`.",
+        "repro_text": "시드 {seed}, torch {torch}, Python {python}, {device}에서 스레드 {threads}개; 설정은 "
+                      "`{path}`의 `config.toml`.",
         "key": "항목", "value": "값",
     },
 }
@@ -185,8 +208,8 @@ SGD_EQ = r"W \leftarrow W - \eta \, \frac{\partial L}{\partial W}, \quad b \left
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_cell(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +236,8 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
     return (f"## {t['data']}\n\n" + t["data_text"].format(seed=cfg["train"]["seed"],
                                                            val_pct=100 * cfg["data"]["val_fraction"]) + "\n\n"
             + _table([t["split"], t["images"], t["role"]], rows) + "\n"
-            + t["checksum"].format(sha=env["data_sha256"], source=env["data_source"]) + "\n")
+            + t["checksum"].format(sha=env["data_sha256"], source=t["bundled"] if env["data_source"] == "bundled"
+                                   else f"`{env['data_source']}`") + "\n")
 
 
 def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lang: str) -> str:
@@ -232,7 +256,7 @@ def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lan
         raise MnistlabError(f"{act_dir} holds no activation study (activations.json); run mnistlab activations") from None
     dead = "; ".join(f"{label}: {100 * r['dead_fraction'][-1]:.1f}%" for label, r in res["dead_relu"].items())
     g = res["gradients"]
-    parts += [t["act_measured"].format(epochs=res["epochs"]), "",
+    parts += [t["act_measured"].format(epochs=plural(res["epochs"], "epoch") if lang == "en" else res["epochs"]), "",
               "- " + t["dead_text"].format(dead=dead),
               "- " + t["grad_text"].format(depth=res["depth"], width=res["width"],
                                            s_ratio=g["sigmoid"]["init"][0] / g["sigmoid"]["init"][-1],
@@ -271,29 +295,43 @@ def _section_run(t: dict[str, str], run: RunDir, out: Path, index: int, lang: st
                  [t["parameters"], f"{info.get('parameters', 0):,}"]]
     parts = [f"### {name}\n", f"**{t['run_config']}**\n", _table([t["key"], t["value"]], conf_rows)]
     run_figures(history, out, name, lang, prefix=f"run{index}_")  # redrawn from the history, in the language
-    for fig in ("accuracy.png", "loss.png"):
-        parts.append(f"![{t['curves']}](run{index}_{fig})\n")
-    s = summarize(history)
-    final_test = s["final_test_acc"]
-    if "best_epoch" in s:
-        val = [r["val_acc"] for r in history]
-        plateau = sum(val[-WINDOW:]) / min(WINDOW, len(val))
-        parts.append(t["conv_text"].format(band=BAND, window=WINDOW, plateau=plateau,
-                                           conv=s["convergence_epoch"] or "-", best_val=s["best_val_acc"],
-                                           best=s["best_epoch"], test_at_best=s["test_acc_at_best_val"],
-                                           final_test=final_test) + "\n")
-    else:
-        parts.append(t["no_val"].format(final_test=final_test) + "\n")
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    parts += [f"![{t['curves_acc']}](run{index}_accuracy.png)\n", f"![{t['curves_loss']}](run{index}_loss.png)\n"]
+    parts.append(_run_outcome(t, history) + "\n")
     parts += [f"**{t['epoch_table']}**\n", _table(
-        ["epoch", "train loss", "val loss", "val acc %", "test loss", "test acc %"],
-        [[r["epoch"], fmt(r.get("train_loss"), ".5f"), fmt(r.get("val_loss"), ".4f"), fmt(r.get("val_acc"), ".2f"),
-          fmt(r.get("test_loss"), ".4f"), fmt(r.get("test_acc"), ".2f")] for r in history])]
+        t["epoch_cols"].split("|"),
+        [[r["epoch"], _number(r.get("train_loss"), ".5f"), _number(r.get("val_loss"), ".4f"),
+          _number(r.get("val_acc"), ".2f"), _number(r.get("test_loss"), ".4f"), _number(r.get("test_acc"), ".2f")]
+         for r in history])]
     env = info["environment"]
-    parts.append(f"_{t['repro']}: " + t["repro_text"].format(name=name, seed=env["seed"], torch=env["torch"],
+    parts.append(f"_{t['repro']}: " + t["repro_text"].format(seed=env["seed"], torch=env["torch"],
                                                              python=env["python"], threads=env["torch_threads"],
-                                                             device=env["device"]) + "_\n")
+                                                             device=env["device"], path=run.path) + "_\n")
     return "\n".join(parts)
+
+
+def _number(v: float | None, fmt: str) -> str:
+    """A table cell: "-" for a value not measured, NaN and infinities spelled out."""
+    if v is None:
+        return "-"
+    return format(v, fmt) if math.isfinite(v) else ("NaN" if math.isnan(v) else ("∞" if v > 0 else "-∞"))
+
+
+def _run_outcome(t: dict[str, str], history: list[dict[str, Any]]) -> str:
+    """What the run came to: where it converged and its best epoch; or that it was too short to tell, or
+    diverged (never a NaN percentage or an epoch "-")."""
+    s = summarize(history)
+    best = {"best_val": s.get("best_val_acc"), "best": s.get("best_epoch"), "test_at_best": s.get("test_acc_at_best_val")}
+    if "diverged_epoch" in s:
+        text = t["diverged"].format(epoch=s["diverged_epoch"])
+        return text + (" " + t["diverged_best"].format(**best) if "best_epoch" in s else "")
+    if "best_epoch" not in s:
+        return t["no_val"].format(final_test=s["final_test_acc"])
+    if s["convergence_epoch"] is None:
+        return t["too_short"].format(epochs=len(history), s="" if len(history) == 1 else "s", window=WINDOW,
+                                     final_test=s["final_test_acc"], **best)
+    val = [r["val_acc"] for r in history]
+    return t["conv_text"].format(band=BAND, window=WINDOW, plateau=sum(val[-WINDOW:]) / WINDOW,
+                                 conv=s["convergence_epoch"], final_test=s["final_test_acc"], **best)
 
 
 def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
@@ -325,6 +363,7 @@ def _section_compare(t: dict[str, str], studies: list[Path], out: Path, lang: st
 
 def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> str:
     """Section 6 from a `mnistlab evaluate` directory: its table, and each model's figures."""
+    from .evaluate import ece_percent
     models = sorted((p for p in ev_dir.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
         if ev_dir.is_dir() else []
     if not models:
@@ -333,12 +372,11 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> st
     rows = []
     for s in summaries:
         r = {k: dict((float(v), a) for v, a in pts) for k, pts in s["robustness"].items()}
-        rows.append([s["name"], s["arch"], f"{s['accuracy']:.2f}", f"{100 * s['ece']:.2f}", f"{s['nll']:.4f}",
+        rows.append([s["name"], s["arch"], f"{s['accuracy']:.2f}", ece_percent(s["ece"]), f"{s['nll']:.4f}",
                      f"{r['shift'][3.0]:.2f}", f"{r['rotation'][30.0]:.2f}", f"{r['noise'][0.3]:.2f}",
                      f"{r['inverted'][1.0]:.2f}"])
     parts = [f"## {t['inside']}\n", t["inside_text"].format(split=summaries[0]["split"]) + "\n",
-             _table(["run", "model", "accuracy %", "ECE %", "NLL", "shift 3 px %", "rotation 30° %", "noise 0.3 %",
-                     "inverted %"], rows)]
+             _table(t["inside_cols"].split("|"), rows)]
     from .evaluate import confusion_figure, first_layer_figure, reliability_figure, robustness_figure
 
     # every figure redrawn from the evaluation's files, in the report's language

@@ -217,21 +217,56 @@ class RunDir:
         except (OSError, ValueError) as e:
             raise MnistlabError(f"cannot read {self.file('run.json')}: {e}") from None
 
-    def read_history(self) -> list[dict[str, Any]]:
-        """Per-epoch rows from metrics.csv; empty cells become None."""
+    def read_history(self, allow_empty: bool = False) -> list[dict[str, Any]]:
+        """Per-epoch rows from metrics.csv (the one reader every consumer uses): floats, ``epoch`` an int,
+        empty cells None. Losses may be NaN or infinite (a run that diverged keeps that epoch's row).
+
+        Raises MnistlabError in one line for a missing, binary, empty or header-only (unless
+        ``allow_empty``), truncated or otherwise malformed file: unknown or missing columns, a short row, a
+        value that is not a number, epochs not numbered 1, 2, ..., an accuracy that is not in [0, 100]."""
         path = self.file("metrics.csv")
         try:
-            text = path.read_text()
-        except OSError:
+            raw = path.read_bytes()
+        except FileNotFoundError:
             raise MnistlabError(f"{self.path} is not a run directory (no metrics.csv)") from None
+        except OSError as e:
+            raise MnistlabError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            if b"\0" in raw:
+                raise UnicodeDecodeError("utf-8", raw, 0, 1, "NUL byte")
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MnistlabError(f"{path} is not a metrics file (binary, not CSV text)") from None
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if not header:
+            if allow_empty:
+                return []
+            raise MnistlabError(f"{path} is empty: the run recorded no epochs")
+        unknown = [c for c in header if c not in CSV_COLUMNS]
+        if unknown or "epoch" not in header or "train_loss" not in header:
+            raise MnistlabError(f"{path} has no valid header (expected the columns {','.join(CSV_COLUMNS)}; "
+                                f"got {','.join(header)[:80]})")
         rows = []
-        for i, rec in enumerate(csv.DictReader(io.StringIO(text))):
-            try:
-                row: dict[str, Any] = {k: (None if v in ("", None) else float(v)) for k, v in rec.items()}
-                row["epoch"] = int(row["epoch"])
-            except (TypeError, ValueError, KeyError):
-                raise MnistlabError(f"{path}: malformed row {i + 1}") from None
+        for i, cells in enumerate(reader, 1):
+            if len(cells) != len(header):
+                raise MnistlabError(f"{path}: row {i} is truncated or malformed ({len(cells)} of {len(header)} "
+                                    f"columns)")
+            row: dict[str, Any] = {}
+            for key, cell in zip(header, cells):
+                try:
+                    row[key] = None if cell == "" else float(cell)
+                except ValueError:
+                    raise MnistlabError(f"{path}: row {i}: {key} is {cell[:20]!r}, not a number") from None
+            if row["epoch"] != i:
+                raise MnistlabError(f"{path}: row {i} is epoch {row['epoch']}; epochs must run 1, 2, 3, ...")
+            row["epoch"] = i
+            for key in ("val_acc", "test_acc"):
+                if row.get(key) is not None and not 0 <= row[key] <= 100:
+                    raise MnistlabError(f"{path}: epoch {i}: {key} is {row[key]}, not an accuracy in [0, 100]")
             rows.append(row)
+        if not rows and not allow_empty:
+            raise MnistlabError(f"{path} holds no epochs (a header only)")
         return rows
 
 

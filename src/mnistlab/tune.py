@@ -38,6 +38,7 @@ from .errors import ConfigError, DivergenceError, MnistlabError
 from .experiment import StopRun, resume, run
 from .metrics import summarize
 from .runs import RUN_FILES, RunDir, atomic_write, check_study_dir, write_study
+from .text import plural
 from .space import Param, space_to_dict
 
 Log = Callable[[str], None]
@@ -301,7 +302,7 @@ def _finish(study: Any, trial: Any, path: Path, result: TrialResult, log: Log) -
                        "outcome": "rejected" if result.outcome == "rejected" else result.outcome, "note": note,
                        "interrupted": False}.items():
         trial.set_user_attr(key, value)
-    where = f"{len(history)} epochs, {result.seconds:.0f} s on {result.node.get('hostname')}"
+    where = f"{plural(len(history), 'epoch')}, {result.seconds:.0f} s on {result.node.get('hostname')}"
     if result.outcome == "complete":
         study.tell(trial, s["best_val_acc"])
         log(f"trial {trial.number}: best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']} "

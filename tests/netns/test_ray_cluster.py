@@ -127,7 +127,7 @@ def test_driver_interrupted_then_rerun_skips_finished_runs(cluster, small_mnist_
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     for name in finished:
-        assert f"slow seed {name[4:]}: complete, skipped" in again.stdout
+        assert f"slow/{name}: complete, skipped" in again.stdout
     assert sorted(p.parent.name for p in out.glob("slow/seed*/run.json")) == [f"seed{s}" for s in range(123, 127)]
 
 
