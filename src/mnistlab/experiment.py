@@ -18,7 +18,8 @@ from .metrics import summarize
 from .models import count_parameters
 from .plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
-from .train import Trainer, bf16_supported, resolve_device
+from .hardware import auto_precision, bf16_supported
+from .train import Trainer, resolve_device
 
 if TYPE_CHECKING:
     from .tracking import Trackers
@@ -74,6 +75,10 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "auto":  # resolved once, here; the run's config records the choice
+        precision, reason = auto_precision(device) if cfg.train.engine == "torch" else ("fp32", "NumPy engine")
+        log(f"precision auto: {precision} ({reason})")
+        cfg = config_mod.set_values(cfg, {"train.precision": precision})
     if cfg.train.precision == "bf16" and not bf16_supported(device):
         log(f"note: {device} has no bf16 support; falling back to fp32")
         cfg = config_mod.set_values(cfg, {"train.precision": "fp32"})
