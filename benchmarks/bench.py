@@ -11,7 +11,9 @@ Sections (``--sections``, default all):
 * ``speedrun``: ``experiments/speedrun.toml`` beside ``experiments/speedrun_baseline.toml`` (the recipe
   before it), 10 seeds each, alternating: training seconds, process wall time and test accuracy.
 
-Writes ``benchmarks/results/bench.json`` and ``bench.md`` (the table the README shows).
+Every section records the machine it ran on (``mnistlab.hardware``: CPU model, the flags that decide speed,
+torch's build). Writes ``benchmarks/results/bench_KIND.json`` and ``.md``, one file per kind of CPU (amx,
+avx512_bf16, avx512, avx2), since the figures differ by kind; a section not rerun keeps its last results.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -140,12 +141,17 @@ def section_speedrun(seeds: int, device: str) -> dict:
     return res
 
 
+def _measured_on(r: dict) -> list[str]:
+    """The line that names where and when a section was measured (every section carries its own)."""
+    return [f"Measured on: {r['machine']}; mnistlab on {r['device']}; {r['date']}.", ""]
+
+
 def markdown(res: dict) -> str:
-    lines = [f"Machine: {res['machine']}; torch {res['torch']}, {res['threads']} threads; mnistlab on "
-             f"{res['device']}; {res['date']}.", ""]
+    lines = [f"# mnistlab speed benchmark on a CPU of kind: {res['kind_label']}", "",
+             "Command: `python benchmarks/bench.py` (sections: reproduce, roofline, speedrun).", ""]
     if "reproduce" in res:
         r = res["reproduce"]
-        lines += ["| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
+        lines += ["## The report's experiment, end to end", "", *_measured_on(r),"| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for name, label in (("report_script", "report's script (per-sample DataLoader)"),
                             ("mnistlab_fp32", "`mnistlab reproduce` fp32"),
@@ -156,7 +162,7 @@ def markdown(res: dict) -> str:
         lines.append("")
     if "roofline" in res:
         r = res["roofline"]
-        lines += [f"Matmul peak (2048x2048): fp32 {r['peak_matmul_gflops_fp32']} GFLOP/s, "
+        lines += ["## Training step against the matrix-multiply peak", "", *_measured_on(r), f"Matmul peak (2048x2048): fp32 {r['peak_matmul_gflops_fp32']} GFLOP/s, "
                   f"bf16 {r['peak_matmul_gflops_bf16']} GFLOP/s.", "",
                   "| training step (B=100) | ms/step | GFLOP/s | fraction of peak |", "| --- | ---: | ---: | ---: |"]
         for name in ("autograd_fp32", "fused_fp32", "fused_bf16"):
@@ -166,7 +172,7 @@ def markdown(res: dict) -> str:
     if "speedrun" in res:
         r = res["speedrun"]
         n = len(r["speedrun"]["runs"])
-        lines += [f"Speed recipes, {n} seeds each, alternating (training time: every training step; not process "
+        lines += ["## Speed recipes", "", *_measured_on(r), f"Speed recipes, {n} seeds each, alternating (training time: every training step; not process "
                   f"start, imports, data loading or evaluation, which the wall column includes):", "",
                   "| recipe | train s (mean ± std) | process wall s (mean) | test acc % (mean ± std) | min test acc % |",
                   "| --- | ---: | ---: | ---: | ---: |"]
@@ -187,26 +193,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--device", default="cpu", help="device for mnistlab's runs (the report's script picks "
                         "cuda when available, as it did)")
+    parser.add_argument("--name", default="", help="results file name without extension (default: bench_KIND, "
+                        "KIND being this CPU's kind from mnistlab.hardware: amx, avx512_bf16, avx512, avx2)")
     args = parser.parse_args()
-    res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                 "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device}
-    if args.device.startswith("cuda"):
-        res["machine"] += f", {torch.cuda.get_device_name(0)}"
+    from mnistlab import hardware
+
+    desc = hardware.describe(args.device)
+    kind = desc["cpu"]["kind"]
+    # every section records the machine it ran on: sections not rerun keep their own, with their results
+    here = {"machine": hardware.summary(desc), "hardware": desc, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "device": args.device}
     sections = args.sections.split(",")
-    previous = args.out / "bench.json"  # sections not rerun keep their last results
-    if previous.is_file():
-        res = {**{k: v for k, v in json.loads(previous.read_text()).items() if k not in sections}, **res}
+    name = args.name or f"bench_{kind}"  # one results file per kind of CPU: figures differ by kind
+    previous = args.out / f"{name}.json"
+    res: dict = json.loads(previous.read_text()) if previous.is_file() else {}
+    res.update(kind=kind, kind_label=hardware.KINDS[kind])
+    print(f"[bench] {here['machine']}", flush=True)
     if "reproduce" in sections:
-        res["reproduce"] = section_reproduce(args.epochs, args.device)
+        res["reproduce"] = {**here, **section_reproduce(args.epochs, args.device)}
     if "roofline" in sections:
-        res["roofline"] = section_roofline()
+        res["roofline"] = {**here, **section_roofline()}
     if "speedrun" in sections:
-        res["speedrun"] = section_speedrun(args.seeds, args.device)
+        res["speedrun"] = {**here, **section_speedrun(args.seeds, args.device)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
-    (args.out / "bench.md").write_text(md + "\n")
+    (args.out / f"{name}.md").write_text(md + "\n")
     print(md)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ KINDS = {
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo (Linux); {} elsewhere."""
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return {}
     fields: dict[str, str] = {}
