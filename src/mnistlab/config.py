@@ -47,6 +47,7 @@ class ModelConfig:
     noise_std: float = 0.0  # MLP only: Gaussian noise on the input and each hidden pre-activation, training only
     normalize: bool = False  # standardise pixels with MNIST's mean/std inside the model
     width: int = 32  # CNN only: channels of the first convolution block
+    freeze_first: bool = False  # CNN only: the first convolution keeps its initial weights (no gradient)
 
 
 @dataclass
