@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -244,9 +245,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--device", default="cpu", help="device for mnistlab's runs (the report's script picks "
                         "cuda when available, as it did)")
+    parser.add_argument("--threads", type=int, default=0, help="threads for every run (OMP_NUM_THREADS; 0: torch's "
+                        "default, all cores). 1 gives steadier ratios on a busy shared machine; the figures that "
+                        "count are measured with the default on a quiet one")
     parser.add_argument("--name", default="", help="results file name without extension (default: bench_KIND, "
                         "KIND being this CPU's kind from mnistlab.hardware: amx, avx512_bf16, avx512, avx2)")
     args = parser.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the runs' processes inherit it
+        torch.set_num_threads(args.threads)  # the roofline, in this process
     from mnistlab import hardware
 
     desc = hardware.describe(args.device)
@@ -255,7 +262,7 @@ def main() -> None:
     here = {"machine": hardware.summary(desc), "hardware": desc, "date": time.strftime("%Y-%m-%d %H:%M"),
             "device": args.device}
     sections = args.sections.split(",")
-    name = args.name or f"bench_{kind}"  # one results file per kind of CPU: figures differ by kind
+    name = args.name or f"bench_{kind}{f'_{args.threads}t' if args.threads else ''}"  # one results file per kind of CPU: figures differ by kind
     previous = args.out / f"{name}.json"
     res: dict = json.loads(previous.read_text()) if previous.is_file() else {}
     res.update(kind=kind, kind_label=hardware.KINDS[kind])

@@ -322,13 +322,13 @@ THREADS = 0  # --threads: 0 leaves every tool its default (all cores)
 
 def thread_env() -> dict[str, str]:
     """The environment that holds every tool to ``THREADS`` threads: OpenMP (torch, MKL), OpenBLAS
-    (numpy, scikit-learn) and XLA's CPU client (one thread is the only count XLA takes from a flag)."""
+    (numpy, scikit-learn) and XLA's CPU matrix kernels (single-threaded Eigen: one thread is the only count
+    XLA takes from a flag)."""
     env = dict(os.environ)
     if THREADS:
         env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS), OPENBLAS_NUM_THREADS=str(THREADS))
         if THREADS == 1:
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                                "intra_op_parallelism_threads=1").strip()
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     return env
 
 
