@@ -9,7 +9,7 @@ Sections (``--sections``, default all):
 * ``roofline``: achieved GFLOP/s of the training step (autograd and fused) against this machine's
   measured matrix-multiply peak for large square matrices, in fp32 and bf16.
 * ``speedrun``: ``experiments/speedrun.toml`` beside ``experiments/speedrun_fastcnn.toml`` (the recipe before
-  it; ``--recipes`` adds ``baseline``, the one before that), 10 seeds each (100-109), in turn: training
+  it; ``--recipes`` adds ``baseline``, the one before that), 10 seeds each (200-209), in turn: training
   seconds, process wall time and test accuracy, and whether the target holds (<= 4 s, 99% mean, min 98.9%).
 
 Every section records the machine it ran on (``mnistlab.hardware``: CPU model, the flags that decide speed,
@@ -140,7 +140,9 @@ SPEEDRUN_CONFIGS = {
     "previous": "experiments/speedrun_fastcnn.toml",  # issue 13's recipe: fastcnn width 32, bf16
     "baseline": "experiments/speedrun_baseline.toml",  # the recipe before issue 13: small VGG-style CNN
 }
-FINAL_SEEDS = 100  # the timed seeds are 100, 101, ...: none of them chose the recipe (validation used 1-3)
+# the timed seeds are 200, 201, ...: none of them chose the recipe (validation used 1-3; seeds 100-109 tested
+# the first, 2-epoch choice, and its miss there led to the validation floor: docs/speed.md)
+FINAL_SEEDS = 200
 TARGET_S, TARGET_MEAN, TARGET_MIN = 4.0, 99.0, 98.9  # issue 23: <= 4 s of training, 99% mean, min >= 98.9%
 
 
@@ -180,12 +182,14 @@ def section_speedrun(seeds: int, device: str, recipes: list[str]) -> dict:
 
 def _measured_on(r: dict) -> list[str]:
     """The line that names where and when a section was measured (every section carries its own)."""
-    return [f"Measured on: {r['machine']}; mnistlab on {r['device']}; {r['date']}.", ""]
+    command = f"Command: `{r['command']}`. " if r.get("command") else ""
+    return [f"{command}Measured on: {r['machine']}; mnistlab on {r['device']}; {r['date']}.", ""]
 
 
 def markdown(res: dict) -> str:
     lines = [f"# mnistlab speed benchmark on a CPU of kind: {res['kind_label']}", "",
-             "Command: `python benchmarks/bench.py` (sections: reproduce, roofline, speedrun).", ""]
+             "Command: `python benchmarks/bench.py` (sections: reproduce, roofline, speedrun); each section names "
+             "its own command, machine and date.", ""]
     if "reproduce" in res:
         r = res["reproduce"]
         lines += ["## The report's experiment, end to end", "", *_measured_on(r),"| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
@@ -229,7 +233,7 @@ def markdown(res: dict) -> str:
         elif speedup:
             lines += ["", f"Speed-up in training time: {speedup}x."]
         if "target_met" in r:
-            lines += [f"Target (<= {TARGET_S:g} s mean training, >= {TARGET_MEAN:g}% mean test accuracy, min >= "
+            lines += ["", f"Target (<= {TARGET_S:g} s mean training, >= {TARGET_MEAN:g}% mean test accuracy, min >= "
                       f"{TARGET_MIN:g}%): **{'met' if r['target_met'] else 'not met'}** on this machine."]
         lines.append("")
     return "\n".join(lines)
@@ -260,7 +264,7 @@ def main() -> None:
     kind = desc["cpu"]["kind"]
     # every section records the machine it ran on: sections not rerun keep their own, with their results
     here = {"machine": hardware.summary(desc), "hardware": desc, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "device": args.device}
+            "device": args.device, "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:])}
     sections = args.sections.split(",")
     name = args.name or f"bench_{kind}{f'_{args.threads}t' if args.threads else ''}"  # one results file per kind of CPU: figures differ by kind
     previous = args.out / f"{name}.json"

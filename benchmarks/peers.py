@@ -56,6 +56,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_TOOLS = ("mnistlab", "torch", "jax_step", "jax_scan", "keras_jax", "sklearn")
 SPEED_TOOLS = ("mnistlab", "fastest")
+SPEED_SEEDS = 200  # the speed job's seeds are 200, 201, ...: none of them chose mnistlab's recipe (bench.py)
 TORCH_TOOLS = {"mnistlab", "torch", "fastest"}  # run under mnistlab's interpreter; the rest under --peers-python
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -436,12 +437,14 @@ def main() -> None:
     ap.add_argument("--tools", default="", help="comma-separated subset of the tools (default: all)")
     ap.add_argument("--passes", type=int, default=3, help="passes over the report job's tools")
     ap.add_argument("--epochs", type=int, default=30, help="epochs of the report job")
-    ap.add_argument("--seeds", type=int, default=10, help="seeds of the speed job (0, 1, ...)")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds of the speed job (200, 201, ...)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 pass, 1 seed: checks the script, measures "
                     "nothing")
     ap.add_argument("--threads", type=int, default=0, help="threads for every tool (1, or 0: each tool's default, "
                     "all cores; XLA takes no other count)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--name", default="", help="results file name without extension (default: peers_KIND, with "
+                    "_quick and _1t where they apply)")
     # worker mode (internal): one tool, one run
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -491,8 +494,8 @@ def main() -> None:
         if "speed" in jobs:
             tools = [t for t in SPEED_TOOLS if t in chosen]
             runs = {t: [] for t in tools}
-            for seed in range(args.seeds):
-                for tool in tools[seed % len(tools):] + tools[:seed % len(tools)]:
+            for i, seed in enumerate(range(SPEED_SEEDS, SPEED_SEEDS + args.seeds)):
+                for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
                     r = run_tool(tool, tmp, "speed", 1, seed, args.peers_python)  # mnistlab: its config's epochs
                     runs[tool].append(r)
                     versions.update(r["versions"])
@@ -501,7 +504,7 @@ def main() -> None:
             res["speed"] = {"seeds": args.seeds, "runs": runs, "summary": {t: summarize(rs) for t, rs in runs.items()}}
     res["versions"] = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
     res["threads"] = args.threads or "default (all cores)"
-    name = f"peers_{'quick_' if args.quick else ''}{desc['cpu']['kind']}{f'_{args.threads}t' if args.threads else ''}"
+    name = args.name or f"peers_{'quick_' if args.quick else ''}{desc['cpu']['kind']}{f'_{args.threads}t' if args.threads else ''}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)
