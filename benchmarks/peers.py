@@ -333,6 +333,13 @@ def thread_env() -> dict[str, str]:
     return env
 
 
+def pin_to_one_cpu() -> None:
+    """Run the tool (and every thread it starts) on one CPU: XLA's CPU client keeps a thread pool of its own
+    whatever its flags say (measured: several threads busy with --xla_cpu_multi_thread_eigen=false), so only
+    the affinity holds every tool to one core. XLA and OpenMP size their pools from it."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def timed(cmd: list[str]) -> tuple[float, float, str]:
     """Run ``cmd``: wall seconds, its peak RSS in MiB (through benchmarks/peak_rss.py, so the driver's own
     memory is not counted) and its output; a failure stops the benchmark."""
@@ -340,7 +347,7 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=thread_env(), check=False)
+                              env=thread_env(), check=False, preexec_fn=pin_to_one_cpu if THREADS == 1 else None)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"peers: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
@@ -440,8 +447,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="seeds of the speed job (200, 201, ...)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 pass, 1 seed: checks the script, measures "
                     "nothing")
-    ap.add_argument("--threads", type=int, default=0, help="threads for every tool (1, or 0: each tool's default, "
-                    "all cores; XLA takes no other count)")
+    ap.add_argument("--threads", type=int, default=0, help="1: every tool pinned to one CPU with one thread (steadier "
+                    "ratios on a busy machine); 0: each tool's default, all cores (the figures that count)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="", help="results file name without extension (default: peers_KIND, with "
                     "_quick and _1t where they apply)")

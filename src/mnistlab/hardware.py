@@ -151,7 +151,10 @@ def summary(desc: dict[str, Any] | None = None) -> str:
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 matrix multiplies run natively on ``device`` (else they are emulated, far slower)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        try:  # native only: older GPUs emulate bf16 (torch's default answer counts emulation as support)
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.3 has no such argument and counts only native support
+            return torch.cuda.is_bf16_supported()
     flags = cpu_flags()
     return bool(flags["avx512_bf16"] or flags["amx"])
 
