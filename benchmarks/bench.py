@@ -189,7 +189,7 @@ def _measured_on(r: dict) -> list[str]:
 def markdown(res: dict) -> str:
     lines = [f"# mnistlab speed benchmark on a CPU of kind: {res['kind_label']}", "",
              "Command: `python benchmarks/bench.py` (sections: reproduce, roofline, speedrun); each section names "
-             "its own command, machine and date.", ""]
+             "its own command, machine and date.", "", *([f"**Note:** {res['note']}", ""] if res.get("note") else [])]
     if "reproduce" in res:
         r = res["reproduce"]
         lines += ["## The report's experiment, end to end", "", *_measured_on(r),"| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",

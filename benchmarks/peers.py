@@ -399,13 +399,14 @@ def summarize(runs: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"# mnistlab beside its peers{' (quick check, not a measurement)' if res['quick'] else ''}", "",
              f"Machine: {res['machine']}. Threads per tool: {res.get('threads', 'default')}.", "",
-             f"Command: `{res['command']}`; {res['date']}. Versions: {res['versions']}.", ""]
+             f"Command: `{res['command']}`; {res['date']}. Versions: {res['versions']}.", "",
+             *([f"**Note:** {res['note']}", ""] if res.get("note") else [])]
     if "report" in res:
         r = res["report"]
         lines += [f"## The report's experiment ({r['epochs']} epochs, {r['passes']} passes, tools interleaved)", "",
                   "Per-epoch training time: lower quartile over the epochs after the first, all passes. Training "
                   "time: all epochs' training steps (the first epoch holds JAX's and Keras's compiling). Wall: the "
-                  "whole process (imports, data, 30 evaluations of validation and test).", "",
+                  f"whole process (imports, data, {r['epochs']} evaluations of validation and test).", "",
                   "| tool | epoch s (LQ) | vs mnistlab | train s (mean) | wall s (mean) | peak RSS MiB | "
                   "final val % | final test % |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         base = r["summary"]["mnistlab"]["epoch_s_lq"]
