@@ -14,11 +14,11 @@ from . import checkpoint, checks, data
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, MnistlabError
+from .hardware import auto_precision, bf16_supported
 from .metrics import summarize
 from .models import count_parameters
 from .plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
-from .hardware import auto_precision, bf16_supported
 from .train import Trainer, resolve_device
 
 if TYPE_CHECKING:
@@ -69,8 +69,9 @@ def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Tr
 
 
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
-    """Check the config, load the data (unless given) and resolve device and precision (falling back from
-    bf16 with a message)."""
+    """Check the config, load the data (unless given) and resolve device and precision: "auto" becomes what
+    :func:`mnistlab.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
+    where the device has no native bf16."""
     checks.check(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
