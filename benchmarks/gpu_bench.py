@@ -82,6 +82,7 @@ def section_speedrun(tmp: Path, seeds: int, device: str, cfg: str = "experiments
 
 def markdown(res: dict) -> str:
     lines = [f"GPU: {res['gpu']}; torch {res['torch']}; {res['date']}.", "",
+             *([f"Machine: {res['machine']}.", ""] if "machine" in res else []),
              "| run (30 epochs, report config) | process wall s | training s | per-epoch s (2nd-last) | "
              "final test % | max val gap to report |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in res.get("reproduce", {}).items():
@@ -110,7 +111,10 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA device")
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "none (CPU dry run)"
-    res: dict = {"gpu": gpu, "torch": torch.__version__,
+    from mnistlab import hardware
+
+    desc = hardware.describe(args.device)
+    res: dict = {"gpu": gpu, "torch": torch.__version__, "machine": hardware.summary(desc), "hardware": desc,
                  "date": time.strftime("%Y-%m-%d %H:%M")}
     with tempfile.TemporaryDirectory() as tmp:
         if "reproduce" in args.sections:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import write_mnist_dir  # noqa: E402
 
-from mnistlab import config, data  # noqa: E402
+from mnistlab import config, data, hardware  # noqa: E402
 from mnistlab.cluster import RayOptions  # noqa: E402
 from mnistlab.compare import run_study, run_study_ray  # noqa: E402
 
@@ -61,14 +60,14 @@ def main() -> None:
         ray.shutdown()
 
     result = {
-        "runs": args.runs, "cpus": cpus, "machine": f"{platform.machine()}, {cpus} CPUs ({platform.node()})",
+        "runs": args.runs, "cpus": cpus, "machine": hardware.summary(), "hardware": hardware.describe(),
         "sequential_s": round(seq, 2), "ray_startup_s": round(startup, 2),
         "ray_one_at_a_time_s": round(one_at_a_time, 2), "ray_one_per_cpu_s": round(concurrent, 2),
         "overhead_per_run_s": round((one_at_a_time - seq) / args.runs, 3),
         "ratio_one_at_a_time": round(one_at_a_time / seq, 2), "ratio_one_per_cpu": round(concurrent / seq, 2),
         "command": "unshare -n sh -c 'ip link set lo up && python benchmarks/ray_overhead.py'",
     }
-    md = (f"# Ray overhead per run ({args.runs} tiny runs, {result['machine']})\n\n"
+    md = (f"# Ray overhead per run ({args.runs} tiny runs)\n\nMachine: {result['machine']}.\n\n"
           f"Command: `{result['command']}` (one invocation; times exclude Ray's start-up, "
           f"{startup:.1f} s, measured apart).\n\n"
           "| mode | wall s | vs sequential |\n| --- | ---: | ---: |\n"

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import io
 import json
-import platform
 import socket
 import subprocess
 import sys
@@ -127,7 +126,9 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            result: dict = {"machine": f"{platform.machine()}, {platform.node()}, {__import__('os').cpu_count()} CPUs",
+            from mnistlab import hardware
+
+            result: dict = {"machine": hardware.summary(), "hardware": hardware.describe(),
                             "model": "784-1024-10 MLP" if args.model is None else str(args.model),
                             "seconds_per_measurement": args.seconds, "levels": {}}
             digit = _digit()
@@ -156,7 +157,7 @@ def main() -> None:
     result["targets"] = {"errors": errors, "errors_ok": errors == 0, "rss_growth_mb": worst_rss,
                          "rss_ok": worst_rss < 300, "normal_p99_ms_during_flood": worst_p99,
                          "p99_ok": worst_p99 < 1000, "predict_vs_health_c8": c8, "throughput_ok": c8 >= 0.5}
-    lines = [f"# `mnistlab serve` under load ({result['machine']})", "",
+    lines = ["# `mnistlab serve` under load", "", f"Machine: {result['machine']}.", "",
              "Command: `python benchmarks/serve_load.py` (server and load generator on this machine, loopback; "
              f"{args.seconds:g} s per measurement, closed loop).", "",
              "| concurrency | health req/s | health p50 / p99 ms | predict req/s | predict p50 / p99 ms | predict / health |",

@@ -100,7 +100,7 @@ OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], object]]] = {
 _HELP = {
     "--hidden": "hidden widths, comma-separated (e.g. 512,512)",
     "--data-dir": "a directory with the four MNIST-format files (default: the bundled MNIST)",
-    "--precision": "fp32 or bf16",
+    "--precision": "fp32, bf16, or auto (bf16 only where the hardware runs it faster)",
     "--device": "auto, cpu, cuda or cuda:N",
     "--engine": "torch, or numpy for the from-scratch NumPy MLP",
 }

@@ -47,6 +47,7 @@ class ModelConfig:
     noise_std: float = 0.0  # MLP only: Gaussian noise on the input and each hidden pre-activation, training only
     normalize: bool = False  # standardise pixels with MNIST's mean/std inside the model
     width: int = 32  # CNN only: channels of the first convolution block
+    freeze_first: bool = False  # CNN only: the first convolution keeps its initial weights (no gradient)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 100
     seed: int = 123
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 only where the hardware runs it faster: mnistlab.hardware)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # 0 = leave torch's default
     eval_batch_size: int = 2000  # chunks that stay in cache
@@ -287,7 +288,7 @@ def validate(cfg: Config) -> None:
     check_value(t.epochs > 0, "train.epochs", t.epochs, "must be > 0")
     check_value(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
     check_value(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"must be in [0, {MAX_SEED}]")
-    check_choice("train.precision", t.precision, ("fp32", "bf16"))
+    check_choice("train.precision", t.precision, ("fp32", "bf16", "auto"))
     check_value(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, "train.device", t.device,
            "must be auto, cpu, cuda or cuda:N")
     check_value(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads, f"must be in [0, {MAX_THREADS}] (0 = torch's default)")

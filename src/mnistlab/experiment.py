@@ -15,12 +15,13 @@ from . import checkpoint, checks, data
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, DivergenceError, MnistlabError
+from .hardware import auto_precision, bf16_supported
 from .metrics import summarize
 from .models import count_parameters
 from .plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
 from .text import plural
-from .train import Trainer, bf16_supported, resolve_device
+from .train import Trainer, resolve_device
 
 if TYPE_CHECKING:
     from .tracking import Trackers
@@ -70,12 +71,17 @@ def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Tr
 
 
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
-    """Check the config, load the data (unless given) and resolve device and precision (falling back from
-    bf16 with a message)."""
+    """Check the config, load the data (unless given) and resolve device and precision: "auto" becomes what
+    :func:`mnistlab.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
+    where the device has no native bf16."""
     checks.check(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "auto":  # resolved once, here; the run's config records the choice
+        precision, reason = auto_precision(device) if cfg.train.engine == "torch" else ("fp32", "NumPy engine")
+        log(f"precision auto: {precision} ({reason})")
+        cfg = config_mod.set_values(cfg, {"train.precision": precision})
     if cfg.train.precision == "bf16" and not bf16_supported(device):
         log(f"note: {device} has no bf16 support; falling back to fp32")
         cfg = config_mod.set_values(cfg, {"train.precision": "fp32"})

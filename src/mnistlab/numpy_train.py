@@ -25,7 +25,7 @@ def check(cfg: Config) -> None:
              (o.momentum == 0 and o.weight_decay == 0, "optim.momentum", "0 (and no weight decay)"),
              (o.schedule == "constant" and o.warmup_epochs == 0, "optim.schedule", "constant"),
              (o.max_norm == 0 and o.label_smoothing == 0, "optim.max_norm", "0 (and no label smoothing)"),
-             (d.augment == "none", "data.augment", "none"), (t.precision == "fp32", "train.precision", "fp32"),
+             (d.augment == "none", "data.augment", "none"), (t.precision in ("fp32", "auto"), "train.precision", "fp32"),
              (t.device in ("auto", "cpu"), "train.device", "cpu")]
     for ok, key, want in rules:
         if not ok:

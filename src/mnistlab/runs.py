@@ -3,7 +3,8 @@
 Layout of a run directory::
 
     config.toml     the resolved config
-    run.json        environment (versions, threads, device, data checksum, seed), status and summary
+    run.json        environment (versions, CPU and its flags, torch's build, threads, device, data checksum,
+                    seed), status and summary
     metrics.csv     one row per epoch: epoch, train_loss, val_loss, val_acc, test_loss, test_acc, lr,
                     seconds (training steps), eval_seconds
     checkpoint.safetensors  the full training state after the last epoch, metadata inside (resume)
@@ -37,7 +38,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from . import __version__
+from . import __version__, hardware
 from .config import Config, dumps, load
 from .errors import MnistlabError
 
@@ -140,6 +141,8 @@ def environment(device: torch.device, dataset_checksum: str, data_source: str, s
         "processor": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpu": hardware.cpu(),  # model, the flags that decide speed (AMX, AVX512-BF16, AVX-512, AVX2), kind
+        "torch_build": hardware.torch_build(),
         "device": str(device),
         "data_source": data_source,
         "data_sha256": dataset_checksum,

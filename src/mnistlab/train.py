@@ -44,12 +44,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
 @dataclass
 class Split:
     """Float images (N, 1, 28, 28) in [0, 1] and int64 labels, on the training device."""

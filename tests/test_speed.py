@@ -1,0 +1,65 @@
+"""The CPU speed recipe's parts: the channels-last dense head (speedcnn) and the frozen first layer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnistlab import config, models, optim
+from mnistlab.errors import ConfigError
+
+
+def _cfg(arch: str, width: int = 8, **extra) -> config.ModelConfig:
+    sets = [f"model.arch='{arch}'", f"model.width={width}", "model.init='default'"]
+    return config.apply_overrides(config.Config(), sets + [f"model.{k}={v}" for k, v in extra.items()]).model
+
+
+def test_speedcnn_is_fastcnn_with_its_dense_weights_read_in_channels_last_order():
+    """Same layers, same initial draws; with fastcnn's dense weights permuted from (C, H, W) to (H, W, C)
+    order, speedcnn computes the same function."""
+    fast = models.build_model(_cfg("fastcnn"), torch.Generator().manual_seed(3)).eval()
+    speed = models.build_model(_cfg("speedcnn"), torch.Generator().manual_seed(3)).eval()
+    assert models.count_parameters(speed) == models.count_parameters(fast) == \
+        25 * 8 + 8 + 9 * 8 * 16 + 16 + 16 * 49 * 32 + 32 + 32 * 10 + 10
+    w = fast.classifier[1].weight  # (4w, C * 7 * 7) in CHW order
+    with torch.no_grad():
+        speed.classifier[0].weight.copy_(w.view(32, 16, 7, 7).permute(0, 2, 3, 1).reshape(32, -1))
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(speed(x), fast(x), rtol=1e-5, atol=1e-5)
+
+
+def test_speedcnn_flattens_without_a_copy_and_keeps_one_memory_format_in_backward():
+    model = models.build_model(_cfg("speedcnn"), torch.Generator().manual_seed(0))
+    seen = {}
+    model.features.register_forward_hook(lambda m, i, out: seen.update(features=out))
+    model.classifier.register_forward_pre_hook(lambda m, args: seen.update(head_in=args[0]))
+    model(torch.rand(4, 1, 28, 28)).sum().backward()
+    assert seen["head_in"].data_ptr() == seen["features"].data_ptr()  # a view of the conv output
+    # fastcnn copies there: the difference this architecture exists for
+    fast = models.build_model(_cfg("fastcnn"), torch.Generator().manual_seed(0))
+    fast.classifier[1].register_forward_pre_hook(lambda m, args: seen.update(fast_head_in=args[0]))
+    fast.features.register_forward_hook(lambda m, i, out: seen.update(fast_features=out))
+    fast(torch.rand(4, 1, 28, 28))
+    assert seen["fast_head_in"].data_ptr() != seen["fast_features"].data_ptr()
+
+
+def test_frozen_first_convolution_keeps_its_weights_and_the_rest_train():
+    cfg = config.apply_overrides(config.Config(), ["model.arch='speedcnn'", "model.width=8", "model.init='default'",
+                                                   "model.freeze_first=true", "optim.name='adam'", "optim.lr=0.01"])
+    model = models.build_model(cfg.model, torch.Generator().manual_seed(0))
+    opt = optim.build_optimizer(model, cfg.optim)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        loss = F.cross_entropy(model(torch.rand(16, 1, 28, 28)), torch.randint(0, 10, (16,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    first = models.first_conv(model)
+    for name, p in model.named_parameters():
+        frozen = p is first.weight or p is first.bias
+        assert torch.equal(p, before[name]) == frozen, name
+
+
+def test_freeze_first_is_a_cnn_option():
+    with pytest.raises(ConfigError, match="freeze_first"):
+        models.check(config.apply_overrides(config.Config(), ["model.freeze_first=true"]).model)
+    models.check(_cfg("lenet5", width=32, freeze_first="true"))  # any CNN takes it
