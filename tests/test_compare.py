@@ -154,7 +154,7 @@ def test_a_diverging_config_is_a_row_and_the_study_goes_on(small_mnist_dir, tmp_
     assert json.loads((out / "huge_lr" / "seed123" / "run.json").read_text())["status"] == "diverged"
     before = (out / "huge_lr" / "seed123" / "run.json").read_bytes()
     assert main(argv[:-1]) == 2
-    assert "huge_lr seed 123: diverged, skipped" in capsys.readouterr().out
+    assert "huge_lr/seed123: diverged, skipped" in capsys.readouterr().out
     assert (out / "huge_lr" / "seed123" / "run.json").read_bytes() == before
 
 
