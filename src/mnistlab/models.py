@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, check_choice, check_value
@@ -203,6 +204,47 @@ class FastCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Images (..., H, W) moved ``dx`` pixels right and ``dy`` down (negative: left, up), zero fill."""
+    if dx == 0 and dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))  # (..., H + |dy|, W + |dx|)
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top:top + h, left:left + w]
+
+
+class ShiftTTA(nn.Module):
+    """Translation test-time augmentation: the mean softmax of ``model`` over translated copies of the input.
+
+    ``p(y|x) = 1/S * sum_s softmax(model(T_s x))`` for the S shifts ``(dx, dy)`` (include ``(0, 0)`` for the
+    image itself); returned as log-probabilities (B, 10), which are valid logits: their softmax is ``p`` and
+    their cross-entropy is the NLL of ``p``. Averaging predictions over small translations is the test-time
+    counterpart of training on shifted images (Simard et al. 2003; Krizhevsky et al. 2012 average over crops).
+    The weights are the wrapped model's; the wrapper holds no parameters of its own.
+    """
+
+    def __init__(self, model: nn.Module, shifts: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.model = model
+        self.shifts = [(int(dx), int(dy)) for dx, dy in shifts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = len(x)
+        views = torch.cat([translate(x, dx, dy) for dx, dy in self.shifts])  # (S * B, 1, 28, 28)
+        logp = torch.log_softmax(self.model(views).float(), 1).view(len(self.shifts), b, -1)  # (S, B, 10)
+        return torch.logsumexp(logp, 0) - math.log(len(self.shifts))  # log of the mean probability, stably
+
+    def extra_repr(self) -> str:
+        return f"shifts={self.shifts}"
+
+
+def for_inference(model: nn.Module, shifts: Sequence[Sequence[int]]) -> nn.Module:
+    """The classifier a run evaluates and serves: ``model`` itself, or wrapped in :class:`ShiftTTA` when the
+    config lists test-time shifts (``regularize.tta_shifts``)."""
+    return ShiftTTA(model, shifts) if shifts else model
 
 
 ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
