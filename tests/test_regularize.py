@@ -13,28 +13,17 @@ from mnistlab import adversarial, checkpoint, config, data
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
 from mnistlab.metrics import evaluate
-from mnistlab.models import MLP, ShiftTTA, for_inference, translate
+from mnistlab.models import ShiftTTA, build_model, for_inference, translate
 from mnistlab.optim import weight_ema
 from mnistlab.train import Trainer
 
-from conftest import interrupt_at_epoch
+from conftest import interrupt_at_epoch, tiny_trained
 
 
 @pytest.fixture(scope="module")
 def tiny_net(mnist):
-    """A 784-64-10 MLP after 200 SGD steps on 2,000 MNIST images (about 90%), and 128 other test images."""
-    torch.manual_seed(0)
-    x, y = data.to_float(mnist.train_images[:2000]), mnist.train_labels[:2000]
-    model = MLP([64])
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        idx = torch.randint(0, 2000, (100,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), data.to_float(mnist.test_images[:128]), mnist.test_labels[:128]
+    """A 784-64-10 MLP trained for 200 steps, and 128 test images."""
+    return tiny_trained(build_model(config.ModelConfig(hidden=[64]), torch.Generator().manual_seed(0)), mnist)
 
 
 def _trainer(small_mnist_dir, *overrides: str) -> Trainer:

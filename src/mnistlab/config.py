@@ -315,7 +315,8 @@ def validate(cfg: Config) -> None:
     check_value(r.vat_xi > 0, "regularize.vat_xi", r.vat_xi, "must be > 0")
     check_value(r.vat_iterations >= 1, "regularize.vat_iterations", r.vat_iterations, "must be >= 1")
     check_value(r.vat_weight >= 0, "regularize.vat_weight", r.vat_weight, "must be >= 0")
-    check_value(0 <= r.fgsm_eps <= 1, "regularize.fgsm_eps", r.fgsm_eps, "must be in [0, 1] (pixels are in [0, 1]; 0 = off)")
+    check_value(0 <= r.fgsm_eps <= 1, "regularize.fgsm_eps", r.fgsm_eps,
+                "must be in [0, 1] (pixels are in [0, 1]; 0 = off)")
     check_value(0 <= r.fgsm_alpha <= 1, "regularize.fgsm_alpha", r.fgsm_alpha, "must be in [0, 1]")
     check_value(0 <= r.ema_decay <= 1, "regularize.ema_decay", r.ema_decay, "must be in [0, 1]")
     check_value(all(len(s) == 2 and all(abs(v) < 28 for v in s) for s in r.tta_shifts), "regularize.tta_shifts",
