@@ -183,7 +183,11 @@ def test_tta_is_the_mean_softmax_over_shifts(tiny_net):
     assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_tta_runs_classify_through_the_shifts(small_mnist_dir, tmp_path):
+def test_tta_runs_classify_and_export_through_the_shifts(small_mnist_dir, tmp_path, capsys):
+    """The run's accuracy is the TTA model's, and its ONNX export keeps the shifts and a dynamic batch."""
+    import numpy as np
+    import onnxruntime as ort
+
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "32", "--quiet",
                  "--set", "regularize.tta_shifts=[[0, 0], [1, 0], [-1, 0]]", "--out", str(out)]) == 0
@@ -192,6 +196,12 @@ def test_tta_runs_classify_through_the_shifts(small_mnist_dir, tmp_path):
     ds = data.load(small_mnist_dir)
     _, acc = evaluate(model, data.to_float(ds.test_images), ds.test_labels)
     assert acc == pytest.approx(json.loads((out / "run.json").read_text())["summary"]["final_test_acc"], abs=1e-9)
+    assert main(["export", str(out), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert "identical predictions 500/500" in capsys.readouterr().out
+    x = data.to_float(ds.test_images[:7])
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pixels": x.numpy()})[0]
+    with torch.inference_mode():
+        assert np.abs(got - model(x).numpy()).max() < 1e-4
 
 
 # ---------------------------------------------------------------- config and resume

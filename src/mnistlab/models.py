@@ -232,9 +232,10 @@ class ShiftTTA(nn.Module):
         self.shifts = [(int(dx), int(dy)) for dx, dy in shifts]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = len(x)
         views = torch.cat([translate(x, dx, dy) for dx, dy in self.shifts])  # (S * B, 1, 28, 28)
-        logp = torch.log_softmax(self.model(views).float(), 1).view(len(self.shifts), b, -1)  # (S, B, 10)
+        logits = self.model(views).float()
+        # (S, B, 10); the batch stays symbolic (-1), so an ONNX export keeps a dynamic batch
+        logp = torch.log_softmax(logits, 1).view(len(self.shifts), -1, logits.shape[-1])
         return torch.logsumexp(logp, 0) - math.log(len(self.shifts))  # log of the mean probability, stably
 
     def extra_repr(self) -> str:
