@@ -230,6 +230,7 @@ class ShiftTTA(nn.Module):
         super().__init__()
         self.model = model
         self.shifts = [(int(dx), int(dy)) for dx, dy in shifts]
+        self.train(model.training)  # the wrapped model's mode (an EMA copy stays in eval mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = torch.cat([translate(x, dx, dy) for dx, dy in self.shifts])  # (S * B, 1, 28, 28)
