@@ -14,3 +14,4 @@ def test_tour_notebook_executes(tmp_path):
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
     assert "epoch 3: validation" in outputs and "prediction: 1" in outputs
     assert (tmp_path / "runs" / "tour" / "evaluate" / "robustness.png").is_file()
+    assert (tmp_path / "runs" / "tour" / "evaluate" / "adversarial.png").is_file()
