@@ -74,3 +74,21 @@ def interrupt_at_epoch(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return real(self, *a, **k)
     monkeypatch.setattr(train.Trainer, "train_epoch", interrupting)
+
+
+def tiny_trained(model, ds: data.Dataset, steps: int = 200):
+    """``model`` after ``steps`` seeded SGD steps (lr 0.1, batch 100) on the first 2,000 training images,
+    in eval mode, with the first 128 test images: (model, x (128, 1, 28, 28), y (128,))."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = data.to_float(ds.train_images[:2000]), ds.train_labels[:2000]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, 2000, (100,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), data.to_float(ds.test_images[:128]), ds.test_labels[:128]

@@ -16,8 +16,11 @@ def test_applies_only_where_the_update_is_the_same():
     cfg, model = _setup()
     assert fused.applies(model, cfg)
     for override in ("optim.momentum=0.9", "model.dropout=0.2", "model.activation='tanh'", "optim.name='adam'",
-                     "optim.max_norm=3.0", "optim.label_smoothing=0.1", "train.fast=false", "optim.weight_decay=1e-4"):
+                     "optim.max_norm=3.0", "optim.label_smoothing=0.1", "train.fast=false", "optim.weight_decay=1e-4",
+                     "regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25"):
         assert not fused.applies(model, config.apply_overrides(cfg, [override])), override
+    # the EMA is updated after the step and test-time shifts act at evaluation: the fused step still applies
+    assert fused.applies(model, config.apply_overrides(cfg, ["regularize.ema=true", "regularize.tta_shifts=[[0, 0]]"]))
 
 
 @pytest.mark.parametrize("hidden", [(1024,), (256, 128, 64)])

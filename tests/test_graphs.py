@@ -17,6 +17,9 @@ CASES = {
                           "optim.lr=0.004", "optim.schedule='onecycle'", "optim.label_smoothing=0.1"],
     "mlp-sgd-momentum-maxnorm": ["model.hidden=[64, 32]", "optim.momentum=0.9", "optim.max_norm=2.0",
                                  "optim.schedule='step'", "optim.step_epochs=1"],
+    # the weights' moving average is updated outside the captured step; batch norm gives it buffers to average
+    "mlp-adam-batchnorm-ema": ["model.hidden=[32]", "model.batchnorm=true", "optim.name='adam'", "optim.lr=0.002",
+                               "regularize.ema=true", "regularize.ema_decay=0.9"],
 }
 
 
@@ -79,8 +82,10 @@ def test_graphs_apply_only_on_a_gpu_without_host_side_draws():
     model = torch.nn.Linear(2, 2)
     assert not graphs.applies(model, cfg, torch.device("cpu"))
     assert graphs.applies(model, cfg, torch.device("cuda"))
-    for override in ["data.augment='affine'", "train.cuda_graphs=false", "optim.name='rmsprop'"]:
+    for override in ["data.augment='affine'", "train.cuda_graphs=false", "optim.name='rmsprop'",
+                     "regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25"]:
         assert not graphs.applies(model, config.apply_overrides(cfg, [override]), torch.device("cuda")), override
+    assert graphs.applies(model, config.apply_overrides(cfg, ["regularize.ema=true"]), torch.device("cuda"))
 
 
 def test_schedule_fills_the_captured_lr_tensor_in_place(small_mnist_dir):

@@ -139,6 +139,7 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 #   model.NAME          a model tensor (state_dict name)
 #   optim.INDEX.KEY     a tensor of the optimizer state of parameter INDEX (momentum_buffer, exp_avg, step...)
 #   rng.NAME            the state of a random generator (uint8)
+#   ema.NAME            the weights' moving average (regularize.ema): AveragedModel's state_dict
 # Non-tensor optimizer state goes to the metadata as "INDEX.KEY" scalars.
 
 
@@ -204,9 +205,11 @@ def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:
 
 
 def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
-    """The model of a run directory, in eval mode: its best-validation weights (best.safetensors), which
-    must be finite (a diverged model would print NaN probabilities)."""
-    from .models import build_model
+    """The model of a run directory, in eval mode: its best-validation weights (best.safetensors; the moving
+    average of the weights for a run with ``regularize.ema``), which must be finite (a diverged model would
+    print NaN probabilities); wrapped in :class:`~mnistlab.models.ShiftTTA` when the run lists test-time
+    shifts (``regularize.tta_shifts``), so predict, serve, export and evaluate classify as the run evaluated."""
+    from .models import build_model, for_inference
 
     run = RunDir(path)
     if not run.file("config.toml").is_file() or not run.file("best.safetensors").is_file():
@@ -221,4 +224,4 @@ def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tup
     bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise MnistlabError(f"{run.file('best.safetensors')} holds non-finite weights ({bad}): the model is unusable")
-    return model.eval(), cfg
+    return for_inference(model, cfg.regularize.tta_shifts).eval(), cfg

@@ -380,13 +380,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_runs
+    from .evaluate import ATTACK_IMAGES, evaluate_runs
 
     out = args.out or Path("runs") / "evaluate"
-    evals = evaluate_runs(args.run_dirs, out, args.split, log=print)
+    attack_images = ATTACK_IMAGES if args.attack_images is None else args.attack_images
+    evals = evaluate_runs(args.run_dirs, out, args.split, log=print, attack_images=attack_images)
     extra = f"; side by side in {out}: compare.md, compare.json, robustness.png" if len(evals) > 1 else ""
+    if len(evals) > 1 and any(e.adversarial for e in evals):
+        extra += ", adversarial.md, adversarial.png"
     print(f"wrote {', '.join(f'{out / e.name}/' for e in evals)} (confusion, per-class, calibration, robustness, "
-          f"mistakes, first layer){extra}")
+          f"adversarial, mistakes, first layer){extra}")
     return 0
 
 
@@ -536,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, help="output directory (default runs/evaluate)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="the split to evaluate on (default test)")
+    p.add_argument("--attack-images", type=int, default=None, metavar="N",
+                   help="images of the split (the first N) the FGSM and PGD attacks use (default 1000: all "
+                        "10,000 take over an hour for a CNN on one CPU thread; 0 skips the attacks)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")

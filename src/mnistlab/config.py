@@ -84,6 +84,23 @@ class TrainConfig:
 
 
 @dataclass
+class RegularizeConfig:
+    """Regularisers of the training objective, weight averaging and test-time augmentation; all off by
+    default (see mnistlab.adversarial, mnistlab.optim.weight_ema, mnistlab.models.ShiftTTA)."""
+
+    vat_eps: float = 0.0  # VAT (Miyato et al. 2018): L2 norm of the virtual adversarial perturbation; 0 = off
+    vat_xi: float = 1e-6  # VAT: L2 norm of the probe of the power iteration (the authors' code: 1e-6)
+    vat_iterations: int = 1  # VAT: power iterations (the authors: 1 is enough)
+    vat_weight: float = 1.0  # VAT: weight of the KL term (the paper's alpha)
+    fgsm_eps: float = 0.0  # FGSM adversarial training (Goodfellow et al. 2015): L-inf step; 0 = off
+    fgsm_alpha: float = 0.5  # FGSM: weight of the clean loss; 1 - alpha weighs the adversarial loss
+    ema: bool = False  # evaluate and save an exponential moving average of the weights (and BN statistics)
+    ema_decay: float = 0.999  # EMA: w_ema <- decay * w_ema + (1 - decay) * w after every step
+    tta_shifts: list[list[int]] = field(default_factory=list)  # [[dx, dy], ...]: evaluate the mean softmax over
+    # these translations (pixels; dx right, dy down; include [0, 0] for the image itself); [] = off
+
+
+@dataclass
 class Config:
     name: str = "seed"
     label: str = ""  # what a study table calls this config, e.g. "MLP + dropout" (default: name)
@@ -91,6 +108,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
 
 
 # ---------------------------------------------------------------- loading and type checking
@@ -297,3 +315,17 @@ def validate(cfg: Config) -> None:
     check_value(not (d.train_on_val and t.patience), "train.patience", t.patience,
            "early stopping needs a validation set (data.train_on_val = true has none)")
     check_choice("train.engine", t.engine, ("torch", "numpy"))
+
+    r = cfg.regularize
+    check_value(r.vat_eps >= 0, "regularize.vat_eps", r.vat_eps, "must be >= 0 (0 = off)")
+    check_value(r.vat_xi > 0, "regularize.vat_xi", r.vat_xi, "must be > 0")
+    check_value(r.vat_iterations >= 1, "regularize.vat_iterations", r.vat_iterations, "must be >= 1")
+    check_value(r.vat_weight >= 0, "regularize.vat_weight", r.vat_weight, "must be >= 0")
+    check_value(0 <= r.fgsm_eps <= 1, "regularize.fgsm_eps", r.fgsm_eps,
+                "must be in [0, 1] (pixels are in [0, 1]; 0 = off)")
+    check_value(0 <= r.fgsm_alpha <= 1, "regularize.fgsm_alpha", r.fgsm_alpha, "must be in [0, 1]")
+    check_value(0 <= r.ema_decay <= 1, "regularize.ema_decay", r.ema_decay, "must be in [0, 1]")
+    check_value(all(len(s) == 2 and all(abs(v) < 28 for v in s) for s in r.tta_shifts), "regularize.tta_shifts",
+                r.tta_shifts, "must be a list of [dx, dy] pixel pairs, each within (-28, 28)")
+    check_value(len(r.tta_shifts) == len({tuple(s) for s in r.tta_shifts}), "regularize.tta_shifts", r.tta_shifts,
+                "must not repeat a shift")

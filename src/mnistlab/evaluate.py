@@ -1,5 +1,6 @@
 """Look inside trained models: where they fail, whether their probabilities mean anything, how they break
-under shifts, rotations, noise and inversion, and what their first layer learned.
+under shifts, rotations, noise and inversion, how far adversarial attacks (FGSM, PGD) take them, and what
+their first layer learned.
 
 Everything is computed on a run's best-validation weights, on the test split (or the validation split,
 rebuilt exactly as the run drew it). Perturbations use fixed seeds, so the numbers repeat. Each run gets
@@ -13,7 +14,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data
+from . import adversarial, checkpoint, data
 from .errors import MnistlabError
 from .metrics import predict_proba
 from .runs import RunDir, atomic_write
@@ -119,6 +120,26 @@ PERTURBATIONS: dict[str, tuple[str, list[float], Callable[[torch.Tensor, Any], t
 }
 
 
+# ---------------------------------------------------------------- adversarial attacks
+
+ATTACK_EPS = [0.0, 0.1, 0.2, 0.3]  # L-inf radii on [0, 1] pixels; 0.3 is Madry et al. 2018's MNIST challenge
+ATTACK_LABELS = {"fgsm": "FGSM", "pgd": f"PGD-{adversarial.PGD_STEPS}"}
+# default: the first 1,000 images (a standard error of at most 1.6 points). Measured on one thread of the shared
+# 2-core development CPU: 24 s per 1,000 images for a 2 x 1024 MLP, 10 minutes for cnn_best's CNN, so all
+# 10,000 would take 4 minutes and 1.7 hours (benchmarks/regularizer_cost.py --sections attacks)
+ATTACK_IMAGES = 1000
+
+
+def attack_curves(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  eps_values: list[float] = ATTACK_EPS) -> dict[str, list[tuple[float, float]]]:
+    """Accuracy in percent under each attack of :data:`adversarial.ATTACKS` at each L-inf radius:
+    ``{"fgsm": [(eps, accuracy %)], "pgd": [...]}`` on (x, y), the model in eval mode. PGD is Madry et al.'s
+    MNIST protocol (40 steps of 0.01 from a random start, seeded: the numbers repeat). At eps 0 every attack
+    returns the images unchanged: the clean accuracy on (x, y)."""
+    return {name: [(eps, adversarial.robust_accuracy(model, x, y, name, eps, seed=PERTURB_SEED))
+                   for eps in eps_values] for name in adversarial.ATTACKS}
+
+
 # ---------------------------------------------------------------- one run
 
 
@@ -134,12 +155,16 @@ class Evaluation:
     classes: list[dict[str, float]]
     confused: list[dict[str, int]]
     robustness: dict[str, list[tuple[float, float]]]  # kind -> [(value, accuracy %)]
+    adversarial: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # attack -> [(eps, accuracy %)]
+    attack_images: int = 0  # the first N images of the split the attacks used (0: no attacks)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "arch": self.arch, "split": self.split, "data": self.data_source,
                 "accuracy": round(self.accuracy, 3), "ece": self.calibration["ece"],  # unrounded: every reader
                 "nll": self.calibration["nll"], "most_confused": self.confused,  # formats it the same way
-                "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()}}
+                "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()},
+                "adversarial": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.adversarial.items()},
+                "attack_images": self.attack_images}
 
 
 def _split(run: RunDir, cfg: Any, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -154,10 +179,11 @@ def _split(run: RunDir, cfg: Any, split: str) -> tuple[torch.Tensor, torch.Tenso
     return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx], ds.checksum
 
 
-def evaluate_run(path: Path, split: str = "test") -> tuple[Evaluation, torch.nn.Module, torch.Tensor, np.ndarray,
-                                                           np.ndarray, str]:
-    """Evaluate one run's best-validation model: (evaluation, model, images, labels, probabilities, data
-    checksum)."""
+def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IMAGES) -> tuple[
+        Evaluation, torch.nn.Module, torch.Tensor, np.ndarray, np.ndarray, str]:
+    """Evaluate one run's best-validation model (in eval mode; the weight average for runs with
+    ``regularize.ema``): (evaluation, model, images, labels, probabilities, data checksum). The attacks use
+    the first ``attack_images`` images of the split (all when it holds fewer; 0 skips them)."""
     run = RunDir(path)
     model, cfg = checkpoint.load_best_model(path)
     x, y, checksum = _split(run, cfg, split)
@@ -171,10 +197,13 @@ def evaluate_run(path: Path, split: str = "test") -> tuple[Evaluation, torch.nn.
             for v in values:
                 p = predict_proba(model, fn(x, v), 2000).argmax(1).numpy() if v else probs.argmax(1)
                 robust[kind].append((v, 100.0 * float((p == labels).mean())))
+    n_attack = min(max(attack_images, 0), len(x))
+    attacked = attack_curves(model, x[:n_attack], y[:n_attack]) if n_attack else {}
     # the config's name, validated as one safe directory name (never a path out of --out)
     ev = Evaluation(name=cfg.name, arch=cfg.model.arch, data_source=cfg.data.dir or "bundled MNIST", split=split,
                     accuracy=100.0 * float(np.trace(cm) / cm.sum()), calibration=calibration(probs, labels),
-                    confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust)
+                    confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust,
+                    adversarial=attacked, attack_images=n_attack)
     return ev, model, x, labels, probs, checksum
 
 
@@ -322,16 +351,66 @@ def ece_percent(ece: float) -> str:
     return f"{100 * ece:.2f}"
 
 
-def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print) -> list[Evaluation]:
-    """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot.
-    Runs of the same name get ``NAME_2``, ``NAME_3``... in the order given; each log line names its run
-    directory."""
+
+def adversarial_figure(series: list[tuple[str, dict[str, list]]], images: int, path: Path, lang: str = "en") -> None:
+    """Accuracy against the L-inf radius of each attack (FGSM, PGD), one line per (label, adversarial curves);
+    ``images``: how many images the attacks used (named in the title)."""
+    from .plots import language, save_figure, subplots, t
+
+    with language(lang):
+        fig, axes = subplots(1, len(ATTACK_LABELS), figsize=(4.6 * len(ATTACK_LABELS), 4))
+        for ax, (kind, label) in zip(axes, ATTACK_LABELS.items()):
+            for name, curves in series:
+                pts = curves[kind]
+                ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=name)
+            ax.set(title=label, xlabel=t("L-inf radius eps (pixels in [0, 1])", lang), ylabel=t("accuracy (%)", lang),
+                   ylim=(0, 100))
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8, loc="lower left")
+        fig.suptitle(t("Adversarial robustness: accuracy under attack, first {} images", lang).format(f"{images:,}"))
+        save_figure(fig, path)
+
+
+def adversarial_table(evals: list[Evaluation]) -> str:
+    """Markdown: clean accuracy and accuracy under FGSM and PGD at each radius > 0, a row per run."""
+    eps = [e for e in ATTACK_EPS if e]
+    lines = ["| run | model | images | clean % | " + " | ".join(f"{ATTACK_LABELS[k]} {e} %" for k in ATTACK_LABELS
+                                                              for e in eps) + " |",
+             "| --- | --- | ---: | ---: |" + " ---: |" * (len(ATTACK_LABELS) * len(eps))]
+    for ev in evals:
+        if ev.adversarial:
+            acc = {k: dict(pts) for k, pts in ev.adversarial.items()}
+            lines.append(f"| {md_cell(ev.name)} | {ev.arch} | {ev.attack_images:,} | {acc['fgsm'][0.0]:.2f} | "
+                         + " | ".join(f"{acc[k][e]:.2f}" for k in ATTACK_LABELS for e in eps) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _log_adversarial(ev: Evaluation, total: int, log: Callable[[str], None]) -> None:
+    if not ev.adversarial:
+        log(f"{ev.name}: no adversarial attacks (--attack-images 0)")
+        return
+    acc = {k: dict(pts) for k, pts in ev.adversarial.items()}
+    eps = [e for e in ATTACK_EPS if e]
+    log(f"{ev.name}: adversarial accuracy on the first {ev.attack_images:,} of {total:,} {ev.split} images "
+        f"(--attack-images to change): clean {acc['fgsm'][0.0]:.1f}%; "
+        + "; ".join(f"{ATTACK_LABELS[k]} eps {'/'.join(map(str, eps))}: "
+                    + "/".join(f"{acc[k][e]:.1f}" for e in eps) + "%" for k in ATTACK_LABELS))
+
+
+def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print,
+                  attack_images: int = ATTACK_IMAGES) -> list[Evaluation]:
+    """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot,
+    and ``out/adversarial.md/.png`` side by side. The FGSM and PGD attacks use the first ``attack_images``
+    images of the split (0 skips them). Runs of the same name get ``NAME_2``, ``NAME_3``... in the order given;
+    each log line names its run directory."""
     if split not in ("test", "val"):
         raise MnistlabError(f"--split must be test or val, got {split!r}")
+    if attack_images < 0:
+        raise MnistlabError(f"--attack-images must be >= 0 (0 skips the attacks), got {attack_images}")
     evals, checksum0 = [], None
     out.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
-        ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split)
+        ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split, attack_images)
         if checksum0 is None:
             checksum0 = checksum
         elif checksum != checksum0:
@@ -351,17 +430,28 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
         _figures(ev, model, x, probs, labels, d)
         robustness_figure([(f"{ev.name} ({ev.arch})", ev.robustness)], d / "robustness.png")
+        if ev.adversarial:
+            atomic_write(d / "adversarial.csv", _csv([{"attack": k, "eps": v, "accuracy": round(a, 3),
+                                                       "images": ev.attack_images}
+                                                      for k, pts in ev.adversarial.items() for v, a in pts]))
+            adversarial_figure([(f"{ev.name} ({ev.arch})", ev.adversarial)], ev.attack_images, d / "adversarial.png")
         log(f"{name} ({path}; {ev.arch}, {split}) -> {d}/: accuracy {ev.accuracy:.2f}%, "
             f"ECE {ece_percent(ev.calibration['ece'])}%, "
             f"NLL {ev.calibration['nll']:.4f}; most confused "
             + ", ".join(f"{c['true']}->{c['predicted']} ({c['count']})" for c in ev.confused[:3])
             + f"; shifted 3 px {ev.robustness['shift'][3][1]:.1f}%, rotated 30 deg {ev.robustness['rotation'][5][1]:.1f}%, "
               f"inverted {ev.robustness['inverted'][1][1]:.1f}%")
+        _log_adversarial(ev, len(labels), log)
         evals.append(ev)
     if len(evals) > 1:
         robustness_figure([(f"{e.name} ({e.arch})", e.robustness) for e in evals], out / "robustness.png")
         atomic_write(out / "compare.json", json.dumps([e.summary() for e in evals], indent=1) + "\n")
         atomic_write(out / "compare.md", compare_table(evals))
+        attacked = [e for e in evals if e.adversarial]
+        if attacked:
+            atomic_write(out / "adversarial.md", adversarial_table(attacked))
+            adversarial_figure([(f"{e.name} ({e.arch})", e.adversarial) for e in attacked],
+                               min(e.attack_images for e in attacked), out / "adversarial.png")
     return evals
 
 

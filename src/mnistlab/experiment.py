@@ -187,7 +187,7 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
         if math.isfinite(row["train_loss"]):  # a diverged epoch is recorded but never checkpointed
             if improved or tr.val is None:
-                checkpoint.save_weights(run_dir, tr.model, tr.epoch)
+                checkpoint.save_weights(run_dir, tr.weights, tr.epoch)
             checkpoint.save(run_dir, *tr.state(), data_sha256)
         run_dir.write_history(tr.history)
         log(format_row(row))

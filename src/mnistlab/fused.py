@@ -22,11 +22,14 @@ SKINNY = 64  # a layer with fewer outputs runs faster as (W @ A^T)^T
 
 
 def applies(model: nn.Module, cfg: Config) -> bool:
-    """True when the fused step computes the same update as autograd + torch.optim.SGD would."""
-    o, m = cfg.optim, cfg.model
+    """True when the fused step computes the same update as autograd + torch.optim.SGD would: plain
+    cross-entropy (no adversarial or virtual adversarial term; a weight EMA is updated after the step, and
+    test-time shifts act at evaluation, so both work with it)."""
+    o, m, r = cfg.optim, cfg.model, cfg.regularize
     return (cfg.train.fast and isinstance(model, MLP) and m.activation == "relu" and not m.batchnorm
             and m.dropout == 0 and m.input_dropout == 0 and m.noise_std == 0 and o.name == "sgd" and o.momentum == 0
-            and o.weight_decay == 0 and o.label_smoothing == 0 and o.max_norm == 0)
+            and o.weight_decay == 0 and o.label_smoothing == 0 and o.max_norm == 0 and r.vat_eps == 0
+            and r.fgsm_eps == 0)
 
 
 def _linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,13 @@ WARMUP_STEPS = 3
 
 
 def applies(model: nn.Module, cfg: Config, device: torch.device) -> bool:
-    """Capture needs no host work inside the step: no augmentation or dropout draws from host-side state."""
+    """Capture needs no host work inside the step: no augmentation or dropout draws from host-side state, and
+    no FGSM or VAT term (extra passes, input gradients and draws the captured step does not implement). A
+    weight EMA is updated outside the captured step, so it works with graphs."""
     dropout = any(isinstance(m, STOCHASTIC_LAYERS) for m in model.modules())
+    r = cfg.regularize
     return (cfg.train.cuda_graphs and cfg.train.fast and device.type == "cuda" and cfg.data.augment == "none"
-            and not dropout and cfg.optim.name in GRAPH_OPTIMIZERS)
+            and not dropout and cfg.optim.name in GRAPH_OPTIMIZERS and r.vat_eps == 0 and r.fgsm_eps == 0)
 
 
 def tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, check_choice, check_value
@@ -231,6 +232,49 @@ class SpeedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x).permute(0, 2, 3, 1).flatten(1)  # (B, 7 * 7 * 2w), HWC order: a view when NHWC
         return self.classifier(h)
+
+
+def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Images (..., H, W) moved ``dx`` pixels right and ``dy`` down (negative: left, up), zero fill."""
+    if dx == 0 and dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))  # (..., H + |dy|, W + |dx|)
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top:top + h, left:left + w]
+
+
+class ShiftTTA(nn.Module):
+    """Translation test-time augmentation: the mean softmax of ``model`` over translated copies of the input.
+
+    ``p(y|x) = 1/S * sum_s softmax(model(T_s x))`` for the S shifts ``(dx, dy)`` (include ``(0, 0)`` for the
+    image itself); returned as log-probabilities (B, 10), which are valid logits: their softmax is ``p`` and
+    their cross-entropy is the NLL of ``p``. Averaging predictions over small translations is the test-time
+    counterpart of training on shifted images (Simard et al. 2003; Krizhevsky et al. 2012 average over crops).
+    The weights are the wrapped model's; the wrapper holds no parameters of its own.
+    """
+
+    def __init__(self, model: nn.Module, shifts: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.model = model
+        self.shifts = [(int(dx), int(dy)) for dx, dy in shifts]
+        self.train(model.training)  # the wrapped model's mode (an EMA copy stays in eval mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.cat([translate(x, dx, dy) for dx, dy in self.shifts])  # (S * B, 1, 28, 28)
+        logits = self.model(views).float()
+        # (S, B, 10); the batch stays symbolic (-1), so an ONNX export keeps a dynamic batch
+        logp = torch.log_softmax(logits, 1).view(len(self.shifts), -1, logits.shape[-1])
+        return torch.logsumexp(logp, 0) - math.log(len(self.shifts))  # log of the mean probability, stably
+
+    def extra_repr(self) -> str:
+        return f"shifts={self.shifts}"
+
+
+def for_inference(model: nn.Module, shifts: Sequence[Sequence[int]]) -> nn.Module:
+    """The classifier a run evaluates and serves: ``model`` itself, or wrapped in :class:`ShiftTTA` when the
+    config lists test-time shifts (``regularize.tta_shifts``)."""
+    return ShiftTTA(model, shifts) if shifts else model
 
 
 ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {

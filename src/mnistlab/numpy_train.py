@@ -20,13 +20,14 @@ def check(cfg: Config) -> None:
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
     rules = [(m.arch == "mlp", "model.arch", "mlp"), (m.activation in ACTIVATIONS, "model.activation",
               "/".join(ACTIVATIONS)), (not m.batchnorm, "model.batchnorm", "false"),
-             (m.dropout == 0 and m.input_dropout == 0, "model.dropout", "0"),
+             (m.dropout == 0 and m.input_dropout == 0 and m.noise_std == 0, "model.dropout", "0 (and no noise)"),
              (not m.normalize, "model.normalize", "false"), (o.name == "sgd", "optim.name", "sgd"),
              (o.momentum == 0 and o.weight_decay == 0, "optim.momentum", "0 (and no weight decay)"),
              (o.schedule == "constant" and o.warmup_epochs == 0, "optim.schedule", "constant"),
              (o.max_norm == 0 and o.label_smoothing == 0, "optim.max_norm", "0 (and no label smoothing)"),
              (d.augment == "none", "data.augment", "none"), (t.precision in ("fp32", "auto"), "train.precision", "fp32"),
-             (t.device in ("auto", "cpu"), "train.device", "cpu")]
+             (t.device in ("auto", "cpu"), "train.device", "cpu"),
+             (cfg.regularize == type(cfg.regularize)(), "regularize.*", "their defaults (no VAT, FGSM, EMA or TTA)")]
     for ok, key, want in rules:
         if not ok:
             raise ConfigError(f"train.engine = 'numpy' needs {key} = {want}")

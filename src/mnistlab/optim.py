@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import OptimConfig, check_choice, check_value
 
@@ -70,3 +71,15 @@ def apply_max_norm(model: nn.Module, max_norm: float) -> None:
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             m.weight.renorm_(2, 0, max_norm)  # dim 0 = output units
+
+
+def weight_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s parameters and buffers (batch-norm running statistics
+    included), updated by ``ema.update_parameters(model)`` after every optimizer step:
+    ``w_ema <- decay * w_ema + (1 - decay) * w``, starting from a copy of the weights at the first update
+    (Polyak & Juditsky 1992's averaging, in its exponential form; the decay 0.999 of Tarvainen & Valpola 2017).
+    Decay 0 keeps the EMA equal to the raw weights. ``ema.module`` is the averaged model, kept in eval mode.
+    PyTorch's ``AveragedModel`` with ``get_ema_multi_avg_fn``: one fused lerp per step for all tensors.
+    """
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return ema.eval()

@@ -43,6 +43,8 @@ KO = {
     "Robustness: accuracy under perturbations of the evaluation images": "강건성: 평가 이미지를 교란했을 때의 정확도",
     "{}: first-layer weights of 64 hidden units (28x28 each)": "{}: 은닉 노드 64개의 첫 층 가중치 (각 28x28)",
     "{}: first-layer filters ({})": "{}: 첫 층 필터 ({})",
+    "L-inf radius eps (pixels in [0, 1])": "L-inf 반지름 eps (픽셀 범위 [0, 1])",
+    "Adversarial robustness: accuracy under attack, first {} images": "적대적 강건성: 공격받았을 때의 정확도, 처음 {}장",
 }
 
 

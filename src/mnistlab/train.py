@@ -6,7 +6,8 @@ Random streams, each from an explicit generator seeded by ``train.seed``:
   the validation DataLoader's base seed, the layers' initialisation, then per epoch the training
   DataLoader's base seed and its RandomSampler's seed.
 * ``g_aug`` (on the training device) draws the augmentation.
-* ``g_drop`` (on the training device) draws the dropout masks.
+* ``g_drop`` (on the training device) draws the regularisers' randomness: dropout masks, Gaussian noise and
+  VAT's random starting directions (saved as ``rng.dropout``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, fused, graphs
+from . import adversarial, checkpoint, data, fused, graphs
 from .augment import augment
 from .config import Config
 from .errors import ConfigError, DivergenceError
 from .metrics import autocast, evaluate
-from .models import STOCHASTIC_LAYERS, build_model
-from .optim import apply_max_norm, build_optimizer, lr_factor
+from .models import STOCHASTIC_LAYERS, build_model, for_inference
+from .optim import apply_max_norm, build_optimizer, lr_factor, weight_ema
 
 AUG_SEED_OFFSET = 1_000_003  # keep the augmentation and dropout streams apart from the data stream
 DROPOUT_SEED_OFFSET = 2_000_003
+EMA_PREFIX = "ema."  # checkpoint tensors of the weights' moving average (regularize.ema)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,6 +90,10 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size = {t.batch_size} exceeds the {len(train_idx)} training images")
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        r = cfg.regularize
+        self.ema = weight_ema(self.model, r.ema_decay) if r.ema else None
+        # what is evaluated every epoch: the EMA weights when on, through test-time shifts when listed
+        self.eval_model = for_inference(self.weights, r.tta_shifts)
         self.total_steps = t.epochs * self.steps_per_epoch
         self.scheduled = cfg.optim.schedule != "constant" or cfg.optim.warmup_epochs > 0
         self.fused_step = self._build_fused_step()
@@ -99,6 +105,12 @@ class Trainer:
         self.best_val_acc = -math.inf
         self.bad_epochs = 0  # epochs since validation accuracy last improved
         self.stopped_early = False
+
+    @property
+    def weights(self) -> torch.nn.Module:
+        """The model whose weights the run evaluates and saves (best.safetensors): the raw model, or its
+        exponential moving average when ``regularize.ema`` is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _build_fused_step(self) -> fused.FusedMLPStep | None:
         return fused.build(self.model, self.optimizer, self.cfg)
@@ -129,14 +141,36 @@ class Trainer:
         if self.fused_step is not None:
             return self.fused_step(x, y)
         with autocast(self.device, self.cfg.train.precision):
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=o.label_smoothing)
+            loss = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         if o.max_norm > 0:
             apply_max_norm(self.model, o.max_norm)
         return loss.detach()
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training objective on a batch: the cross-entropy, with FGSM adversarial training and VAT
+        added when on (``regularize.*``; formulas and sources in :mod:`mnistlab.adversarial`):
+
+        ``alpha * CE(x) + (1 - alpha) * CE(x_fgsm) + vat_weight * KL(p(y|x) || p(y|x + r_adv))``.
+
+        The forward passes on perturbed images do not update batch-norm statistics."""
+        r, smoothing = self.cfg.regularize, self.cfg.optim.label_smoothing
+        # FGSM needs d(loss)/dx of this very forward pass
+        x_in = x.detach().requires_grad_(True) if r.fgsm_eps else x
+        logits = self.model(x_in)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        if r.fgsm_eps:
+            (grad,) = torch.autograd.grad(loss, x_in, retain_graph=True)
+            x_adv = adversarial.fgsm_perturb(x, grad, r.fgsm_eps)
+            with adversarial.frozen_bn_stats(self.model):
+                adv_loss = F.cross_entropy(self.model(x_adv).float(), y, label_smoothing=smoothing)
+            loss = r.fgsm_alpha * loss + (1 - r.fgsm_alpha) * adv_loss
+        if r.vat_eps:
+            loss = loss + r.vat_weight * adversarial.vat_loss(self.model, x, logits, r.vat_eps, r.vat_xi,
+                                                              r.vat_iterations, self.g_drop)
+        return loss
 
     def _batch_update(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.train_split.x.index_select(0, idx)  # (B, 1, 28, 28)
@@ -167,6 +201,8 @@ class Trainer:
                 self.graph.run(idx)
             else:
                 self._step(idx)
+            if self.ema is not None:  # outside the step (and its CUDA graph): it reads the updated weights
+                self.ema.update_parameters(self.model)
             on_step()
         return self.loss_sum.item() / self.steps_per_epoch
 
@@ -175,7 +211,7 @@ class Trainer:
 
     def evaluate(self, split: Split) -> tuple[float, float]:
         t = self.cfg.train
-        return evaluate(self.model, split.x, split.y, t.eval_batch_size, t.precision)
+        return evaluate(self.eval_model, split.x, split.y, t.eval_batch_size, t.precision)
 
     def fit(self, on_epoch: Callable[["Trainer", dict[str, Any], bool], None] = lambda *a: None,
             show_progress: bool = False) -> list[dict[str, Any]]:
@@ -218,6 +254,8 @@ class Trainer:
         The lr is a function of the step, and the step is the epoch times the steps per epoch: no schedule
         state to keep."""
         tensors, scalars = checkpoint.pack_state(self.model, self.optimizer, self._generators())
+        if self.ema is not None:
+            tensors.update({f"{EMA_PREFIX}{k}": v for k, v in self.ema.state_dict().items()})
         best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
         meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
                 "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
@@ -238,6 +276,10 @@ class Trainer:
         if len(groups) != len(self.optimizer.param_groups) or sorted(groups[0].get("params", [])) != list(range(n_params)):
             raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, "its optimizer parameter groups do not fit the model")
         self.model.load_state_dict(model_state)
+        if self.ema is not None:
+            expected = self.ema.state_dict()
+            checkpoint.check_shapes(tensors, expected, EMA_PREFIX, checkpoint.CHECKPOINT)
+            self.ema.load_state_dict({k: tensors[EMA_PREFIX + k].to(self.device) for k in expected})
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         try:
             for name, g in self._generators().items():
