@@ -181,7 +181,7 @@ def test_embedded_ray_refuses_what_it_cannot_schedule_and_runs_quietly(small_mni
     ok = _embedded(tmp_path, small_mnist_dir)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stderr == "", ok.stderr  # no token warning, no "Failed to determine local IP"
-    assert "e seed 123: epoch   1" in ok.stdout  # each epoch, from the Ray task
+    assert "e/seed123: epoch   1" in ok.stdout  # each epoch, from the Ray task
 
 
 def test_a_request_no_node_of_a_cluster_meets_warns_then_stops(cluster, small_mnist_dir, tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_a_diverging_config_on_ray_leaves_a_table_of_every_row(cluster, small_mn
     assert main(["compare", str(a), str(bad), "--seeds", "1", "--out", str(out), "--ray", c.address]) == 2
     captured = capsys.readouterr()
     assert "1 run diverged (huge_lr seed 123" in captured.err
-    assert "plain seed 123: epoch   2" in captured.out  # the epochs of a Ray task reach the driver
+    assert "plain/seed123: epoch   2" in captured.out  # the epochs of a Ray task reach the driver
     rows = {r["name"]: r for r in csv.DictReader((out / "compare.csv").open())}
     assert rows["plain"]["seeds"] == "1" and float(rows["plain"]["test_acc_mean"]) > 30
     assert rows["huge_lr"]["diverged_seeds"] == "123"
