@@ -175,7 +175,7 @@ def test_threads_are_shown_and_a_row_that_mixes_them_is_flagged(small_mnist_dir,
     # a second seed made with two threads: the same config (threads do not define it), numbers not comparable
     assert main(["compare", str(a), "--seeds", "2", "--epochs", "1", "--threads", "2", "--quiet", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "plain label: its runs used 1 and 2 threads" in err and err.count("\n") == 1
+    assert "plain label (train.epochs=1): its runs used 1 and 2 threads" in err and err.count("\n") == 1
     assert next(csv.DictReader((out / "compare.csv").open()))["threads"] == "1, 2"
     assert "| 1, 2 |" in (out / "compare.md").read_text()
 
