@@ -206,13 +206,14 @@ def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:
 def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
     """The model of a run directory, in eval mode: its best-validation weights (best.safetensors), which
     must be finite (a diverged model would print NaN probabilities)."""
+    from .datasets import get
     from .models import build_model
 
     run = RunDir(path)
     if not run.file("config.toml").is_file() or not run.file("best.safetensors").is_file():
         raise MnistlabError(f"{run.path} is not a trained run directory (needs config.toml and best.safetensors)")
     cfg = run.read_config()
-    model = build_model(cfg.model, torch.Generator().manual_seed(0), device)
+    model = build_model(cfg.model, torch.Generator().manual_seed(0), device, n_classes=get(cfg.data.dataset).n_classes)
     weights = load_tensors(run.file("best.safetensors"))
     try:
         model.load_state_dict(weights)

@@ -1,6 +1,7 @@
 """Models as plain ``nn.Module``s, built from registries; they know nothing of training.
 
-All models take float pixels in [0, 1] of shape (B, 1, 28, 28) and return logits (B, 10).
+All models take float pixels in [0, 1] of shape (B, 1, 28, 28) and return logits (B, K), K the dataset's
+number of classes (10 for MNIST).
 Parameters are initialised from an explicit ``torch.Generator`` (never the global RNG), in the same
 order of draws as PyTorch's own constructors, so the report's initial weights are reproduced exactly.
 """
@@ -205,12 +206,13 @@ class FastCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "mlp": lambda c: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
-                         noise_std=c.noise_std),
-    "lenet5": lambda c: LeNet5(c.activation, c.dropout, c.normalize),
-    "cnn": lambda c: SmallCNN(c.width, c.activation, c.dropout, c.normalize),
-    "fastcnn": lambda c: FastCNN(c.width, c.activation, c.dropout, c.normalize),
+# name -> constructor from (model config, number of classes)
+ARCHS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "mlp": lambda c, k: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
+                            n_classes=k, noise_std=c.noise_std),
+    "lenet5": lambda c, k: LeNet5(c.activation, c.dropout, c.normalize, n_classes=k),
+    "cnn": lambda c, k: SmallCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
+    "fastcnn": lambda c, k: FastCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
 }
 CONV_ARCHS = ("lenet5", "cnn", "fastcnn")
 
@@ -275,10 +277,12 @@ def check(m: ModelConfig) -> None:
     check_value(m.width > 0, "model.width", m.width, "must be > 0")
 
 
-def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
-    """Construct the configured model on ``device`` and initialise it from ``generator``."""
+def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu",
+                n_classes: int = 10) -> nn.Module:
+    """Construct the configured model with ``n_classes`` outputs (the dataset's classes) on ``device`` and
+    initialise it from ``generator``."""
     with torch.device("meta"):  # no allocation and no global-RNG draws until we initialise
-        model = ARCHS[cfg.arch](cfg)
+        model = ARCHS[cfg.arch](cfg, n_classes)
     # initialise where the generator lives (the CPU stream that replays the report's draws), then move
     model = model.to_empty(device=generator.device)
     init_parameters(model, cfg.init, generator)

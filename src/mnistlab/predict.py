@@ -177,35 +177,50 @@ def preprocess(source: str | Path | bytes | Image.Image | np.ndarray, name: str 
 @dataclass
 class Prediction:
     path: str
-    prediction: int
-    probabilities: list[float]
+    prediction: int  # the most probable class's label (its index)
+    probabilities: list[float]  # by label
     input: np.ndarray  # the (28, 28) image the model saw
     unlike_digit: str | None = None  # why the input is unlike any digit, when it is
+    label: str = ""  # the most probable class's name (the dataset's: "7", "Ankle boot", ...)
 
     def top(self, k: int = 3) -> list[tuple[int, float]]:
         order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(i), float(self.probabilities[i])) for i in order]
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": self.path, "prediction": self.prediction,
+        return {"path": self.path, "prediction": self.prediction, "label": self.label,
                 "probabilities": [round(float(p), 6) for p in self.probabilities], "unlike_digit": self.unlike_digit}
 
 
 class Classifier:
-    """A trained run's model, ready to predict: ``Classifier.load(run_dir).predict(images)``."""
+    """A trained run's model, ready to predict: ``Classifier.load(run_dir).predict(images)``.
 
-    def __init__(self, model: torch.nn.Module, run_dir: str = "") -> None:
+    ``classes``: the dataset's class names by label; ``handwriting``: whether its images are handwriting
+    (the ink-coverage check of :func:`unlike_digit` is measured on handwritten digits and applies only there).
+    """
+
+    def __init__(self, model: torch.nn.Module, run_dir: str = "", classes: Sequence[str] = tuple("0123456789"),
+                 handwriting: bool = True, dataset: str = "mnist") -> None:
         self.model, self.run_dir = model.eval(), run_dir
+        self.classes, self.handwriting, self.dataset = tuple(classes), handwriting, dataset
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Classifier":
         from .checkpoint import load_best_model
-        model, _ = load_best_model(run_dir)
-        return cls(model, str(run_dir))
+        from .datasets import get
+        model, cfg = load_best_model(run_dir)
+        spec = get(cfg.data.dataset)
+        return cls(model, str(run_dir), spec.classes, spec.handwriting, spec.name)
+
+    def note(self, x: np.ndarray, probs: np.ndarray) -> str | None:
+        """Why the input is unlike what the model knows (see :func:`unlike_digit`), or None."""
+        if self.handwriting:
+            return unlike_digit(x, probs)
+        return f"low confidence ({float(probs.max()):.0%})" if float(probs.max()) < LOW_CONFIDENCE else None
 
     @torch.inference_mode()
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) MNIST-style float images -> (N, 10) softmax probabilities."""
+        """(N, 28, 28) MNIST-style float images -> (N, K) softmax probabilities, K the dataset's classes."""
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).unsqueeze(1)  # (N, 1, 28, 28)
         return torch.softmax(self.model(x).float(), 1).numpy()
 
@@ -216,7 +231,8 @@ class Classifier:
         inputs = np.stack([preprocess(im) for im in images])
         probs = self.probabilities(inputs)
         names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
-        return [Prediction(n, int(p.argmax()), p.tolist(), x, unlike_digit(x, p)) for n, p, x in zip(names, probs, inputs)]
+        return [Prediction(n, int(p.argmax()), p.tolist(), x, self.note(x, p), self.classes[int(p.argmax())])
+                for n, p, x in zip(names, probs, inputs)]
 
 
 def unlike_digit(x: np.ndarray, probs: np.ndarray) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import checks, config, data
+from . import checks, config, data, datasets
 from .errors import ConfigError, DivergenceError, MnistlabError
 from .experiment import StopRun, run
 from .metrics import summarize
@@ -291,6 +291,7 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
         raise ConfigError("--trials must be at least 1")
     if base.data.train_on_val:
         raise ConfigError("a search ranks trials on validation accuracy: data.train_on_val must be false")
+    base = datasets.pin_dir(base)
     study_name = study_name or base.name
     storage, shown = open_storage(storage_url, out)
     tag = _identity(out, base, params, options, shown, study_name)
@@ -301,7 +302,7 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
     except Exception as e:  # noqa: BLE001 - a database that refuses the study
         raise MnistlabError(f"cannot create or load study {study_name!r} in {shown}: {str(e).splitlines()[0]}") from None
     _recover(study, tag, log)
-    dataset = data.load(base.data.dir or None)
+    dataset = datasets.load_config(base, log)
     trials_dir = out / "trials"
     trials_dir.mkdir(exist_ok=True)
     if ray_options is None:
