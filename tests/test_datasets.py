@@ -531,8 +531,8 @@ def _fashion_test_pngs(directory: Path, n: int) -> list[str]:
 
 
 def test_the_reports_mlp_on_real_fashion_mnist(fashion_run, tmp_path, capsys):
-    """Debian's files, verified; the accuracy a 784-1024-10 MLP reaches after 2 epochs; predict and evaluate
-    speak Fashion-MNIST's classes."""
+    """Debian's files, verified; the accuracy a 784-1024-10 MLP reaches after 2 epochs; predict, evaluate and
+    the report speak Fashion-MNIST's classes."""
     info = json.loads((fashion_run / "run.json").read_text())
     assert info["data"] == {"dataset": "fashion-mnist", "classes": list(FASHION_CLASSES), "verified": True}
     assert info["environment"]["data_source"] == str(FASHION_DIR)
@@ -546,6 +546,12 @@ def test_the_reports_mlp_on_real_fashion_mnist(fashion_run, tmp_path, capsys):
     assert "most confused" in out and any(f"{a}->{b}" in out for a in FASHION_CLASSES for b in FASHION_CLASSES)
     per_class = (tmp_path / "ev" / "report_mlp" / "per_class.csv").read_text()
     assert all(name in per_class for name in FASHION_CLASSES)
+    assert main(["report", str(fashion_run), "--out", str(tmp_path / "report"), "--evaluate", str(tmp_path / "ev")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Fashion-MNIST's 60,000 training images" in md and "the 10,000 test images" in md
+    pairs = next(line for line in md.splitlines() if line.startswith("Most confused pairs"))
+    assert sum(name in pairs for name in FASHION_CLASSES) >= 2, pairs
+    capsys.readouterr()
 
     paths = _fashion_test_pngs(tmp_path, 3)
     assert main(["predict", "--model", str(fashion_run), *paths]) == 0
