@@ -515,7 +515,7 @@ def pin_dir(cfg: "Config") -> "Config":
     if not cfg.data.dir:
         return cfg
     from .config import set_values
-    absolute = str(Path(cfg.data.dir).expanduser().resolve())
+    absolute = os.path.abspath(Path(cfg.data.dir).expanduser())  # symlinks kept: the path the user gave
     return cfg if absolute == cfg.data.dir else set_values(cfg, {"data.dir": absolute})
 
 
