@@ -229,10 +229,12 @@ def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en",
     from .plots import language, plt, save_figure, t
     k = len(cm)
     labels = [str(c) for c in range(k)] if labels is None else list(labels)
-    wordy = any(len(label) > 2 for label in labels)
+    wordy = any(len(label) > 3 for label in labels)  # names (Fashion-MNIST's), not symbols ("7", "C/c")
     with language(lang):
         side = max(5.0, 0.28 * k)  # 47 EMNIST classes need room
-        fig, axes = plt.subplots(1, 2, figsize=(2.4 * side, side + (1.2 if wordy else 0)))
+        fig, axes = plt.subplots(1, 2, figsize=(2.4 * side + (2 if wordy else 0) if k <= 20 else 2.2 * side,
+                                                side + (1.2 if wordy else 0)),
+                                 gridspec_kw={"wspace": 0.45 if wordy else 0.2})  # room for the names between
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         for ax, mat, title, fmt in ((axes[0], cm, "{}: confusion matrix, counts", "d"),
                                     (axes[1], norm, "{}: confusion matrix, row-normalised (recall)", ".2f")):
