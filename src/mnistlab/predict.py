@@ -155,10 +155,39 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     return out
 
 
-def preprocess(source: str | Path | bytes | Image.Image | np.ndarray, name: str | None = None) -> np.ndarray:
+def fill_frame(grey: np.ndarray, name: str = "image") -> np.ndarray:
+    """A grey image of an object of any size and polarity -> (28, 28) float32, as Fashion-MNIST was made
+    (Xiao et al. 2017, section 2): light on a dark background (inverted when the image is dark-on-light),
+    trimmed to the object, its longer side scaled to 28 pixels, centred in the 28x28 frame. A 28x28 image
+    of the dataset itself passes through unchanged (but for centring)."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    x = 1.0 - grey if np.median(border) > 0.5 else grey
+    paper = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])))
+    x = np.clip((x - paper) / max(1.0 - paper, 1e-6), 0, 1)  # the background to 0
+    rows, cols = np.nonzero((x > 0.05).any(1))[0], np.nonzero((x > 0.05).any(0))[0]
+    if not len(rows):
+        raise ImageError(f"{name}: nothing found (the image is blank)")
+    x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = x.shape
+    size = (max(1, round(w * 28 / max(h, w))), max(1, round(h * 28 / max(h, w))))
+    img = Image.fromarray(np.round(x * 255).astype(np.uint8))
+    box = np.asarray(img if img.size == size else img.resize(size, Image.LANCZOS), np.float32) / 255
+    out = np.zeros((28, 28), np.float32)
+    top, left = (28 - box.shape[0]) // 2, (28 - box.shape[1]) // 2
+    out[top:top + box.shape[0], left:left + box.shape[1]] = box
+    return out
+
+
+FRAMES = {"digit": mnist_style, "fill": fill_frame}  # how a dataset's images were framed (see DatasetSpec.handwriting)
+
+
+def preprocess(source: str | Path | bytes | Image.Image | np.ndarray, name: str | None = None,
+               frame: str = "digit") -> np.ndarray:
     """A file path, encoded bytes, PIL image or array -> (28, 28) float32 in [0, 1].
 
+    ``frame``: ``digit`` (MNIST's: :func:`mnist_style`) or ``fill`` (Fashion-MNIST's: :func:`fill_frame`).
     A (28, 28) array with values in [0, 1] is taken as already MNIST-style (light ink on dark)."""
+    style = FRAMES[frame]
     if isinstance(source, np.ndarray):
         arr = np.asarray(source, np.float32)
         if arr.ndim == 3:
@@ -169,9 +198,9 @@ def preprocess(source: str | Path | bytes | Image.Image | np.ndarray, name: str 
             arr = arr / 255.0
         if arr.shape == (28, 28):
             return arr
-        return mnist_style(arr, name or "array")
+        return style(arr, name or "array")
     img = source if isinstance(source, Image.Image) else open_image(source)
-    return mnist_style(to_grey(img), name or (str(source) if isinstance(source, (str, Path)) else "image"))
+    return style(to_grey(img), name or (str(source) if isinstance(source, (str, Path)) else "image"))
 
 
 @dataclass
@@ -195,14 +224,16 @@ class Prediction:
 class Classifier:
     """A trained run's model, ready to predict: ``Classifier.load(run_dir).predict(images)``.
 
-    ``classes``: the dataset's class names by label; ``handwriting``: whether its images are handwriting
-    (the ink-coverage check of :func:`unlike_digit` is measured on handwritten digits and applies only there).
+    ``classes``: the dataset's class names by label; ``handwriting``: whether its images are handwriting,
+    framed as MNIST's (else as Fashion-MNIST's, see :func:`fill_frame`); the ink-coverage check of
+    :func:`unlike_digit` is measured on handwritten digits and applies only there.
     """
 
     def __init__(self, model: torch.nn.Module, run_dir: str = "", classes: Sequence[str] = tuple("0123456789"),
                  handwriting: bool = True, dataset: str = "mnist") -> None:
         self.model, self.run_dir = model.eval(), run_dir
         self.classes, self.handwriting, self.dataset = tuple(classes), handwriting, dataset
+        self.frame = "digit" if handwriting else "fill"
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Classifier":
@@ -228,7 +259,7 @@ class Classifier:
         """Predict file paths, bytes, PIL images or NumPy arrays (one or a list)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        inputs = np.stack([preprocess(im) for im in images])
+        inputs = np.stack([preprocess(im, frame=self.frame) for im in images])
         probs = self.probabilities(inputs)
         names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
         return [Prediction(n, int(p.argmax()), p.tolist(), x, self.note(x, p), self.classes[int(p.argmax())])

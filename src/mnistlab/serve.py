@@ -185,7 +185,7 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
         return {"status": "ok", "model": Path(str(run_dir)).name, "dataset": clf.dataset}
 
     def classify(raw: bytes) -> PredictResponse:
-        x = preprocess(open_image(raw, max_side=MAX_SIDE), "image")
+        x = preprocess(open_image(raw, max_side=MAX_SIDE), "image", clf.frame)
         probs = clf.probabilities(x[None])[0]
         return PredictResponse(prediction=int(probs.argmax()), label=clf.classes[int(probs.argmax())],
                                classes=list(clf.classes), probabilities=[round(float(p), 6) for p in probs],
