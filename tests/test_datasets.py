@@ -167,6 +167,11 @@ def test_fetch_skips_failing_mirrors_and_caches_only_the_good_files(mirrors, cac
     # a second load reads the cache: no request at all
     before = dict(mirrors.hits)
     assert datasets.load("toy", log=lines.append).checksum == ds.checksum and mirrors.hits == before
+    # a cached file damaged later is fetched again, nothing else
+    damaged = cache / "toy" / "t10k-labels-idx1-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:-3])
+    assert datasets.load("toy", log=lines.append).checksum == ds.checksum
+    assert mirrors.hits["/good/t10k-labels-idx1-ubyte.gz"] == 2 and mirrors.hits["/good/train-images-idx3-ubyte.gz"] == 1
 
 
 @pytest.mark.parametrize("kinds, reason", [
