@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,9 +27,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistlab import data, datasets
+from mnistlab import checkpoint, data, datasets
 from mnistlab.cli import main
-from mnistlab.errors import DataError
 
 from conftest import idx_bytes, write_mnist_dir
 
@@ -493,7 +491,7 @@ def test_qmnist_labels_are_the_first_column_and_its_extra_test_digits_evaluate_m
     assert main(["evaluate", str(trained_run), "--dataset", "qmnist", "--data-dir", str(folder), "--split", "test50k",
                  "--out", str(out)]) == 0
     summary = json.loads((out / "report_mlp" / "summary.json").read_text())
-    model, _ = __import__("mnistlab.checkpoint", fromlist=["x"]).load_best_model(trained_run)
+    model, _ = checkpoint.load_best_model(trained_run)
     with torch.inference_mode():
         pred = model(data.to_float(mnist.test_images[10:n_test])).argmax(1)
     assert summary["dataset"] == "qmnist" and summary["split"] == "test50k"
