@@ -265,7 +265,7 @@ def test_serve_command_runs_a_server(trained_run):
                 break
             except OSError:
                 time.sleep(0.3)
-        assert health == {"status": "ok", "model": trained_run.name}
+        assert health == {"status": "ok", "model": trained_run.name, "dataset": "mnist"}
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)

@@ -209,13 +209,14 @@ def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tup
     average of the weights for a run with ``regularize.ema``), which must be finite (a diverged model would
     print NaN probabilities); wrapped in :class:`~mnistlab.models.ShiftTTA` when the run lists test-time
     shifts (``regularize.tta_shifts``), so predict, serve, export and evaluate classify as the run evaluated."""
+    from .datasets import get
     from .models import build_model, for_inference
 
     run = RunDir(path)
     if not run.file("config.toml").is_file() or not run.file("best.safetensors").is_file():
         raise MnistlabError(f"{run.path} is not a trained run directory (needs config.toml and best.safetensors)")
     cfg = run.read_config()
-    model = build_model(cfg.model, torch.Generator().manual_seed(0), device)
+    model = build_model(cfg.model, torch.Generator().manual_seed(0), device, n_classes=get(cfg.data.dataset).n_classes)
     weights = load_tensors(run.file("best.safetensors"))
     try:
         model.load_state_dict(weights)

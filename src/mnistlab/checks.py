@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import augment, config, models, numpy_train, optim
+from . import augment, config, datasets, models, numpy_train, optim
 from .config import Config
 
 
 def check(cfg: Config) -> Config:
     """Reject, by name, any value the registries or the chosen engine do not support; returns ``cfg``."""
     config.validate(cfg)
+    datasets.check(cfg.data)
     augment.check(cfg.data)
     models.check(cfg.model)
     optim.check(cfg.optim)

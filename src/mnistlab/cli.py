@@ -16,6 +16,7 @@ from .text import plural
 
 if TYPE_CHECKING:
     from .cluster import RayOptions
+    from .data import Dataset
     from .experiment import RunResult
 
 EXIT_USER_ERROR = 2
@@ -89,6 +90,7 @@ OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "--hidden": ("model.hidden", _int_list),
     "--activation": ("model.activation", str),
     "--seed": ("train.seed", int),
+    "--dataset": ("data.dataset", str),
     "--data-dir": ("data.dir", str),
     "--precision": ("train.precision", str),
     "--device": ("train.device", str),
@@ -99,13 +101,16 @@ OVERRIDE_FLAGS: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 _HELP = {
     "--hidden": "hidden widths, comma-separated (e.g. 512,512)",
-    "--data-dir": "a directory with the four MNIST-format files (default: the bundled MNIST)",
+    "--dataset": "mnist (bundled), fashion-mnist, kmnist, qmnist, emnist-balanced, ... (see `mnistlab datasets`)",
+    "--data-dir": "a folder with the dataset's four MNIST-format files (default: the bundled, installed or "
+                  "cached copy; fetched once when missing)",
     "--precision": "fp32, bf16, or auto (bf16 only where the hardware runs it faster)",
     "--device": "auto, cpu, cuda or cuda:N",
     "--engine": "torch, or numpy for the from-scratch NumPy MLP",
 }
 # the overrides that studies (compare, tune) accept besides --set: what a quick small study changes
-STUDY_FLAGS = ["--epochs", "--lr", "--batch-size", "--hidden", "--data-dir", "--precision", "--device", "--threads"]
+STUDY_FLAGS = ["--epochs", "--lr", "--batch-size", "--hidden", "--dataset", "--data-dir", "--precision", "--device",
+               "--threads"]
 
 
 def _add_override_options(p: argparse.ArgumentParser, overrides: Sequence[str], with_set: bool = True) -> None:
@@ -115,6 +120,11 @@ def _add_override_options(p: argparse.ArgumentParser, overrides: Sequence[str], 
     if with_set:
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any key, e.g. optim.momentum=0.9 (repeatable)")
+
+
+def _add_moved_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="where the run's data is now, when it moved (checked against the SHA-256 the run recorded)")
 
 
 def _add_run_options(p: argparse.ArgumentParser, overrides: Sequence[str], with_set: bool = False) -> None:
@@ -157,12 +167,12 @@ def _add_track_option(p: argparse.ArgumentParser) -> None:
                         "or MLFLOW_TRACKING_URI); repeatable; needs mnistlab[track]")
 
 
-def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace) -> RunResult:
+def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace, dataset: "Dataset | None" = None) -> RunResult:
     from .experiment import run
 
     log = _logger(args.quiet)
     result = run(cfg, args.out or default_out(cfg.name), overwrite=args.overwrite, log=log,
-                 show_progress=_show_progress(args), tracker=_trackers(args))
+                 show_progress=_show_progress(args), tracker=_trackers(args), dataset=dataset)
     _print_summary(result)
     return result
 
@@ -231,6 +241,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_final(args: argparse.Namespace) -> int:
+    from .datasets import load_for_run
     from .runs import RunDir
 
     run = RunDir(args.run_dir)
@@ -239,11 +250,15 @@ def cmd_final(args: argparse.Namespace) -> int:
     best = run.read_info().get("summary", {}).get("best_epoch")
     if run.read_config().data.train_on_val or not best:
         raise MnistlabError(f"{run.path} has no best-validation epoch to take (a finished run with validation needed)")
-    cfg = config_mod.set_values(run.read_config(), {
-        "data.train_on_val": True, "train.epochs": best, "train.patience": 0, "name": f"{run.read_config().name}_final"})
+    values: dict[str, object] = {"data.train_on_val": True, "train.epochs": best, "train.patience": 0,
+                                 "name": f"{run.read_config().name}_final"}
+    if args.data_dir:
+        values["data.dir"] = str(args.data_dir)
+    cfg = config_mod.set_values(run.read_config(), values)
+    dataset = load_for_run(run.path, run.read_config(), args.data_dir, log=_logger(args.quiet))  # the run's own data
     print(f"final model: {cfg.name}, trained on train + validation for {plural(best, 'epoch')} (the best epoch on "
           f"validation)")
-    _run_and_report(cfg, args)
+    _run_and_report(cfg, args, dataset)
     return 0
 
 
@@ -384,7 +399,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / "evaluate"
     attack_images = ATTACK_IMAGES if args.attack_images is None else args.attack_images
-    evals = evaluate_runs(args.run_dirs, out, args.split, log=print, attack_images=attack_images)
+    evals = evaluate_runs(args.run_dirs, out, args.split, log=print, attack_images=attack_images,
+                          data_dir=args.data_dir, dataset=args.dataset)
     extra = f"; side by side in {out}: compare.md, compare.json, robustness.png" if len(evals) > 1 else ""
     if len(evals) > 1 and any(e.adversarial for e in evals):
         extra += ", adversarial.md, adversarial.png"
@@ -396,7 +412,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from .compare import ensemble_test_accuracy
 
-    acc = ensemble_test_accuracy(args.run_dirs)
+    acc = ensemble_test_accuracy(args.run_dirs, data_dir=args.data_dir)
     print(f"ensemble of {plural(len(args.run_dirs), 'run')} (mean softmax of best-validation models): test accuracy {acc:.2f}%")
     return 0
 
@@ -439,6 +455,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     clf = Classifier.load(args.model)
     results, failed = [], 0
+    noun = "digit" if clf.classes == tuple("0123456789") else "class the model knows"
     for path in args.images:
         try:
             (pred,) = clf.predict([str(path)])
@@ -449,8 +466,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         results.append(pred.as_json())
         if not args.json:
-            print(f"{path}: " + ", ".join(f"{c} ({p:.1%})" for c, p in pred.top(3))
-                  + (f"  [unlike any digit: {pred.unlike_digit}]" if pred.unlike_digit else ""))
+            print(f"{path}: " + ", ".join(f"{clf.classes[c]} ({p:.1%})" for c, p in pred.top(3))
+                  + (f"  [unlike any {noun}: {pred.unlike_digit}]" if pred.unlike_digit else ""))
     if args.json:
         print(json.dumps(results, indent=1, allow_nan=False))
     return EXIT_USER_ERROR if failed else 0
@@ -460,7 +477,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_onnx, export_onnx
 
     export_onnx(args.run_dir, args.onnx)
-    c = check_onnx(args.run_dir, args.onnx)
+    c = check_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)
     print(f"wrote {args.onnx}; onnxruntime check on {c.images:,} test images: max |logit difference| "
           f"{c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
           f"test accuracy {c.onnx_test_acc:.2f}% (torch {c.torch_test_acc:.2f}%)")
@@ -477,13 +494,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    import json
+
+    from . import datasets
+
+    for name in args.fetch or []:
+        spec = datasets.get(name)
+        ds = datasets.load(spec.name, log=print, show_progress=not args.json and sys.stderr.isatty())
+        print(f"{spec.name}: {len(ds.train_labels):,} training and {len(ds.test_labels):,} test images, verified, "
+              f"in {ds.source} (SHA-256 {ds.checksum[:12]}...)")
+    if args.fetch:
+        return 0
+    rows = [{"name": s.name, "title": s.title, "classes": s.n_classes, "train": s.sizes[0], "test": s.sizes[1],
+             "download_bytes": s.download_bytes(), "licence": s.licence, "available": datasets.availability(s),
+             "quirks": s.quirks, "citation": s.citation, "homepage": s.homepage}
+            for s in (datasets.REGISTRY[n] for n in datasets.names())]
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    print("| dataset | classes | train / test images | licence | available |")
+    print("| --- | ---: | ---: | --- | --- |")
+    for r in rows:
+        print(f"| {r['name']} | {r['classes']} | {r['train']:,} / {r['test']:,} | {r['licence']} | {r['available']} |")
+    print(f"cache: {datasets.cache_dir()} (set {datasets.CACHE_ENV} to move it); fetch ahead with "
+          f"`mnistlab datasets --fetch NAME`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mnistlab", description="A fast, reproducible MNIST lab.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("reproduce", help="re-run the report's experiment and compare with its table")
-    _add_run_options(p, ["--data-dir", "--precision", "--device", "--threads", "--epochs"])
+    _add_run_options(p, ["--dataset", "--data-dir", "--precision", "--device", "--threads", "--epochs"])
     _add_track_option(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -499,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run directory (default: runs/NAME_final-TIMESTAMP)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", "-q", action="store_true")
+    _add_moved_data_option(p)
     p.set_defaults(func=cmd_final)
 
     p = sub.add_parser("compare", help="run configs over seeds; table, overlay figure, ensembles")
@@ -538,7 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="errors, calibration, robustness and first-layer figures of trained runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, help="output directory (default runs/evaluate)")
-    p.add_argument("--split", default="test", choices=["test", "val"], help="the split to evaluate on (default test)")
+    p.add_argument("--split", default="test", help="the split to evaluate on: test (default), val, or a named "
+                                                   "test subset of the dataset (QMNIST: test10k, test50k)")
+    p.add_argument("--dataset", metavar="NAME", help="evaluate on this dataset's test set instead of the run's own "
+                                                     "(one made for the run's classes: qmnist for mnist runs)")
+    _add_moved_data_option(p)
     p.add_argument("--attack-images", type=int, default=None, metavar="N",
                    help="images of the split (the first N) the FGSM and PGD attacks use (default 1000: all "
                         "10,000 take over an hour for a CNN on one CPU thread; 0 skips the attacks)")
@@ -546,7 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    _add_moved_data_option(p)
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("datasets", help="the MNIST family: classes, sizes, licences, and what is available offline")
+    p.add_argument("--fetch", action="append", metavar="NAME", help="fetch and verify a dataset now (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the registry as JSON")
+    p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("gradcheck", help="check the NumPy MLP's backprop against float64 autograd and finite differences")
     p.add_argument("--activation", action="append", choices=["relu", "sigmoid", "tanh", "leaky_relu"],
@@ -580,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's model to ONNX and check it with onnxruntime")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE")
+    _add_moved_data_option(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="web demo: draw a digit, see the prediction (FastAPI + uvicorn)")

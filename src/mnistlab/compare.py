@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from . import checkpoint, checks, config, data
+from . import checkpoint, checks, config, data, datasets
 from .errors import DivergenceError, MnistlabError
 from .experiment import resume, run
 from .metrics import predict_proba, summarize
@@ -66,16 +66,18 @@ class StudyRow:
 def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[config.Config]:
     """Load the study's configs, each with ``overrides`` (dotted key -> value) applied; they must agree on
     the dataset and have distinct names."""
-    cfgs = [_overridden(config.load(p), overrides or {}) for p in paths]
+    cfgs = [datasets.pin_dir(_overridden(config.load(p), overrides or {})) for p in paths]
     names = [c.name for c in cfgs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise MnistlabError(f"configs in a study need distinct names; repeated: {', '.join(sorted(dup))}")
     first = cfgs[0]
     for path, c in zip(paths, cfgs):
-        if (c.data.dir, c.data.val_fraction) != (first.data.dir, first.data.val_fraction):
-            raise MnistlabError(f"{path} uses another dataset or split (data.dir={c.data.dir!r}, "
-                                f"val_fraction={c.data.val_fraction}) than {paths[0]}: a comparison needs the same data")
+        if (c.data.dataset, c.data.dir, c.data.val_fraction) != (first.data.dataset, first.data.dir,
+                                                                  first.data.val_fraction):
+            raise MnistlabError(f"{path} uses another dataset or split (data.dataset={c.data.dataset!r}, "
+                                f"data.dir={c.data.dir!r}, val_fraction={c.data.val_fraction}) than {paths[0]}: a "
+                                f"comparison needs the same data")
     return cfgs
 
 
@@ -101,7 +103,7 @@ def _overridden(cfg: config.Config, overrides: dict[str, Any]) -> config.Config:
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     """A config without what does not define the experiment: its table label and thread count. Keys added
     to mnistlab after a run was made take their defaults, so older runs still compare."""
-    cfg = config.to_dict(config.from_dict(cfg))
+    cfg = config.to_dict(datasets.pin_dir(config.from_dict(cfg)))  # runs of older versions kept data.dir relative
     return {**cfg, "label": "", "train": {**cfg["train"], "threads": 0}}
 
 
@@ -247,7 +249,7 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
             log(f"{job.title}: {job.status}, skipped")
     if not todo:
         return study_rows(cfgs, jobs)
-    dataset = data.load(cfgs[0].data.dir or None)  # the study's configs share one dataset (load_configs)
+    dataset = datasets.load_config(cfgs[0], log)  # the study's configs share one dataset (load_configs)
     with cluster.connect(options.address) as ray:
         cluster.check_resources(ray, options, log)
         task = cluster.remote(cluster.train_in_tempdir, options)
@@ -292,16 +294,23 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
 
 
 @torch.inference_mode()
-def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu") -> float:
-    """Test accuracy (%) of the mean softmax of several runs' best-validation models."""
-    probs, labels, source = None, None, None
+def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu",
+                           data_dir: str | Path | None = None) -> float:
+    """Test accuracy (%) of the mean softmax of several runs' best-validation models.
+
+    The test set is the first run's data (``data_dir`` where it moved), checked against the SHA-256 each
+    run recorded: runs trained on other data are refused."""
+    probs, labels, ds = None, None, None
     for path in run_dirs:
         model, cfg = checkpoint.load_best_model(path, device)
-        if source is None:
-            ds = data.load(cfg.data.dir or None)
-            x, labels, source = data.to_float(ds.test_images).to(device), ds.test_labels.to(device), cfg.data.dir
-        elif cfg.data.dir != source:
-            raise MnistlabError(f"{path} was trained on other data ({cfg.data.dir!r}): an ensemble needs one test set")
+        if ds is None:
+            ds = datasets.load_for_run(path, cfg, data_dir)
+            x, labels = data.to_float(ds.test_images).to(device), ds.test_labels.to(device)
+        else:
+            recorded = RunDir(path).read_info().get("environment", {}).get("data_sha256")
+            if recorded != ds.checksum:
+                raise MnistlabError(f"{path} was trained on other data than {run_dirs[0]}: an ensemble needs one "
+                                    f"test set")
         p = predict_proba(model, x, 2000)
         probs = p if probs is None else probs + p
     return 100.0 * (probs.argmax(1) == labels).float().mean().item()

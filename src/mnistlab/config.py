@@ -23,7 +23,8 @@ from .errors import ConfigError
 
 @dataclass
 class DataConfig:
-    dir: str = ""  # "" = the bundled MNIST; else a directory with the four MNIST-format files
+    dataset: str = "mnist"  # see mnistlab.datasets.REGISTRY (mnist is bundled; others are fetched once)
+    dir: str = ""  # "" = where the dataset is (bundled, installed or cached); else a folder with its four files
     val_fraction: float = 0.1  # the report: 6,000 of the 60,000 training images
     train_on_val: bool = False  # final-model mode: train on train+validation (no validation metrics)
     augment: str = "none"  # see mnistlab.augment.AUGMENTATIONS

@@ -16,19 +16,19 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import adversarial, checkpoint, data
+from . import adversarial, checkpoint, data, datasets
 from .errors import MnistlabError
 from .metrics import predict_proba
 from .runs import RunDir, atomic_write
 from .text import md_cell
 
-N_CLASSES = 10
+N_CLASSES = 10  # MNIST's; a run's own number comes from its dataset
 ECE_BINS = 15
 PERTURB_SEED = 20261127  # fixed: the noise images are the same on every call
 
@@ -149,6 +149,8 @@ class Evaluation:
     arch: str
     data_source: str
     split: str
+    dataset: str
+    class_names: list[str]  # by label
     accuracy: float
     calibration: dict[str, Any]
     confusion: np.ndarray
@@ -160,6 +162,7 @@ class Evaluation:
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "arch": self.arch, "split": self.split, "data": self.data_source,
+                "dataset": self.dataset, "classes": self.class_names,
                 "accuracy": round(self.accuracy, 3), "ece": self.calibration["ece"],  # unrounded: every reader
                 "nll": self.calibration["nll"], "most_confused": self.confused,  # formats it the same way
                 "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()},
@@ -167,30 +170,60 @@ class Evaluation:
                 "attack_images": self.attack_images}
 
 
-def _split(run: RunDir, cfg: Any, split: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    ds = data.load(cfg.data.dir or None)
-    if split == "test":
-        return data.to_float(ds.test_images), ds.test_labels, ds.checksum
+def splits_of(dataset: str) -> list[str]:
+    """The splits ``--split`` may name for a dataset: test, val, and the dataset's named test subsets."""
+    return ["test", "val", *datasets.get(dataset).subsets]
+
+
+def _data(run: RunDir, cfg: Any, data_dir: str | Path | None, dataset: str | None) -> data.Dataset:
+    """The run's own data (checked against its recorded SHA-256), or another dataset's test set that
+    evaluates the run's models (QMNIST's for MNIST runs)."""
+    if dataset is None or dataset == cfg.data.dataset:
+        return datasets.load_for_run(run.path, cfg, data_dir)
+    spec = datasets.get(dataset)
+    if cfg.data.dataset not in spec.evaluates:
+        raise MnistlabError(f"{run.path} was trained on {cfg.data.dataset}: its model cannot be evaluated on "
+                            f"{dataset} (" + (f"it evaluates {', '.join(spec.evaluates)} models" if spec.evaluates
+                                              else "another dataset") + ")")
+    return datasets.load(dataset, data_dir)
+
+
+def _split(run: RunDir, cfg: Any, split: str, ds: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if split in ("test", *datasets.get(ds.name).subsets):
+        lo, hi = datasets.get(ds.name).subsets.get(split, (0, len(ds.test_labels)))
+        return data.to_float(ds.test_images[lo:hi]), ds.test_labels[lo:hi]
+    if split != "val":
+        raise MnistlabError(f"--split must be one of {', '.join(splits_of(ds.name))} for {ds.name}, got {split!r}")
+    if ds.name != cfg.data.dataset:
+        raise MnistlabError(f"--split val is the run's own validation split: it needs the run's dataset "
+                            f"{cfg.data.dataset}, not {ds.name}")
     if cfg.data.train_on_val:
         raise MnistlabError(f"{run.path} was trained on train + validation: it has no validation split to "
                             f"evaluate on (use --split test)")
     g = torch.Generator().manual_seed(cfg.train.seed)  # the run's first draw: the split (data.split_indices)
     _, val_idx = data.split_indices(len(ds.train_images), cfg.data.val_fraction, g)
-    return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx], ds.checksum
+    return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx]
 
 
-def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IMAGES) -> tuple[
+def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IMAGES,
+                 data_dir: str | Path | None = None, dataset: str | None = None) -> tuple[
         Evaluation, torch.nn.Module, torch.Tensor, np.ndarray, np.ndarray, str]:
     """Evaluate one run's best-validation model (in eval mode; the weight average for runs with
     ``regularize.ema``): (evaluation, model, images, labels, probabilities, data checksum). The attacks use
-    the first ``attack_images`` images of the split (all when it holds fewer; 0 skips them)."""
+    the first ``attack_images`` images of the split (all when it holds fewer; 0 skips them). ``data_dir``:
+    where the run's data is now; ``dataset``: another dataset whose test set evaluates the run's models
+    (e.g. ``qmnist`` for an MNIST run); ``split``: test, val or the dataset's named test subsets (QMNIST's
+    test50k). Data that is not the run's is refused (:class:`DataError`)."""
     run = RunDir(path)
     model, cfg = checkpoint.load_best_model(path)
-    x, y, checksum = _split(run, cfg, split)
+    ds = _data(run, cfg, data_dir, dataset)
+    x, y = _split(run, cfg, split, ds)
+    checksum = ds.checksum
+    k = len(datasets.classes_of(cfg))
     with torch.inference_mode():
         probs = predict_proba(model, x, 2000).numpy()
         labels = y.numpy()
-        cm = confusion_matrix(probs.argmax(1), labels)
+        cm = confusion_matrix(probs.argmax(1), labels, k)
         robust: dict[str, list[tuple[float, float]]] = {}
         for kind, (_, values, fn) in PERTURBATIONS.items():
             robust[kind] = []
@@ -199,8 +232,10 @@ def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IM
                 robust[kind].append((v, 100.0 * float((p == labels).mean())))
     n_attack = min(max(attack_images, 0), len(x))
     attacked = attack_curves(model, x[:n_attack], y[:n_attack]) if n_attack else {}
+    source = "bundled MNIST" if ds.source == "bundled" else f"{ds.name} ({ds.source})"
     # the config's name, validated as one safe directory name (never a path out of --out)
-    ev = Evaluation(name=cfg.name, arch=cfg.model.arch, data_source=cfg.data.dir or "bundled MNIST", split=split,
+    ev = Evaluation(name=cfg.name, arch=cfg.model.arch, data_source=source, split=split, dataset=ds.name,
+                    class_names=list(datasets.classes_of(cfg)),
                     accuracy=100.0 * float(np.trace(cm) / cm.sum()), calibration=calibration(probs, labels),
                     confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust,
                     adversarial=attacked, attack_images=n_attack)
@@ -218,20 +253,33 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
+def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en",
+                     labels: Sequence[str] | None = None) -> None:
+    """Counts and row-normalised confusion matrices side by side; ``labels``: the class names (default:
+    the label numbers)."""
     from .plots import language, save_figure, subplots, t
+    k = len(cm)
+    labels = [str(c) for c in range(k)] if labels is None else list(labels)
+    wordy = any(len(label) > 3 for label in labels)  # names (Fashion-MNIST's), not symbols ("7", "C/c")
     with language(lang):
-        fig, axes = subplots(1, 2, figsize=(12, 5))
+        side = max(5.0, 0.28 * k)  # 47 EMNIST classes need room
+        fig, axes = subplots(1, 2, figsize=(2.4 * side + (2 if wordy else 0) if k <= 20 else 2.2 * side,
+                                                side + (1.2 if wordy else 0)),
+                                 gridspec_kw={"wspace": 0.45 if wordy else 0.2})  # room for the names between
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         for ax, mat, title, fmt in ((axes[0], cm, "{}: confusion matrix, counts", "d"),
                                     (axes[1], norm, "{}: confusion matrix, row-normalised (recall)", ".2f")):
             ax.imshow(mat, cmap="Blues")
-            for i in range(len(mat)):
-                for j in range(len(mat)):
-                    ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
-                            color="white" if mat[i, j] > mat.max() / 2 else "black")
+            if k <= 20:  # numbers in the cells while they can be read
+                for i in range(k):
+                    for j in range(k):
+                        ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
+                                color="white" if mat[i, j] > mat.max() / 2 else "black")
             ax.set(xlabel=t("predicted", lang), ylabel=t("true", lang), title=t(title, lang).format(name),
-                   xticks=range(len(mat)), yticks=range(len(mat)))
+                   xticks=range(k), yticks=range(k))
+            ax.set_xticklabels(labels, rotation=45 if wordy else 0, ha="right" if wordy else "center",
+                               fontsize=7 if k > 20 else None)
+            ax.set_yticklabels(labels, fontsize=7 if k > 20 else None)
         save_figure(fig, path)
 
 
@@ -284,18 +332,27 @@ def first_layer_units(model: torch.nn.Module) -> np.ndarray:
     return (w[:64].reshape(-1, 28, 28) if isinstance(first, torch.nn.Linear) else w[:, 0]).numpy()
 
 
+def _plot_labels(ev: Evaluation) -> list[str]:
+    """Class names for figures (KMNIST's romanisations: the default fonts have no kana)."""
+    spec = datasets.REGISTRY.get(ev.dataset)
+    if spec is not None and list(spec.classes) == ev.class_names:
+        return list(spec.labels_for_plots)
+    return ev.class_names
+
+
 def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray,
              out: Path) -> None:
     from .plots import save_figure
 
-    confusion_figure(ev.confusion, ev.name, out / "confusion.png")
+    names = _plot_labels(ev)
+    confusion_figure(ev.confusion, ev.name, out / "confusion.png", labels=names)
     wrong = np.nonzero(probs.argmax(1) != labels)[0]
     wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:24]
     if len(wrong):
         fig, axes = _image_grid(len(wrong), cell=(1.4, 1.7))
         for ax, i in zip(axes, wrong):
             ax.imshow(x[i, 0].numpy(), cmap="gray")
-            ax.set_title(f"true {labels[i]}\nsaid {probs[i].argmax()} ({probs[i].max():.0%})", fontsize=8)
+            ax.set_title(f"true {names[labels[i]]}\nsaid {names[probs[i].argmax()]} ({probs[i].max():.0%})", fontsize=8)
         fig.suptitle(f"{ev.name}: the most confident mistakes")
         save_figure(fig, out / "mistakes.png")
     reliability_figure(ev.calibration["bins"], ev.calibration["ece"], ev.name, out / "reliability.png")
@@ -398,19 +455,20 @@ def _log_adversarial(ev: Evaluation, total: int, log: Callable[[str], None]) -> 
 
 
 def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print,
-                  attack_images: int = ATTACK_IMAGES) -> list[Evaluation]:
+                  attack_images: int = ATTACK_IMAGES, data_dir: str | Path | None = None,
+                  dataset: str | None = None) -> list[Evaluation]:
     """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot,
     and ``out/adversarial.md/.png`` side by side. The FGSM and PGD attacks use the first ``attack_images``
     images of the split (0 skips them). Runs of the same name get ``NAME_2``, ``NAME_3``... in the order given;
-    each log line names its run directory."""
-    if split not in ("test", "val"):
-        raise MnistlabError(f"--split must be test or val, got {split!r}")
+    each log line names its run directory. ``data_dir``, ``dataset``: see :func:`evaluate_run`."""
     if attack_images < 0:
         raise MnistlabError(f"--attack-images must be >= 0 (0 skips the attacks), got {attack_images}")
+    if dataset is not None:
+        datasets.get(dataset)  # an unknown name, before any work
     evals, checksum0 = [], None
     out.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
-        ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split, attack_images)
+        ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split, attack_images, data_dir, dataset)
         if checksum0 is None:
             checksum0 = checksum
         elif checksum != checksum0:
@@ -421,9 +479,10 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         ev.name = name
         d = out / name
         d.mkdir(exist_ok=True)
+        k = len(ev.confusion)
         atomic_write(d / "confusion.csv", _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p])
-                                                               for p in range(N_CLASSES)}} for t in range(N_CLASSES)]))
-        atomic_write(d / "per_class.csv", _csv(ev.classes))
+                                                               for p in range(k)}} for t in range(k)]))
+        atomic_write(d / "per_class.csv", _csv([{**c, "name": ev.class_names[c["class"]]} for c in ev.classes]))
         atomic_write(d / "calibration.csv", _csv(ev.calibration["bins"]))
         atomic_write(d / "robustness.csv", _csv([{"perturbation": k, "value": v, "accuracy": round(a, 3)}
                                                  for k, pts in ev.robustness.items() for v, a in pts]))
@@ -438,7 +497,8 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         log(f"{name} ({path}; {ev.arch}, {split}) -> {d}/: accuracy {ev.accuracy:.2f}%, "
             f"ECE {ece_percent(ev.calibration['ece'])}%, "
             f"NLL {ev.calibration['nll']:.4f}; most confused "
-            + ", ".join(f"{c['true']}->{c['predicted']} ({c['count']})" for c in ev.confused[:3])
+            + ", ".join(f"{ev.class_names[c['true']]}->{ev.class_names[c['predicted']]} ({c['count']})"
+                        for c in ev.confused[:3])
             + f"; shifted 3 px {ev.robustness['shift'][3][1]:.1f}%, rotated 30 deg {ev.robustness['rotation'][5][1]:.1f}%, "
               f"inverted {ev.robustness['inverted'][1][1]:.1f}%")
         _log_adversarial(ev, len(labels), log)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import checkpoint, checks, data
+from . import checkpoint, checks, data, datasets
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, DivergenceError, MnistlabError
@@ -73,8 +73,10 @@ def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Tr
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
     """Check the config, load the data (unless given) and resolve device and precision: "auto" becomes what
     :func:`mnistlab.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
-    where the device has no native bf16."""
+    where the device has no native bf16. ``data.dir`` comes back absolute, so the run's record finds its data
+    from anywhere."""
     checks.check(cfg)
+    cfg = datasets.pin_dir(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -86,7 +88,9 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
         log(f"note: {device} has no bf16 support; falling back to fp32")
         cfg = config_mod.set_values(cfg, {"train.precision": "fp32"})
     if dataset is None:
-        dataset = data.load(cfg.data.dir or None)
+        dataset = datasets.load_config(cfg, log)
+    elif dataset.name != cfg.data.dataset:
+        raise ConfigError(f"config key 'data.dataset' = {cfg.data.dataset!r} but the data given is {dataset.name}")
     return dataset, device, cfg
 
 
@@ -120,6 +124,7 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
         "name": cfg.name, "status": "running", "started": now(), "config": config_mod.to_dict(cfg),
         "environment": environment(device, dataset.checksum, dataset.source, cfg.train.seed),
         "data_is_mnist": dataset.is_mnist, "parameters": count_parameters(trainer.model),
+        "data": {"dataset": dataset.name, "classes": list(dataset.classes), "verified": dataset.verified},
         "data_sizes": {"train": len(trainer.train_idx), "val": 0 if trainer.val is None else len(trainer.val.y),
                        "test": len(trainer.test.y)},
     }

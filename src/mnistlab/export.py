@@ -1,9 +1,11 @@
-"""ONNX export: float32 pixels in [0, 1], shape (N, 1, 28, 28), to logits (N, 10); normalisation (when the
-model has it) inside the graph; a dynamic batch. The export checks itself with onnxruntime on the test set."""
+"""ONNX export: float32 pixels in [0, 1], shape (N, 1, 28, 28), to logits (N, K), K the dataset's classes
+(whose names are in the model's metadata, ``classes``, a JSON list by label); normalisation (when the model
+has it) inside the graph; a dynamic batch. The export checks itself with onnxruntime on the run's test set."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data
+from . import data, datasets
 from .checkpoint import load_best_model
 from .errors import MnistlabError
 from .runs import atomic_write
@@ -43,9 +45,10 @@ def _require():
 
 
 def export_onnx(run_dir: str | Path, out: str | Path) -> None:
-    """Write the run's best-validation model as an ONNX file (atomically)."""
+    """Write the run's best-validation model as an ONNX file (atomically), its class names in the metadata."""
     onnx, _ = _require()
-    model, _ = load_best_model(run_dir)
+    model, cfg = load_best_model(run_dir)
+    classes = datasets.classes_of(cfg)
     model = model.float().to(memory_format=torch.contiguous_format)
     example = torch.rand(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=65536)
@@ -58,20 +61,26 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
                                     dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False)
     quiet.setLevel(level)
     proto = program.model_proto
-    proto.doc_string = ("mnistlab model: input 'pixels' float32 (N, 1, 28, 28) in [0, 1], light ink on dark, "
-                        "MNIST-style; output 'logits' (N, 10).")
+    proto.doc_string = (f"mnistlab model ({cfg.data.dataset}): input 'pixels' float32 (N, 1, 28, 28) in [0, 1], "
+                        f"light ink on dark, MNIST-style; output 'logits' (N, {len(classes)}), one per class in the "
+                        f"metadata 'classes'.")
+    for key, value in (("dataset", cfg.data.dataset), ("classes", json.dumps(list(classes), ensure_ascii=False))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
     buf = io.BytesIO()
     onnx.save_model(proto, buf)
     atomic_write(Path(out), buf.getvalue())
 
 
-def check_onnx(run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000) -> ExportCheck:
-    """Run the ONNX file with onnxruntime and the torch model on the run's test set and compare."""
+def check_onnx(run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000,
+               data_dir: str | Path | None = None) -> ExportCheck:
+    """Run the ONNX file with onnxruntime and the torch model on the run's test set and compare. The test
+    set is the run's data (``data_dir`` where it moved), checked against the SHA-256 the run recorded."""
     _, ort = _require()
     model, cfg = load_best_model(run_dir)
-    ds = data.load(cfg.data.dir or None)
-    x = data.to_float(ds.test_images)  # (10000, 1, 28, 28)
+    ds = datasets.load_for_run(run_dir, cfg, data_dir)
+    x = data.to_float(ds.test_images)  # (N, 1, 28, 28)
     y = ds.test_labels.numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     diffs, same, correct_onnx, correct_torch = 0.0, 0, 0, 0

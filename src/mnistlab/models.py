@@ -1,6 +1,7 @@
 """Models as plain ``nn.Module``s, built from registries; they know nothing of training.
 
-All models take float pixels in [0, 1] of shape (B, 1, 28, 28) and return logits (B, 10).
+All models take float pixels in [0, 1] of shape (B, 1, 28, 28) and return logits (B, K), K the dataset's
+number of classes (10 for MNIST).
 Parameters are initialised from an explicit ``torch.Generator`` (never the global RNG), in the same
 order of draws as PyTorch's own constructors, so the report's initial weights are reproduced exactly.
 """
@@ -248,7 +249,7 @@ class ShiftTTA(nn.Module):
     """Translation test-time augmentation: the mean softmax of ``model`` over translated copies of the input.
 
     ``p(y|x) = 1/S * sum_s softmax(model(T_s x))`` for the S shifts ``(dx, dy)`` (include ``(0, 0)`` for the
-    image itself); returned as log-probabilities (B, 10), which are valid logits: their softmax is ``p`` and
+    image itself); returned as log-probabilities (B, K) for K classes, which are valid logits: their softmax is ``p`` and
     their cross-entropy is the NLL of ``p``. Averaging predictions over small translations is the test-time
     counterpart of training on shifted images (Simard et al. 2003; Krizhevsky et al. 2012 average over crops).
     The weights are the wrapped model's; the wrapper holds no parameters of its own.
@@ -277,13 +278,14 @@ def for_inference(model: nn.Module, shifts: Sequence[Sequence[int]]) -> nn.Modul
     return ShiftTTA(model, shifts) if shifts else model
 
 
-ARCHS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "mlp": lambda c: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
-                         noise_std=c.noise_std),
-    "lenet5": lambda c: LeNet5(c.activation, c.dropout, c.normalize),
-    "cnn": lambda c: SmallCNN(c.width, c.activation, c.dropout, c.normalize),
-    "fastcnn": lambda c: FastCNN(c.width, c.activation, c.dropout, c.normalize),
-    "speedcnn": lambda c: SpeedCNN(c.width, c.activation, c.dropout, c.normalize),
+# name -> constructor from (model config, number of classes)
+ARCHS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "mlp": lambda c, k: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
+                            n_classes=k, noise_std=c.noise_std),
+    "lenet5": lambda c, k: LeNet5(c.activation, c.dropout, c.normalize, n_classes=k),
+    "cnn": lambda c, k: SmallCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
+    "fastcnn": lambda c, k: FastCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
+    "speedcnn": lambda c, k: SpeedCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
 }
 CONV_ARCHS = ("lenet5", "cnn", "fastcnn", "speedcnn")
 
@@ -355,10 +357,12 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu") -> nn.Module:
-    """Construct the configured model on ``device`` and initialise it from ``generator``."""
+def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu",
+                n_classes: int = 10) -> nn.Module:
+    """Construct the configured model with ``n_classes`` outputs (the dataset's classes) on ``device`` and
+    initialise it from ``generator``."""
     with torch.device("meta"):  # no allocation and no global-RNG draws until we initialise
-        model = ARCHS[cfg.arch](cfg)
+        model = ARCHS[cfg.arch](cfg, n_classes)
     # initialise where the generator lives (the CPU stream that replays the report's draws), then move
     model = model.to_empty(device=generator.device)
     init_parameters(model, cfg.init, generator)

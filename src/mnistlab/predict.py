@@ -344,53 +344,101 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     return out
 
 
-def preprocess(source: str | Path | bytes | Image.Image | np.ndarray | torch.Tensor, name: str | None = None) -> np.ndarray:
+def fill_frame(grey: np.ndarray, name: str = "image") -> np.ndarray:
+    """A grey image of an object of any size and polarity -> (28, 28) float32, as Fashion-MNIST was made
+    (Xiao et al. 2017, section 2): light on a dark background (inverted when the image is dark-on-light),
+    trimmed to the object, its longer side scaled to 28 pixels, centred in the 28x28 frame. A 28x28 image
+    of the dataset itself passes through unchanged (but for centring)."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    x = 1.0 - grey if np.median(border) > 0.5 else grey
+    paper = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])))
+    x = np.clip((x - paper) / max(1.0 - paper, 1e-6), 0, 1)  # the background to 0
+    rows, cols = np.nonzero((x > 0.05).any(1))[0], np.nonzero((x > 0.05).any(0))[0]
+    if not len(rows):
+        raise ImageError(f"{name}: nothing found (the image is blank)")
+    x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = x.shape
+    size = (max(1, round(w * 28 / max(h, w))), max(1, round(h * 28 / max(h, w))))
+    img = Image.fromarray(np.round(x * 255).astype(np.uint8))
+    box = np.asarray(img if img.size == size else img.resize(size, Image.LANCZOS), np.float32) / 255
+    out = np.zeros((28, 28), np.float32)
+    top, left = (28 - box.shape[0]) // 2, (28 - box.shape[1]) // 2
+    out[top:top + box.shape[0], left:left + box.shape[1]] = box
+    return out
+
+
+FRAMES = {"digit": mnist_style, "fill": fill_frame}  # how a dataset's images were framed (see DatasetSpec.handwriting)
+
+
+def preprocess(source: str | Path | bytes | Image.Image | np.ndarray | torch.Tensor, name: str | None = None,
+               frame: str = "digit") -> np.ndarray:
     """A file path, encoded bytes, PIL image, NumPy array or torch tensor -> (28, 28) float32 in [0, 1].
 
-    Every kind takes the same path (:func:`to_grey`, then :func:`mnist_style`), so an array is read as the
-    same digit as the file that holds it, with the same polarity rule. Raises :class:`ImageError`."""
+    Every kind takes the same path (:func:`to_grey`, then the dataset's framing), so an array is read as the
+    same image as the file that holds it, with the same polarity rule. ``frame``: ``digit`` (MNIST's:
+    :func:`mnist_style`) or ``fill`` (Fashion-MNIST's: :func:`fill_frame`). Raises :class:`ImageError`."""
+    if frame not in FRAMES:
+        raise ImageError(f"unknown frame {frame!r} (one of {', '.join(FRAMES)})")
+    style = FRAMES[frame]
     if isinstance(source, (str, Path, bytes)):
         label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-        return mnist_style(to_grey(open_image(source), label), label)
+        return style(to_grey(open_image(source), label), label)
     label = name or ("image" if isinstance(source, Image.Image) else "array")
     if not isinstance(source, (Image.Image, np.ndarray, torch.Tensor)):
         raise ImageError(f"{label}: cannot read a {type(source).__name__} as an image (give a path, bytes, a PIL "
                          f"image, a NumPy array or a torch tensor)")
-    return mnist_style(to_grey(source, label), label)
+    return style(to_grey(source, label), label)
 
 
 @dataclass
 class Prediction:
     path: str
-    prediction: int
-    probabilities: list[float]
+    prediction: int  # the most probable class's label (its index)
+    probabilities: list[float]  # by label
     input: np.ndarray  # the (28, 28) image the model saw
     unlike_digit: str | None = None  # why the input is unlike any digit, when it is
+    label: str = ""  # the most probable class's name (the dataset's: "7", "Ankle boot", ...)
 
     def top(self, k: int = 3) -> list[tuple[int, float]]:
         order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(i), float(self.probabilities[i])) for i in order]
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": self.path, "prediction": self.prediction,
+        return {"path": self.path, "prediction": self.prediction, "label": self.label,
                 "probabilities": [round(float(p), 6) for p in self.probabilities], "unlike_digit": self.unlike_digit}
 
 
 class Classifier:
-    """A trained run's model, ready to predict: ``Classifier.load(run_dir).predict(images)``."""
+    """A trained run's model, ready to predict: ``Classifier.load(run_dir).predict(images)``.
 
-    def __init__(self, model: torch.nn.Module, run_dir: str = "") -> None:
+    ``classes``: the dataset's class names by label; ``handwriting``: whether its images are handwriting,
+    framed as MNIST's (else as Fashion-MNIST's, see :func:`fill_frame`); the ink-coverage check of
+    :func:`unlike_digit` is measured on handwritten digits and applies only there.
+    """
+
+    def __init__(self, model: torch.nn.Module, run_dir: str = "", classes: Sequence[str] = tuple("0123456789"),
+                 handwriting: bool = True, dataset: str = "mnist") -> None:
         self.model, self.run_dir = model.eval(), run_dir
+        self.classes, self.handwriting, self.dataset = tuple(classes), handwriting, dataset
+        self.frame = "digit" if handwriting else "fill"
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Classifier":
         from .checkpoint import load_best_model
-        model, _ = load_best_model(run_dir)
-        return cls(model, str(run_dir))
+        from .datasets import get
+        model, cfg = load_best_model(run_dir)
+        spec = get(cfg.data.dataset)
+        return cls(model, str(run_dir), spec.classes, spec.handwriting, spec.name)
+
+    def note(self, x: np.ndarray, probs: np.ndarray) -> str | None:
+        """Why the input is unlike what the model knows (see :func:`unlike_digit`), or None."""
+        if self.handwriting:
+            return unlike_digit(x, probs)
+        return f"low confidence ({float(probs.max()):.0%})" if float(probs.max()) < LOW_CONFIDENCE else None
 
     @torch.inference_mode()
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) MNIST-style float images -> (N, 10) softmax probabilities."""
+        """(N, 28, 28) MNIST-style float images -> (N, K) softmax probabilities, K the dataset's classes."""
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).unsqueeze(1)  # (N, 1, 28, 28)
         return torch.softmax(self.model(x).float(), 1).numpy()
 
@@ -399,10 +447,11 @@ class Classifier:
         :func:`preprocess`; raises :class:`ImageError` for one that holds no readable digit."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        inputs = np.stack([preprocess(im) for im in images])
+        inputs = np.stack([preprocess(im, frame=self.frame) for im in images])
         probs = self.probabilities(inputs)
         names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
-        return [Prediction(n, int(p.argmax()), p.tolist(), x, unlike_digit(x, p)) for n, p, x in zip(names, probs, inputs)]
+        return [Prediction(n, int(p.argmax()), p.tolist(), x, self.note(x, p), self.classes[int(p.argmax())])
+                for n, p, x in zip(names, probs, inputs)]
 
 
 def unlike_digit(x: np.ndarray, probs: np.ndarray) -> str | None:

@@ -28,9 +28,9 @@ TEXT: dict[str, dict[str, str]] = {
                  "the MLP and backpropagation, training and evaluation) with numbers and figures produced by "
                  "mnistlab from the runs listed below. Every number here was measured; none was typed in.",
         "data": "1. Data and validation split",
-        "data_text": "MNIST's 60,000 training images are split at random (seed {seed}) into a training set and a "
-                     "validation set holding {val_pct:.0f}% of them; the 10,000 test images are used only to report "
-                     "accuracy, never to choose an epoch or a setting.",
+        "data_text": "{dataset}'s {n_train:,} training images are split at random (seed {seed}) into a training set "
+                     "and a validation set holding {val_pct:.0f}% of them; the {n_test:,} test images are used only to "
+                     "report accuracy, never to choose an epoch or a setting.",
         "split": "split", "images": "images", "role": "role", "train_set": "train", "val_set": "validation",
         "test_set": "test", "trainval_set": "train + validation", "model": "model", "optimizer": "optimizer",
         "batch_epochs": "batch size / epochs", "precision_seed": "precision / seed", "parameters": "parameters",
@@ -98,7 +98,7 @@ TEXT: dict[str, dict[str, str]] = {
                        "expected calibration error (15 bins) and negative log-likelihood, and accuracy when the "
                        "images are shifted right and down by 3 pixels, rotated by 30 degrees, given Gaussian noise "
                        "of standard deviation 0.3, or inverted.",
-        "inside_conf": "Confusion matrix of {name} (rows: true digit, columns: prediction).",
+        "inside_conf": "Confusion matrix of {name} (rows: true class, columns: prediction).",
         "inside_rel": "Reliability of {name}: accuracy against confidence; the diagonal is perfect calibration.",
         "inside_rob": "Accuracy under perturbations, every evaluated model on one plot.",
         "inside_adv": "Adversarial robustness, on the first {images} {split} images: accuracy when each image is "
@@ -120,8 +120,8 @@ TEXT: dict[str, dict[str, str]] = {
         "intro": "이 보고서는 KECE470 과제의 네 가지 질문(데이터, 활성화 함수, MLP와 역전파, 학습과 평가)에 "
                  "아래 실행들로 mnistlab이 만든 수치와 그림으로 답한다. 모든 수치는 측정값이며 손으로 입력한 값은 없다.",
         "data": "1. 데이터와 검증 세트 분할",
-        "data_text": "MNIST 학습 이미지 60,000개를 무작위로(시드 {seed}) 학습 세트와 그 {val_pct:.0f}%인 검증 세트로 "
-                     "나눈다. 테스트 이미지 10,000개는 정확도 보고에만 쓰고, 에폭이나 설정을 고르는 데는 쓰지 않는다.",
+        "data_text": "{dataset} 학습 이미지 {n_train:,}개를 무작위로(시드 {seed}) 학습 세트와 그 {val_pct:.0f}%인 검증 세트로 "
+                     "나눈다. 테스트 이미지 {n_test:,}개는 정확도 보고에만 쓰고, 에폭이나 설정을 고르는 데는 쓰지 않는다.",
         "split": "세트", "images": "이미지 수", "role": "역할", "train_set": "학습", "val_set": "검증",
         "test_set": "테스트", "trainval_set": "학습 + 검증", "model": "모델", "optimizer": "최적화",
         "batch_epochs": "배치 크기 / 에폭", "precision_seed": "정밀도 / 시드", "parameters": "파라미터 수",
@@ -180,7 +180,7 @@ TEXT: dict[str, dict[str, str]] = {
         "inside_text": "검증 정확도가 가장 높은 가중치로 {split} 세트에서 `mnistlab evaluate`를 실행한 결과: 정확도, "
                        "기대 보정 오차(15구간)와 음의 로그 가능도, 그리고 이미지를 오른쪽 아래로 3픽셀 옮기거나 30도 "
                        "회전하거나 표준편차 0.3의 가우스 잡음을 더하거나 반전했을 때의 정확도.",
-        "inside_conf": "{name}의 혼동 행렬 (행: 실제 숫자, 열: 예측).",
+        "inside_conf": "{name}의 혼동 행렬 (행: 실제 클래스, 열: 예측).",
         "inside_rel": "{name}의 신뢰도 그림: 확신도에 따른 정확도, 대각선이 완벽한 보정이다.",
         "inside_rob": "교란에 따른 정확도, 평가한 모든 모델을 한 그림에.",
         "inside_adv": "적대적 강건성 ({split} 세트의 처음 {images}장): 각 이미지를 반지름 eps(픽셀 범위 [0, 1])의 "
@@ -246,7 +246,12 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
         rows = [[t["trainval_set"], f"{sizes['train']:,}", t["train_role"]],
                 [t["test_set"], f"{sizes['test']:,}", t["test_role"]]]
     env = info["environment"]
-    return (f"## {t['data']}\n\n" + t["data_text"].format(seed=cfg["train"]["seed"],
+    from .datasets import REGISTRY
+    spec = REGISTRY.get(cfg["data"].get("dataset", "mnist"))
+    title = spec.title if spec is not None else cfg["data"].get("dataset", "MNIST")
+    n_train = sizes["train"] + sizes["val"]
+    return (f"## {t['data']}\n\n" + t["data_text"].format(dataset=title, n_train=n_train, n_test=sizes["test"],
+                                                           seed=cfg["train"]["seed"],
                                                            val_pct=100 * cfg["data"]["val_fraction"]) + "\n\n"
             + _table([t["split"], t["images"], t["role"]], rows) + "\n"
             + t["checksum"].format(sha=env["data_sha256"], source=t["bundled"] if env["data_source"] == "bundled"
@@ -390,6 +395,7 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> st
                      f"{r['inverted'][1.0]:.2f}"])
     parts = [f"## {t['inside']}\n", t["inside_text"].format(split=summaries[0]["split"]) + "\n",
              _table(t["inside_cols"].split("|"), rows)]
+    from .datasets import REGISTRY
     from .evaluate import confusion_figure, first_layer_figure, reliability_figure, robustness_figure
 
     # every figure redrawn from the evaluation's files, in the report's language
@@ -398,15 +404,19 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> st
     parts.append(f"![{t['inside_rob']}](inside_robustness.png)\n")
     parts.append(_inside_adversarial(t, summaries, out, lang))
     for i, (m, s) in enumerate(zip(models, summaries), 1):
-        pairs = ", ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in s["most_confused"][:3])
+        names = s.get("classes") or [str(c) for c in range(10)]  # evaluations of older versions: digits
+        pairs = ", ".join(f"{names[c['true']]} -> {names[c['predicted']]} ({c['count']})" for c in s["most_confused"][:3])
         parts.append(t["inside_pairs"].format(name=s["name"], pairs=pairs) + "\n")
         try:
-            cm = np.array([[int(r[f"pred_{p}"]) for p in range(10)] for r in csv.DictReader((m / "confusion.csv").open())])
+            cm = np.array([[int(r[f"pred_{p}"]) for p in range(len(names))]
+                           for r in csv.DictReader((m / "confusion.csv").open())])
             bins = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((m / "calibration.csv").open())]
             units = np.load(m / "first_layer.npy")
         except (OSError, ValueError, KeyError) as e:
             raise MnistlabError(f"{m} is an incomplete evaluation ({e}); run mnistlab evaluate again") from None
-        confusion_figure(cm, s["name"], out / f"inside{i}_confusion.png", lang)
+        spec = REGISTRY.get(s.get("dataset", "mnist"))
+        labels = list(spec.labels_for_plots) if spec is not None and list(spec.classes) == names else names
+        confusion_figure(cm, s["name"], out / f"inside{i}_confusion.png", lang, labels=labels)
         reliability_figure(bins, s["ece"], s["name"], out / f"inside{i}_reliability.png", lang)
         first_layer_figure(units, s["name"], out / f"inside{i}_first_layer.png", lang)
         for fig, key in (("confusion.png", "inside_conf"), ("reliability.png", "inside_rel"),

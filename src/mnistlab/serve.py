@@ -11,6 +11,7 @@ from the header and capped at ``MAX_SIDE`` pixels a side before anything is deco
 import asyncio
 import base64
 import binascii
+import html
 import json
 import socket
 from importlib import resources
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MnistlabError
-from .predict import Classifier, ImageError, open_image, preprocess, unlike_digit
+from .predict import Classifier, ImageError, open_image, preprocess
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_SIDE = 2048
@@ -153,12 +154,14 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
     from starlette.concurrency import run_in_threadpool
 
     clf = Classifier.load(run_dir)
-    page = resources.files("mnistlab").joinpath("web", "index.html").read_text(encoding="utf-8")
+    page = _page(clf)
     decodes = asyncio.Semaphore(MAX_DECODES)
 
     class PredictResponse(pydantic.BaseModel):
-        prediction: int = pydantic.Field(description="the most probable digit")
-        probabilities: list[float] = pydantic.Field(description="softmax probability of each digit 0-9")
+        prediction: int = pydantic.Field(description="the most probable class's label (0-9 for digits)")
+        label: str = pydantic.Field(description="the most probable class's name")
+        classes: list[str] = pydantic.Field(description="the class names, by label")
+        probabilities: list[float] = pydantic.Field(description="softmax probability of each class, by label")
         input: list[list[float]] = pydantic.Field(description="the 28x28 image the model saw, values in [0, 1]")
         unlike_digit: str | None = pydantic.Field(None, description="why the input is unlike any digit (unusual "
                                                                    "ink or low confidence), or null")
@@ -179,14 +182,14 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
 
     @app.get("/api/health")
     def health() -> dict[str, str]:
-        return {"status": "ok", "model": Path(str(run_dir)).name}
+        return {"status": "ok", "model": Path(str(run_dir)).name, "dataset": clf.dataset}
 
     def classify(raw: bytes) -> PredictResponse:
-        x = preprocess(open_image(raw, max_side=MAX_SIDE), "image")
+        x = preprocess(open_image(raw, max_side=MAX_SIDE), "image", clf.frame)
         probs = clf.probabilities(x[None])[0]
-        return PredictResponse(prediction=int(probs.argmax()), probabilities=[round(float(p), 6) for p in probs],
-                               input=[[round(float(v), 3) for v in row] for row in x],
-                               unlike_digit=unlike_digit(x, probs))
+        return PredictResponse(prediction=int(probs.argmax()), label=clf.classes[int(probs.argmax())],
+                               classes=list(clf.classes), probabilities=[round(float(p), 6) for p in probs],
+                               input=[[round(float(v), 3) for v in row] for row in x], unlike_digit=clf.note(x, probs))
 
     @app.post("/api/predict", response_model=PredictResponse, openapi_extra={"requestBody": REQUEST_BODY},
               responses={400: {"description": "not a readable image, or no digit in it"},
@@ -209,6 +212,18 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, timeout=body_timeout)
     return app
+
+
+def _page(clf: Classifier) -> str:
+    """The drawing page, headed with what the model knows (MNIST's page says "Draw a digit")."""
+    page = resources.files("mnistlab").joinpath("web", "index.html").read_text(encoding="utf-8")
+    if clf.classes == tuple("0123456789"):
+        return page
+    names = ", ".join(clf.classes) if len(clf.classes) <= 12 else f"{', '.join(clf.classes[:12])}, ..."
+    what = html.escape(f"one of the {len(clf.classes)} classes of {clf.dataset} ({names})")
+    return (page.replace("<title>mnistlab: draw a digit</title>", f"<title>mnistlab: {html.escape(clf.dataset)}</title>")
+            .replace("<h1>Draw a digit</h1>", f"<h1>Draw: {html.escape(clf.dataset)}</h1>")
+            .replace("Draw one digit (0-9)", f"Draw {what}"))
 
 
 def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_S) -> type:

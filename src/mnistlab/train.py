@@ -67,7 +67,7 @@ class Trainer:
         n = len(dataset.train_images)
         train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g_data)
         data.loader_seed(self.g_data)  # the report's validation DataLoader draws its base seed here
-        self.model = build_model(cfg.model, self.g_data, device)
+        self.model = build_model(cfg.model, self.g_data, device, n_classes=dataset.n_classes)
         for m in self.model.modules():
             if isinstance(m, STOCHASTIC_LAYERS):
                 m.generator = self.g_drop

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import checkpoint, checks, config, data
+from . import checkpoint, checks, config, data, datasets
 from .errors import ConfigError, DivergenceError, MnistlabError
 from .experiment import StopRun, resume, run
 from .metrics import summarize
@@ -461,6 +461,7 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
     optuna = _optuna()
     check_request(base, trials, storage_url, timeout_minutes)
     check_study_dir(out, "tune")
+    base = datasets.pin_dir(base)
     study_name = study_name or base.name
     record = _record(base, params, options, storage_url, study_name)
     tag = _existing_tag(out, record)
@@ -475,7 +476,7 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
         tag = uuid.uuid4().hex
         atomic_write(out / STUDY_FILE, json.dumps({**record, "tag": tag}, indent=1) + "\n")
     write_study(out, "tune")
-    dataset = data.load(base.data.dir or None)
+    dataset = datasets.load_config(base, log)
     trials_dir = out / "trials"
     trials_dir.mkdir(exist_ok=True)
     deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
