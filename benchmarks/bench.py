@@ -12,7 +12,7 @@ Sections (``--sections``, default all):
   it; ``--recipes`` adds ``baseline``, the one before that), 10 seeds each (200-209), in turn: training
   seconds, process wall time and test accuracy, and whether the target holds (<= 4 s, 99% mean, min 98.9%).
 
-Every section records the machine it ran on (``mnistlab.hardware``: CPU model, the flags that decide speed,
+Every section records the machine it ran on (``mnistlab.core.hardware``: CPU model, the flags that decide speed,
 torch's build). Writes ``benchmarks/results/bench_KIND.json`` and ``.md``, one file per kind of CPU (amx,
 avx512_bf16, avx512, avx2), since the figures differ by kind; a section not rerun keeps its last results.
 """
@@ -95,8 +95,8 @@ def section_roofline() -> dict:
     """The report's training step (B = 100) against the machine's matrix-multiply peak, and against the same
     step's matrix multiplies alone (the fused step's floor: what is left above it is elementwise work and
     per-operator dispatch)."""
-    from mnistlab import config, data, fused
-    from mnistlab.train import Trainer
+    from mnistlab.core import config, data, fused
+    from mnistlab.core.train import Trainer
 
     res = {}
     n = 2048
@@ -253,12 +253,12 @@ def main() -> None:
                         "default, all cores). 1 gives steadier ratios on a busy shared machine; the figures that "
                         "count are measured with the default on a quiet one")
     parser.add_argument("--name", default="", help="results file name without extension (default: bench_KIND, "
-                        "KIND being this CPU's kind from mnistlab.hardware: amx, avx512_bf16, avx512, avx2)")
+                        "KIND being this CPU's kind from mnistlab.core.hardware: amx, avx512_bf16, avx512, avx2)")
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the runs' processes inherit it
         torch.set_num_threads(args.threads)  # the roofline, in this process
-    from mnistlab import hardware
+    from mnistlab.core import hardware
 
     desc = hardware.describe(args.device)
     kind = desc["cpu"]["kind"]

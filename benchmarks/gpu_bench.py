@@ -45,7 +45,7 @@ def run(cmd: list[str], out: Path) -> dict:
 
 
 def section_reproduce(tmp: Path, device: str, epochs: int) -> dict:
-    from mnistlab.metrics import compare_with_report, report_table
+    from mnistlab.core.metrics import compare_with_report, report_table
     runs = {
         "fp32_graphs": ["reproduce"],
         "fp32_eager": ["train", "--config", "experiments/seed.toml", "--set", "train.cuda_graphs=false"],
@@ -111,7 +111,7 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA device")
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "none (CPU dry run)"
-    from mnistlab import hardware
+    from mnistlab.core import hardware
 
     desc = hardware.describe(args.device)
     res: dict = {"gpu": gpu, "torch": torch.__version__, "machine": hardware.summary(desc), "hardware": desc,

@@ -38,7 +38,7 @@ Setup: the peers' dependencies live outside mnistlab's environment (benchmarks/r
 
 The torch-based tools run under this interpreter (mnistlab's environment), the others under
 ``--peers-python``. Writes ``benchmarks/results/peers_KIND.json`` and ``.md`` (KIND: this CPU's kind, see
-``mnistlab.hardware``), or ``peers_quick_KIND`` with ``--quick``.
+``mnistlab.core.hardware``), or ``peers_quick_KIND`` with ``--quick``.
 """
 
 from __future__ import annotations
@@ -299,11 +299,11 @@ def run_worker(args: argparse.Namespace) -> None:
 
 def write_data(path: Path, job: str) -> None:
     """The job's data as float32 pixels in [0, 1], (N, 784), and int64 labels: the report's split (its seed
-    123 and its random_split draws, via mnistlab.data) for ``report``, all 60,000 images for ``speed``."""
+    123 and its random_split draws, via mnistlab.core.data) for ``report``, all 60,000 images for ``speed``."""
     import numpy as np
     import torch
 
-    from mnistlab import data
+    from mnistlab.core import data
 
     ds = data.load()
     x = data.to_float(ds.train_images).reshape(-1, 784).numpy()
@@ -476,7 +476,7 @@ def main() -> None:
         ap.error(f"no interpreter at {args.peers_python}: create the peers' environment (see --help's text at "
                  f"the top of benchmarks/peers.py) or pass --peers-python")
 
-    from mnistlab import hardware
+    from mnistlab.core import hardware
 
     desc = hardware.describe("cpu")
     res: dict = {"machine": hardware.summary(desc), "hardware": desc, "quick": args.quick,

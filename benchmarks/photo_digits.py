@@ -4,7 +4,7 @@
 
 Each of the first N test digits is rendered as a photo (fixed seeds): scaled 3-10x, dark ink on light
 paper with a margin, an uneven lighting gradient and vignette, paper texture, blur and sensor noise.
-The renderings go through `mnistlab.predict.preprocess` exactly as `mnistlab predict` would take them,
+The renderings go through `mnistlab.deploy.predict.preprocess` exactly as `mnistlab predict` would take them,
 and the accuracy is compared with the same models on the clean 28x28 digits. Also: how often pure noise
 and blank paper are flagged as unlike any digit. Writes benchmarks/results/photo_digits.{json,md}.
 """
@@ -58,8 +58,8 @@ def _train(tmp: Path, name: str, args: list[str]) -> Path:
 
 def measure(models: dict[str, Path], n: int) -> dict:
     import mnistlab
-    from mnistlab import data
-    from mnistlab.predict import ImageError
+    from mnistlab.core import data
+    from mnistlab.deploy.predict import ImageError
 
     ds = data.load()
     digits, labels = ds.test_images[:n].numpy(), ds.test_labels[:n].numpy()
@@ -113,7 +113,7 @@ def main() -> None:
                   "CNN (speedrun recipe)": args.cnn or _train(tmp, "cnn",
                                                               ["--config", "experiments/speedrun_fastcnn.toml"])}
         res = measure(models, args.n)
-    from mnistlab import hardware
+    from mnistlab.core import hardware
 
     res["machine"], res["hardware"] = hardware.summary(), hardware.describe()
     path = args.out / "photo_digits.json"

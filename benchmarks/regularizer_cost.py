@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from mnistlab import checks, config, data
-from mnistlab import evaluate as ev
-from mnistlab.models import build_model
-from mnistlab.train import Trainer
+from mnistlab.core import checks, config, data
+from mnistlab.analysis import evaluate as ev
+from mnistlab.core.models import build_model
+from mnistlab.core.train import Trainer
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 EPOCH_CONFIGS = ["mlp_best", "mlp_noise", "mlp_noise_ema", "mlp_vat", "mlp_fgsm"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnistlab import data
+from mnistlab.core import data
 
 
 class PerSampleMNIST(torch.utils.data.Dataset):

@@ -126,7 +126,7 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            from mnistlab import hardware
+            from mnistlab.core import hardware
 
             result: dict = {"machine": hardware.summary(), "hardware": hardware.describe(),
                             "model": "784-1024-10 MLP" if args.model is None else str(args.model),

@@ -4,7 +4,7 @@
         "experiments/speedrun.toml:model.width=24,train.batch_size=256" [--steps 40] [--passes 7]
 
 Each argument is a config file, optionally followed by ``:`` and comma-separated ``key=value`` overrides.
-Every config gets a real :class:`mnistlab.train.Trainer` on the bundled MNIST; then, pass after pass, each
+Every config gets a real :class:`mnistlab.core.train.Trainer` on the bundled MNIST; then, pass after pass, each
 trains ``--steps`` steps in turn (interleaved, so a slow spell of a shared machine hits all of them), and
 the lower quartile of its per-step times over the passes is reported, with the ratio to the first config
 and the projected training time of the whole config (steps x per-step cost; the real run adds nothing but
@@ -30,7 +30,7 @@ def lower_quartile(xs: list[float]) -> float:
 
 
 def build(spec: str, dataset, threads: int):
-    from mnistlab import checks, config, experiment
+    from mnistlab.core import checks, config, experiment
 
     path, _, sets = spec.partition(":")
     cfg = checks.load_config(path)
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    from mnistlab import data, hardware
+    from mnistlab.core import data, hardware
 
     dataset = data.load()
     trainers = {spec: build(spec, dataset, args.threads) for spec in args.configs}

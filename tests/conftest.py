@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab import data
+from mnistlab.core import data
 
 # no library telemetry from tests (Ray's usage statistics, MLflow's telemetry)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -65,7 +65,7 @@ def trained_run(tmp_path_factory) -> Path:
 def interrupt_at_epoch(monkeypatch, n: int) -> None:
     """Make the n-th call of Trainer.train_epoch (counted across trainers) raise KeyboardInterrupt,
     as Ctrl-C would; ``monkeypatch.undo()`` restores training."""
-    from mnistlab import train
+    from mnistlab.core import train
     real, calls = train.Trainer.train_epoch, {"n": 0}
 
     def interrupting(self, *a, **k):

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from mnistlab import adversarial, checkpoint, config, data
-from mnistlab import evaluate as ev
+from mnistlab.core import adversarial, checkpoint, config, data
+from mnistlab.analysis import evaluate as ev
 from mnistlab.cli import main
-from mnistlab.metrics import evaluate
-from mnistlab.models import build_model
+from mnistlab.core.metrics import evaluate
+from mnistlab.core.models import build_model
 
 from conftest import tiny_trained
 

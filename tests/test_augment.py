@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mnistlab import augment, config, data
+from mnistlab.core import augment, config, data
 
 
 def _cfg(kind, **kw):
@@ -64,7 +64,7 @@ def test_range_property(batch, seed, shift, rot, scale, alpha):
 
 def test_training_with_augmentation_keeps_labels(mnist):
     """Labels are never touched: the trainer feeds augmented images with the original labels."""
-    from mnistlab.train import Trainer
+    from mnistlab.core.train import Trainer
     cfg = config.apply_overrides(config.Config(), ["data.augment='affine'", "train.epochs=1", "model.hidden=[16]"])
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     seen = []

@@ -21,7 +21,7 @@ def test_peers_help_names_every_tool():
 
 
 def _tiny(n: int = 1500) -> dict:
-    from mnistlab import data
+    from mnistlab.core import data
 
     ds = data.load()
     x = data.to_float(ds.train_images[:n + 500]).reshape(-1, 784).numpy()

@@ -144,7 +144,7 @@ def test_python_dash_m_and_version():
 
 
 def test_bf16_falls_back_with_a_message_without_hardware_support(small_mnist_dir, tmp_path, monkeypatch, capsys):
-    from mnistlab import experiment
+    from mnistlab.core import experiment
     monkeypatch.setattr(experiment, "bf16_supported", lambda device: False)
     out = tmp_path / "run"
     assert run_cli("train", "--data-dir", small_mnist_dir, "--epochs", 1, "--hidden", 8, "--precision", "bf16",

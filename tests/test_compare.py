@@ -119,8 +119,8 @@ def test_compare_refuses_a_stale_run_of_a_changed_config(small_mnist_dir, tmp_pa
 
 
 def test_a_run_made_before_a_config_key_existed_still_compares():
-    from mnistlab import config
-    from mnistlab.compare import _comparable
+    from mnistlab.core import config
+    from mnistlab.studies.compare import _comparable
     cfg = config.to_dict(config.Config())
     older = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "cuda_graphs"}}
     assert _comparable(older) == _comparable(cfg)
@@ -128,7 +128,7 @@ def test_a_run_made_before_a_config_key_existed_still_compares():
 
 
 def test_convergence_is_given_as_a_spread_over_seeds():
-    from mnistlab.compare import StudyRow, _converged
+    from mnistlab.studies.compare import StudyRow, _converged
     row = lambda epochs: StudyRow("x", "x", [{"convergence_epoch": e} for e in epochs], 1)  # noqa: E731
     assert _converged(row([21, 15, 19])) == "15-21"
     assert _converged(row([17])) == "17" and _converged(row([None, None])) == "-"

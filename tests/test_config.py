@@ -1,6 +1,6 @@
 import pytest
 
-from mnistlab import checks, config
+from mnistlab.core import checks, config
 from mnistlab.errors import ConfigError
 
 from pathlib import Path

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab import data
+from mnistlab.core import data
 from mnistlab.errors import DataError
 
 from conftest import idx_bytes, write_mnist_dir

@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistlab import checkpoint, data, datasets
+from mnistlab.core import checkpoint, data, datasets
 from mnistlab.cli import main
 
 from conftest import idx_bytes, write_mnist_dir
@@ -221,7 +221,7 @@ def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch, capsys, mirrors)
 
 _FETCH_SCRIPT = textwrap.dedent("""
     import json, sys
-    from mnistlab import data, datasets
+    from mnistlab.core import data, datasets
     spec = json.loads(sys.argv[1])
     datasets.REGISTRY["toy"] = datasets.DatasetSpec(
         name="toy", title="toy", classes=data.DIGITS, files={k: k for k in data.KEYS},
@@ -568,7 +568,7 @@ def test_the_reports_mlp_on_real_fashion_mnist(fashion_run, tmp_path, capsys):
 def test_predict_frames_fashion_items_as_fashion_mnist_was_made(fashion_run, tmp_path):
     """Fashion-MNIST's items fill the 28x28 frame (longer side 28 px): files are read that way, not with MNIST's
     20-px digit box (which read 26% of these right), as they are and as enlarged dark-on-light scans."""
-    from mnistlab.predict import Classifier
+    from mnistlab.deploy.predict import Classifier
     clf = Classifier.load(fashion_run)
     raw = gzip.decompress((FASHION_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
     images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:300]
@@ -589,7 +589,7 @@ def test_the_web_page_and_api_speak_the_runs_classes(fashion_run, tmp_path):
     """A Fashion-MNIST run served: the API names the class, the page is headed with the dataset."""
     from fastapi.testclient import TestClient
 
-    from mnistlab.serve import create_app
+    from mnistlab.deploy.serve import create_app
     client = TestClient(create_app(fashion_run))
     page = client.get("/").text
     assert "<h1>Draw: fashion-mnist</h1>" in page and "Ankle boot" in page

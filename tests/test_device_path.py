@@ -7,8 +7,8 @@ generator tensors (two per epoch), which never touch the device."""
 import pytest
 import torch
 
-from mnistlab import config
-from mnistlab.train import Trainer
+from mnistlab.core import config
+from mnistlab.core.train import Trainer
 
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__")
 
@@ -22,7 +22,7 @@ SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__")
      "optim.schedule='onecycle'"],
 ], ids=["fused", "fused-bf16", "autograd", "cnn-augment"])
 def test_an_epoch_makes_no_host_syncs(small_mnist_dir, monkeypatch, overrides):
-    from mnistlab import data
+    from mnistlab.core import data
     cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides])
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     calls = {name: 0 for name in SYNCING}
@@ -42,7 +42,7 @@ def test_an_epoch_makes_no_host_syncs(small_mnist_dir, monkeypatch, overrides):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a placement check can only fail where there is a "
                                                             "second device: benchmarks/gpu_check.sh runs it on a GPU")
 def test_data_and_generators_live_on_the_gpu(small_mnist_dir):
-    from mnistlab import data
+    from mnistlab.core import data
     cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.device='cuda'"])
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cuda"))
     for split in (tr.train_split, tr.val, tr.test):

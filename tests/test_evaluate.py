@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab import evaluate as ev
+from mnistlab.analysis import evaluate as ev
 from mnistlab.cli import main
 
 

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from mnistlab import checkpoint, data
+from mnistlab.core import checkpoint, data
 from mnistlab.cli import main
 
 

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from mnistlab import config, fused, models
+from mnistlab.core import config, fused, models
 
 
 def _setup(hidden=(1024,), seed=0, lr=0.1):

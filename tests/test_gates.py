@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlab import config
+from mnistlab.core import config
 from mnistlab.cli import main
-from mnistlab.metrics import compare_with_report, report_table
-from mnistlab.train import Trainer
+from mnistlab.core.metrics import compare_with_report, report_table
+from mnistlab.core.train import Trainer
 
 pytestmark = pytest.mark.slow
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"

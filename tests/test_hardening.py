@@ -18,11 +18,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnistlab import checkpoint, data
+from mnistlab.core import checkpoint, data
 from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
-from mnistlab.predict import ImageError, mnist_style, preprocess
-from mnistlab.runs import RunDir, study_lock
+from mnistlab.deploy.predict import ImageError, mnist_style, preprocess
+from mnistlab.core.runs import RunDir, study_lock
 
 from conftest import idx_bytes
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from mnistlab import hardware
+from mnistlab.core import hardware
 from mnistlab.cli import main
 
 FLAG_KEYS = {"amx", "avx512_bf16", "avx512", "avx2"}

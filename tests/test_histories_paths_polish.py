@@ -12,9 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from mnistlab import compare, config, evaluate, metrics, plots
+from mnistlab.studies import compare
+from mnistlab.core import config, metrics
+from mnistlab.analysis import evaluate
+from mnistlab.output import plots
 from mnistlab.cli import main
-from mnistlab.runs import CSV_COLUMNS, RunDir
+from mnistlab.core.runs import CSV_COLUMNS, RunDir
 from mnistlab.text import md_cell, mean_epoch, plural
 
 HEADER = ",".join(CSV_COLUMNS)
@@ -157,8 +160,8 @@ def test_report_input_directories_are_checked_first(trained_run, tmp_path, capsy
 
 
 def test_importing_mnistlab_leaves_matplotlibs_backend_alone():
-    code = ("import matplotlib, sys; matplotlib.use('svg'); import mnistlab.plots, mnistlab.evaluate, "
-            "mnistlab.report, mnistlab.mechanics, mnistlab.experiment; "
+    code = ("import matplotlib, sys; matplotlib.use('svg'); import mnistlab.output.plots, mnistlab.analysis.evaluate, "
+            "mnistlab.output.report, mnistlab.analysis.activations, mnistlab.core.experiment; "
             "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["svg", "False"]
@@ -174,7 +177,7 @@ def test_text_helpers():
 
 
 def test_labels_with_a_pipe_or_newline_keep_tables_whole(tmp_path):
-    from mnistlab.report import _table
+    from mnistlab.output.report import _table
     table = _table(["config", "acc"], [["MLP | wide\nand deep", "98.0"]])
     lines = table.strip().splitlines()
     assert len(lines) == 3 and all(len(re.findall(r"(?<!\\)\|", line)) == 3 for line in lines)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnistlab import metrics
+from mnistlab.core import metrics
 
 
 def test_convergence_rule():
@@ -21,7 +21,7 @@ def test_convergence_when_still_climbing_is_late():
 
 
 def test_convergence_on_the_reports_table():
-    from mnistlab.metrics import report_table
+    from mnistlab.core.metrics import report_table
     val = [r["val_acc"] for r in report_table()]
     # report: "after ~25 epochs it oscillates between 97.6 and 98.1"
     epoch = metrics.convergence_epoch(val)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab import config, models
+from mnistlab.core import config, models
 
 
 def _cfg(**kw):

@@ -23,5 +23,5 @@ def test_tour_notebook_executes_and_shows_its_figures(tmp_path):
         images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
         assert images, f"the cell with {marker!r} shows no figure"
     # even the first figure is drawn after mnistlab (and its figure code) is imported
-    assert code[0].source.index("from mnistlab.experiment") < code[0].source.index("ax.imshow(img")
+    assert code[0].source.index("from mnistlab.core.experiment") < code[0].source.index("ax.imshow(img")
     assert (tmp_path / "runs" / "tour" / "evaluate" / "adversarial.png").is_file()

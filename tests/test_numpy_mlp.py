@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from mnistlab import config, data, gradcheck
+from mnistlab.core import config, data
+from mnistlab.analysis import gradcheck
 from mnistlab.cli import main
-from mnistlab.numpy_mlp import NumpyMLP, ReLU
+from mnistlab.analysis.numpy_mlp import NumpyMLP, ReLU
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu"])
@@ -38,7 +39,7 @@ def test_gradcheck_command_fails_loudly(monkeypatch, capsys):
 def test_numpy_mlp_learns_in_one_epoch(mnist):
     """784-1024-10, the report's init and SGD: > 90% test accuracy after one epoch on 30,000 images."""
     import torch
-    from mnistlab.models import build_model
+    from mnistlab.core.models import build_model
     net = NumpyMLP.from_torch(build_model(config.ModelConfig(), torch.Generator().manual_seed(0)))
     x = data.to_float(mnist.train_images[:30000]).numpy().reshape(-1, 784)
     y = mnist.train_labels[:30000].numpy()
@@ -72,7 +73,7 @@ def test_numpy_engine_refuses_what_it_does_not_implement(override, key, tmp_path
 
 def test_numpy_state_dict_loads_into_torch():
     import torch
-    from mnistlab.models import MLP
+    from mnistlab.core.models import MLP
     rng = np.random.default_rng(0)
     net = NumpyMLP([(rng.standard_normal((8, 784)).astype(np.float32), np.zeros(8, np.float32)),
                     (rng.standard_normal((10, 8)).astype(np.float32), np.ones(10, np.float32))])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mnistlab import config, models, optim
+from mnistlab.core import config, models, optim
 
 
 def _o(**kw):
@@ -86,7 +86,7 @@ def test_max_norm_holds_after_a_step():
 
 
 def test_max_norm_applied_in_training(mnist):
-    from mnistlab.train import Trainer
+    from mnistlab.core.train import Trainer
     cfg = config.apply_overrides(config.Config(), ["model.hidden=[32]", "optim.max_norm=0.3", "train.epochs=1"])
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     tr.steps_per_epoch = 5
@@ -95,8 +95,8 @@ def test_max_norm_applied_in_training(mnist):
 
 
 def test_early_stopping(small_mnist_dir):
-    from mnistlab import data
-    from mnistlab.train import Trainer
+    from mnistlab.core import data
+    from mnistlab.core.train import Trainer
     cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "model.hidden=[8]",
                                                    "train.epochs=50", "train.patience=2", "optim.lr=1e-6"])
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import mnistlab
-from mnistlab import predict
+from mnistlab.deploy import predict
 from mnistlab.cli import main
 
 
@@ -125,7 +125,7 @@ def test_model_dir_errors(tmp_path, capsys):
 def test_ink_coverage_range_holds_mnist_digits(mnist):
     """The 'unlike any digit' range covers MNIST's own training digits (99.8% of them lie inside the
     measured range, which the margin widens)."""
-    from mnistlab.predict import INK_COVERAGE_RANGE
+    from mnistlab.deploy.predict import INK_COVERAGE_RANGE
     cov = (mnist.train_images.reshape(len(mnist.train_images), -1).float() / 255 > 0.5).float().mean(1).numpy()
     lo, hi = np.percentile(cov, [0.1, 99.9])
     assert INK_COVERAGE_RANGE[0] <= lo and hi <= INK_COVERAGE_RANGE[1]

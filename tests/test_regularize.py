@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab import adversarial, checkpoint, config, data
+from mnistlab.core import adversarial, checkpoint, config, data
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
-from mnistlab.metrics import evaluate
-from mnistlab.models import ShiftTTA, build_model, for_inference, translate
-from mnistlab.optim import weight_ema
-from mnistlab.train import Trainer
+from mnistlab.core.metrics import evaluate
+from mnistlab.core.models import ShiftTTA, build_model, for_inference, translate
+from mnistlab.core.optim import weight_ema
+from mnistlab.core.train import Trainer
 
 from conftest import interrupt_at_epoch, tiny_trained
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mnistlab import checkpoint
+from mnistlab.core import checkpoint
 from mnistlab.cli import main
 
 from conftest import interrupt_at_epoch

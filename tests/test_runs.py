@@ -1,7 +1,7 @@
 import os
 import stat
 
-from mnistlab.runs import atomic_write
+from mnistlab.core.runs import atomic_write
 
 
 def test_atomic_write_replaces_the_file_with_the_usual_permissions(tmp_path):

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from mnistlab import serve
+from mnistlab.deploy import serve
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.config import SchemathesisConfig
 
-from mnistlab import serve
+from mnistlab.deploy import serve
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab import config, models, optim
+from mnistlab.core import config, models, optim
 from mnistlab.errors import ConfigError
 
 

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from mnistlab import config
+from mnistlab.core import config
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
-from mnistlab.space import load_space, space_from_dict
+from mnistlab.studies.space import load_space, space_from_dict
 
 from conftest import interrupt_at_epoch
 
@@ -123,7 +123,7 @@ def test_an_extended_search_continues_its_sequence(base, tmp_path, sampler):
 
 
 def test_trial_seeds_depend_on_the_trial_number_only():
-    from mnistlab.tune import trial_seed
+    from mnistlab.studies.tune import trial_seed
     seeds = [trial_seed(0, k) for k in range(100)]
     assert len(set(seeds)) == 100 and seeds == [trial_seed(0, k) for k in range(100)]
     assert trial_seed(1, 0) != trial_seed(0, 0) and all(0 <= s < 2**32 for s in seeds)
@@ -364,7 +364,7 @@ def test_search_figures_are_readable():
     trials behind it, with a caveat when few."""
     import matplotlib
     matplotlib.use("Agg")
-    from mnistlab.tune import history_figure, importance_figure
+    from mnistlab.studies.tune import history_figure, importance_figure
     recs = [{"number": 0, "state": "complete", "best_val_acc": 90.0}, {"number": 1, "state": "pruned",
             "best_val_acc": 60.0}, {"number": 2, "state": "complete", "best_val_acc": 95.0}]
     fig = history_figure(recs, "tiny")

@@ -13,6 +13,6 @@ __all__ = ["load_model", "Classifier", "__version__"]
 
 def __getattr__(name: str) -> Any:  # keep `import mnistlab` light: torch loads on first use
     if name in ("load_model", "Classifier"):
-        from . import predict
+        from .deploy import predict
         return getattr(predict, name)
     raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
 
 from . import __version__
-from . import config as config_mod
+from .core import config as config_mod
 from .errors import MnistlabError
 from .text import plural
 
 if TYPE_CHECKING:
-    from .cluster import RayOptions
-    from .data import Dataset
-    from .experiment import RunResult
+    from .studies.ray_executor import RayOptions
+    from .core.data import Dataset
+    from .core.experiment import RunResult
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -157,7 +157,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _trackers(args: argparse.Namespace):  # noqa: ANN202
-    from .tracking import Trackers
+    from .output.tracking import Trackers
     return Trackers(getattr(args, "track", None))
 
 
@@ -168,7 +168,7 @@ def _add_track_option(p: argparse.ArgumentParser) -> None:
 
 
 def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace, dataset: "Dataset | None" = None) -> RunResult:
-    from .experiment import run
+    from .core.experiment import run
 
     log = _logger(args.quiet)
     result = run(cfg, args.out or default_out(cfg.name), overwrite=args.overwrite, log=log,
@@ -178,7 +178,7 @@ def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace, dataset: "
 
 
 def _print_summary(result: RunResult) -> None:
-    from .metrics import BAND, WINDOW
+    from .core.metrics import BAND, WINDOW
 
     s = result.info["summary"]
     if result.convergence is not None:
@@ -194,7 +194,7 @@ def _print_summary(result: RunResult) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        from .experiment import resume
+        from .core.experiment import resume
         given = [f for f in ("config", "set", "out", *(k.replace(".", "__") for k, _ in OVERRIDE_FLAGS.values()))
                  if getattr(args, f, None)]
         if given or args.overwrite:
@@ -211,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .metrics import compare_with_report, report_table
+    from .core.metrics import compare_with_report, report_table
 
     cfg = config_mod.set_values(config_mod.Config(name="reproduce"), _overrides(args))
     result = _run_and_report(cfg, args)
@@ -226,9 +226,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .metrics import diverged_epoch
-    from .plots import run_figures
-    from .runs import RunDir
+    from .core.metrics import diverged_epoch
+    from .output.plots import run_figures
+    from .core.runs import RunDir
 
     run = RunDir(args.run_dir)
     history = run.read_history()
@@ -241,8 +241,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_final(args: argparse.Namespace) -> int:
-    from .datasets import load_for_run
-    from .runs import RunDir
+    from .core.datasets import load_for_run
+    from .core.runs import RunDir
 
     run = RunDir(args.run_dir)
     if not run.file("config.toml").is_file() or not run.file("run.json").is_file():
@@ -267,7 +267,7 @@ def _ray_options(args: argparse.Namespace) -> "RayOptions | None":
         if args.cpus_per_run is not None or args.gpus_per_run is not None or args.ray_timeout is not None:
             raise MnistlabError("--cpus-per-run, --gpus-per-run and --ray-timeout need --ray")
         return None
-    from .cluster import RayOptions
+    from .studies.ray_executor import RayOptions
     return RayOptions(address=args.ray or None, cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
                       gpus_per_run=args.gpus_per_run or 0.0,
                       schedule_timeout=600.0 if args.ray_timeout is None else args.ray_timeout)
@@ -289,7 +289,7 @@ def _study_tracking(tracker, out: Path, kind: str):  # noqa: ANN001, ANN202 - a 
     """The study's tracking context, continuing the one recorded in study.json (its MLflow parent run)."""
     from contextlib import contextmanager
 
-    from .runs import read_study, write_study
+    from .core.runs import read_study, write_study
 
     @contextmanager
     def tracking():  # noqa: ANN202
@@ -300,8 +300,8 @@ def _study_tracking(tracker, out: Path, kind: str):  # noqa: ANN001, ANN202 - a 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare
-    from .runs import check_study_dir
+    from .studies import compare
+    from .core.runs import check_study_dir
 
     if args.seeds < 1:
         raise MnistlabError("--seeds must be at least 1")
@@ -350,15 +350,15 @@ def _make_dir(path: Path) -> None:
 
 
 def _study_lock(out: Path):  # noqa: ANN202 - a context manager
-    from .runs import study_lock
+    from .core.runs import study_lock
     return study_lock(out)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .checks import set_values
-    from .runs import check_study_dir
-    from .space import load_space
-    from .tune import SearchOptions, check_request, tune
+    from .core.checks import set_values
+    from .core.runs import check_study_dir
+    from .studies.space import load_space
+    from .studies.tune import SearchOptions, check_request, tune
 
     # every option, the config and the whole space are checked before anything is written
     ray_options = _ray_options(args)
@@ -395,7 +395,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import ATTACK_IMAGES, evaluate_runs
+    from .analysis.evaluate import ATTACK_IMAGES, evaluate_runs
 
     out = args.out or Path("runs") / "evaluate"
     attack_images = ATTACK_IMAGES if args.attack_images is None else args.attack_images
@@ -410,7 +410,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .compare import ensemble_test_accuracy
+    from .studies.compare import ensemble_test_accuracy
 
     acc = ensemble_test_accuracy(args.run_dirs, data_dir=args.data_dir)
     print(f"ensemble of {plural(len(args.run_dirs), 'run')} (mean softmax of best-validation models): test accuracy {acc:.2f}%")
@@ -418,7 +418,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    from .gradcheck import format_table, run_all
+    from .analysis.gradcheck import format_table, run_all
 
     rows = run_all(args.activation, seed=args.seed)
     print(format_table(rows))
@@ -431,7 +431,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
-    from .mechanics import run_activation_study
+    from .analysis.activations import run_activation_study
 
     if args.epochs < 1 or args.depth < 1:
         raise MnistlabError("--epochs and --depth must be at least 1")
@@ -441,7 +441,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .output.report import write_report
 
     md, page = write_report(args.run_dirs, args.out, args.lang, args.compare, args.activations, args.evaluate)
     print(f"wrote {md} (with its figures) and {page} (self-contained)")
@@ -451,7 +451,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from .predict import Classifier, ImageError
+    from .deploy.predict import Classifier, ImageError
 
     clf = Classifier.load(args.model)
     results, failed = [], 0
@@ -474,7 +474,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_onnx, export_onnx
+    from .deploy.export import check_onnx, export_onnx
 
     export_onnx(args.run_dir, args.onnx)
     c = check_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)
@@ -488,7 +488,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from .deploy.serve import serve
 
     serve(args.model, args.host, args.port)
     return 0
@@ -497,7 +497,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     import json
 
-    from . import datasets
+    from .core import datasets
 
     for name in args.fetch or []:
         spec = datasets.get(name)

@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import MnistlabError
+from ..errors import MnistlabError
 
 METRICS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
 ARTIFACTS = ("accuracy.png", "loss.png", "best.safetensors", "config.toml", "run.json")
@@ -289,7 +289,7 @@ class Trackers:
 
     def replay(self, name: str, run_dir: Path) -> None:
         """Log a finished run from its files (a run that trained on a Ray worker); its identity goes to run.json."""
-        from .runs import RunDir
+        from ..core.runs import RunDir
         run = RunDir(run_dir)
         info = run.read_info()
         info["tracking"] = self.start(name, info["config"], run.path, info.get("tracking"))

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MnistlabError
-from .metrics import BAND, WINDOW, summarize
+from ..errors import MnistlabError
+from ..core.metrics import BAND, WINDOW, summarize
 from .plots import overlay_figure, run_figures
-from .runs import RunDir, atomic_write, validation_curves
-from .text import md_cell, plural
+from ..core.runs import RunDir, atomic_write, validation_curves
+from ..text import md_cell, plural
 
 TEXT: dict[str, dict[str, str]] = {
     "en": {
@@ -65,7 +65,7 @@ TEXT: dict[str, dict[str, str]] = {
                    "$\\delta$ denoting the gradient of the loss with respect to a layer's pre-activation:",
         "sgd_text": "and stochastic gradient descent moves every parameter against its gradient with learning "
                     "rate $\\eta$:",
-        "gc_text": "mnistlab's NumPy MLP (`mnistlab.numpy_mlp`) implements exactly these equations. Checked "
+        "gc_text": "mnistlab's NumPy MLP (`mnistlab.analysis.numpy_mlp`) implements exactly these equations. Checked "
                    "against PyTorch float64 autograd and central finite differences (`mnistlab gradcheck`), "
                    "largest relative errors per activation:",
         "act_col": "activation", "ag_col": "vs autograd", "fd_col": "vs finite differences",
@@ -152,7 +152,7 @@ TEXT: dict[str, dict[str, str]] = {
         "bp_text": "역전파는 연쇄 법칙으로 손실에서 모든 가중치까지 기울기를 거꾸로 전달한다. "
                    "$\\delta$를 각 층의 활성화 이전 값에 대한 손실의 기울기라 하면:",
         "sgd_text": "확률적 경사 하강법은 학습률 $\\eta$로 모든 파라미터를 기울기의 반대 방향으로 움직인다:",
-        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
+        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.analysis.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
                    "중심 차분으로 검증한 결과(`mnistlab gradcheck`), 활성화 함수별 최대 상대 오차:",
         "act_col": "활성화 함수", "ag_col": "자동 미분 대비", "fd_col": "유한 차분 대비",
         "train": "4. 학습과 평가",
@@ -246,7 +246,7 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
         rows = [[t["trainval_set"], f"{sizes['train']:,}", t["train_role"]],
                 [t["test_set"], f"{sizes['test']:,}", t["test_role"]]]
     env = info["environment"]
-    from .datasets import REGISTRY
+    from ..core.datasets import REGISTRY
     spec = REGISTRY.get(cfg["data"].get("dataset", "mnist"))
     title = spec.title if spec is not None else cfg["data"].get("dataset", "MNIST")
     n_train = sizes["train"] + sizes["val"]
@@ -259,7 +259,7 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
 
 
 def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lang: str) -> str:
-    from .mechanics import activation_figure, study_figures
+    from ..analysis.activations import activation_figure, study_figures
 
     activation_figure(out / "activations.png", lang)
     parts = [f"## {t['act']}\n", t["act_text"] + "\n", t["act_defs"] + "\n"]
@@ -287,7 +287,7 @@ def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lan
 
 
 def _section_mlp(t: dict[str, str]) -> str:
-    from .gradcheck import run_all
+    from ..analysis.gradcheck import run_all
 
     rows = run_all()
     by_act: dict[str, list] = {}
@@ -381,7 +381,7 @@ def _section_compare(t: dict[str, str], studies: list[Path], out: Path, lang: st
 
 def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> str:
     """Section 6 from a `mnistlab evaluate` directory: its table, and each model's figures."""
-    from .evaluate import ece_percent
+    from ..analysis.evaluate import ece_percent
     models = sorted((p for p in ev_dir.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
         if ev_dir.is_dir() else []
     if not models:
@@ -395,8 +395,8 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> st
                      f"{r['inverted'][1.0]:.2f}"])
     parts = [f"## {t['inside']}\n", t["inside_text"].format(split=summaries[0]["split"]) + "\n",
              _table(t["inside_cols"].split("|"), rows)]
-    from .datasets import REGISTRY
-    from .evaluate import confusion_figure, first_layer_figure, reliability_figure, robustness_figure
+    from ..core.datasets import REGISTRY
+    from ..analysis.evaluate import confusion_figure, first_layer_figure, reliability_figure, robustness_figure
 
     # every figure redrawn from the evaluation's files, in the report's language
     robustness_figure([(f"{s['name']} ({s['arch']})", s["robustness"]) for s in summaries],
@@ -428,8 +428,8 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> st
 def _inside_adversarial(t: dict[str, str], summaries: list[dict[str, Any]], out: Path, lang: str) -> str:
     """Section 6's adversarial part: a table of clean / FGSM / PGD accuracy and one figure, from the
     evaluations that ran the attacks (``mnistlab evaluate --attack-images 0`` skips them: no part)."""
-    from .adversarial import PGD_STEP_SIZE, PGD_STEPS
-    from .evaluate import ATTACK_EPS, ATTACK_LABELS, adversarial_figure
+    from ..core.adversarial import PGD_STEP_SIZE, PGD_STEPS
+    from ..analysis.evaluate import ATTACK_EPS, ATTACK_LABELS, adversarial_figure
 
     attacked = [s for s in summaries if s.get("adversarial")]
     if not attacked:

@@ -14,17 +14,17 @@ import torch
 from . import checkpoint, checks, data, datasets
 from . import config as config_mod
 from .config import Config
-from .errors import ConfigError, DivergenceError, MnistlabError
+from ..errors import ConfigError, DivergenceError, MnistlabError
 from .hardware import auto_precision, bf16_supported
 from .metrics import summarize
 from .models import count_parameters
-from .plots import run_figures
+from ..output.plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
-from .text import plural
+from ..text import plural
 from .train import Trainer, resolve_device
 
 if TYPE_CHECKING:
-    from .tracking import Trackers
+    from ..output.tracking import Trackers
 
 Log = Callable[[str], None]
 
@@ -65,14 +65,14 @@ def format_row(row: dict[str, Any]) -> str:
 
 def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Trainer:
     if cfg.train.engine == "numpy":
-        from .numpy_train import NumpyTrainer
+        from ..analysis.numpy_train import NumpyTrainer
         return NumpyTrainer(cfg, dataset, torch.device("cpu"))
     return Trainer(cfg, dataset, device)
 
 
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
     """Check the config, load the data (unless given) and resolve device and precision: "auto" becomes what
-    :func:`mnistlab.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
+    :func:`mnistlab.core.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
     where the device has no native bf16. ``data.dir`` comes back absolute, so the run's record finds its data
     from anywhere."""
     checks.check(cfg)

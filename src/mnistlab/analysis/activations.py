@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import config, data
-from .models import ACTIVATIONS
-from .runs import atomic_write
-from .train import Trainer
+from ..core import config, data
+from ..core.models import ACTIVATIONS
+from ..core.runs import atomic_write
+from ..core.train import Trainer
 
 Log = Callable[[str], None]
 
@@ -35,13 +35,13 @@ def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Te
 
 def activation_figure(path: Path, lang: str = "en") -> None:
     """Two panels: the functions, and their derivatives."""
-    from .plots import language
+    from ..output.plots import language
     with language(lang):
         _activation_figure(path, lang)
 
 
 def _activation_figure(path: Path, lang: str) -> None:
-    from .plots import save_figure, subplots, t
+    from ..output.plots import save_figure, subplots, t
 
     x = torch.linspace(-5, 5, 1001)
     curves = activation_curves(x)
@@ -128,13 +128,13 @@ def gradient_study(dataset: data.Dataset, epochs: int, depth: int, width: int, l
 
 def study_figures(res: dict[str, Any], out: Path, lang: str = "en", prefix: str = "") -> None:
     """PREFIXdead_relu.png and PREFIXgradient_norms.png from the activation study's results."""
-    from .plots import language
+    from ..output.plots import language
     with language(lang):
         _study_figures(res, out, lang, prefix)
 
 
 def _study_figures(res: dict[str, Any], out: Path, lang: str, prefix: str) -> None:
-    from .plots import save_figure, subplots, t
+    from ..output.plots import save_figure, subplots, t
 
     fig, ax = subplots(figsize=(7, 4.2))
     for label, r in res["dead_relu"].items():

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import data
 from .data import DIGITS, KEYS, Dataset, Layout, Source
-from .errors import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -57,7 +57,7 @@ class Artefact:
 class DatasetSpec:
     """One dataset of the family: what it is, its files and checksums, where to get them, and its quirks.
 
-    ``files`` maps each key of :data:`mnistlab.data.KEYS` (MNIST's official names) to the dataset's own
+    ``files`` maps each key of :data:`mnistlab.core.data.KEYS` (MNIST's official names) to the dataset's own
     file stem. Where ``archive`` is set, those files are members ``archive_dir + stem + ".gz"`` of that
     artefact (EMNIST's zip); otherwise each is an artefact ``stem + ".gz"``.
     """

@@ -18,16 +18,16 @@ from typing import Any
 
 import tomli_w
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "mnist"  # see mnistlab.datasets.REGISTRY (mnist is bundled; others are fetched once)
+    dataset: str = "mnist"  # see mnistlab.core.datasets.REGISTRY (mnist is bundled; others are fetched once)
     dir: str = ""  # "" = where the dataset is (bundled, installed or cached); else a folder with its four files
     val_fraction: float = 0.1  # the report: 6,000 of the 60,000 training images
     train_on_val: bool = False  # final-model mode: train on train+validation (no validation metrics)
-    augment: str = "none"  # see mnistlab.augment.AUGMENTATIONS
+    augment: str = "none"  # see mnistlab.core.augment.AUGMENTATIONS
     max_shift: float = 2.0  # pixels
     max_rotation: float = 10.0  # degrees
     max_scale: float = 0.1  # relative
@@ -38,10 +38,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # see mnistlab.models.ARCHS
+    arch: str = "mlp"  # see mnistlab.core.models.ARCHS
     hidden: list[int] = field(default_factory=lambda: [1024])  # MLP hidden layer widths
-    activation: str = "relu"  # see mnistlab.models.ACTIVATIONS
-    init: str = "report"  # see mnistlab.models.INITS
+    activation: str = "relu"  # see mnistlab.core.models.ACTIVATIONS
+    init: str = "report"  # see mnistlab.core.models.INITS
     dropout: float = 0.0  # after each hidden layer
     input_dropout: float = 0.0  # MLP only: dropout on the pixels
     batchnorm: bool = False  # MLP only: BatchNorm1d before each hidden activation
@@ -53,13 +53,13 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # see mnistlab.optim.OPTIMIZERS
+    name: str = "sgd"  # see mnistlab.core.optim.OPTIMIZERS
     lr: float = 0.1
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "constant"  # see mnistlab.optim.SCHEDULES
+    schedule: str = "constant"  # see mnistlab.core.optim.SCHEDULES
     warmup_epochs: float = 0.0
     step_epochs: int = 10  # step schedule: epochs between decays
     gamma: float = 0.1  # step schedule: decay factor
@@ -74,7 +74,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 100
     seed: int = 123
-    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 only where the hardware runs it faster: mnistlab.hardware)
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 only where the hardware runs it faster: mnistlab.core.hardware)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # 0 = leave torch's default
     eval_batch_size: int = 2000  # chunks that stay in cache
@@ -87,7 +87,7 @@ class TrainConfig:
 @dataclass
 class RegularizeConfig:
     """Regularisers of the training objective, weight averaging and test-time augmentation; all off by
-    default (see mnistlab.adversarial, mnistlab.optim.weight_ema, mnistlab.models.ShiftTTA)."""
+    default (see mnistlab.core.adversarial, mnistlab.core.optim.weight_ema, mnistlab.core.models.ShiftTTA)."""
 
     vat_eps: float = 0.0  # VAT (Miyato et al. 2018): L2 norm of the virtual adversarial perturbation; 0 = off
     vat_xi: float = 1e-6  # VAT: L2 norm of the probe of the power iteration (the authors' code: 1e-6)
@@ -271,7 +271,7 @@ def check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express. What each model, optimizer, schedule, augmentation
     and engine supports is checked beside it (``models.check`` and so on), all together by
-    :func:`mnistlab.checks.check`."""
+    :func:`mnistlab.core.checks.check`."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
     # the name becomes a directory (studies, evaluations, reports): one safe path component, never "..",
     # an absolute path or a hidden file

@@ -1,14 +1,14 @@
 """The CUDA-graph code path: static index buffer, device learning rates filled by the schedule, and warm-up
 steps undone, so a run gives the numbers of the plain path. On the CPU the "graph" replays its body
-eagerly; where a GPU is present the same tests capture real CUDA graphs."""
+eagerly; where a GPU is present the same tests capture real CUDA cudagraphs."""
 
 import json
 
 import pytest
 import torch
 
-from mnistlab import config, data, graphs
-from mnistlab.train import Trainer
+from mnistlab.core import config, data, cudagraphs
+from mnistlab.core.train import Trainer
 
 CASES = {
     "fused": [],
@@ -57,8 +57,8 @@ def test_warmup_is_undone(small_mnist_dir):
                                                    "model.width=4", "optim.name='adam'"])
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    graphs.tensor_lr(tr.optimizer, tr.device)
-    tr.graph = graphs.StepGraph(tr._step, cfg.train.batch_size, tr.device, tr.model, tr.optimizer)
+    cudagraphs.tensor_lr(tr.optimizer, tr.device)
+    tr.graph = cudagraphs.StepGraph(tr._step, cfg.train.batch_size, tr.device, tr.model, tr.optimizer)
     for k, v in tr.model.state_dict().items():
         assert torch.equal(v, before[k]), k  # weights and batch-norm statistics
     for st in tr.optimizer.state.values():
@@ -66,7 +66,7 @@ def test_warmup_is_undone(small_mnist_dir):
     # the epoch through the (CPU-replayed) graph equals one without it: the warm-up left no trace, not
     # even in the loss accumulator the graph adds to
     fresh = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
-    graphs.tensor_lr(fresh.optimizer, fresh.device)
+    cudagraphs.tensor_lr(fresh.optimizer, fresh.device)
     assert tr.train_epoch() == pytest.approx(fresh.train_epoch(), rel=1e-6)
 
 
@@ -80,21 +80,21 @@ def test_state_with_device_lr_is_json(small_mnist_dir):
 def test_graphs_apply_only_on_a_gpu_without_host_side_draws():
     cfg = config.Config()
     model = torch.nn.Linear(2, 2)
-    assert not graphs.applies(model, cfg, torch.device("cpu"))
-    assert graphs.applies(model, cfg, torch.device("cuda"))
+    assert not cudagraphs.applies(model, cfg, torch.device("cpu"))
+    assert cudagraphs.applies(model, cfg, torch.device("cuda"))
     for override in ["data.augment='affine'", "train.cuda_graphs=false", "optim.name='rmsprop'",
                      "regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25"]:
-        assert not graphs.applies(model, config.apply_overrides(cfg, [override]), torch.device("cuda")), override
-    assert graphs.applies(model, config.apply_overrides(cfg, ["regularize.ema=true"]), torch.device("cuda"))
+        assert not cudagraphs.applies(model, config.apply_overrides(cfg, [override]), torch.device("cuda")), override
+    assert cudagraphs.applies(model, config.apply_overrides(cfg, ["regularize.ema=true"]), torch.device("cuda"))
 
 
 def test_schedule_fills_the_captured_lr_tensor_in_place(small_mnist_dir):
-    from mnistlab import data
-    from mnistlab.train import Trainer
+    from mnistlab.core import data
+    from mnistlab.core.train import Trainer
     cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "optim.schedule='cosine'",
                                                    "model.hidden=[8]"])
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
-    graphs.tensor_lr(tr.optimizer, torch.device("cpu"))
+    cudagraphs.tensor_lr(tr.optimizer, torch.device("cpu"))
     captured = tr.optimizer.param_groups[0]["lr"]
     tr._set_lr(7)
     assert tr.optimizer.param_groups[0]["lr"] is captured and captured.item() == pytest.approx(tr.get_lr(7))

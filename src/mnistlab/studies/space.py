@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checks, config
-from .errors import ConfigError
+from ..core import checks, config
+from ..errors import ConfigError
 
 KINDS = ("float", "int", "categorical")
 _FIELDS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},

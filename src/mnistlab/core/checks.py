@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import augment, config, datasets, models, numpy_train, optim
+from . import augment, config, datasets, models, optim
+from ..analysis import numpy_train
 from .config import Config
 
 

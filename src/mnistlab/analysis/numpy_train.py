@@ -8,11 +8,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import data
-from .config import Config
-from .errors import ConfigError
+from ..core import data
+from ..core.config import Config
+from ..errors import ConfigError
 from .numpy_mlp import ACTIVATIONS, NumpyMLP
-from .train import Split, Trainer
+from ..core.train import Split, Trainer
 
 
 def check(cfg: Config) -> None:

@@ -8,13 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab import data, mechanics
+from mnistlab.core import data
+from mnistlab.analysis import activations
 from mnistlab.cli import main
 
 
 def test_activation_derivatives_match_their_formulas():
     x = torch.linspace(-4, 4, 81)
-    c = mechanics.activation_curves(x)
+    c = activations.activation_curves(x)
     s = torch.sigmoid(x)
     torch.testing.assert_close(c["sigmoid"][1], s * (1 - s))
     torch.testing.assert_close(c["tanh"][1], 1 - torch.tanh(x) ** 2)
@@ -29,7 +30,7 @@ def test_dead_fraction_counts_units_silent_on_every_input():
         model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 0]]))
         model[1].bias.copy_(torch.tensor([0.0, 0.5, -1.0]))
     x = torch.tensor([[[0.2, 0, 0, 0]], [[0.9, 0, 0, 0]]])  # unit 0 fires, unit 1 fires on the first, unit 2 never
-    assert mechanics.dead_fraction(model, x) == [pytest.approx(1 / 3)]
+    assert activations.dead_fraction(model, x) == [pytest.approx(1 / 3)]
 
 
 def test_layer_grad_norms_vanish_through_a_deep_sigmoid_stack():
@@ -38,13 +39,13 @@ def test_layer_grad_norms_vanish_through_a_deep_sigmoid_stack():
     for _ in range(8):
         layers += [nn.Linear(64 if layers[1:] else 784, 64), nn.Sigmoid()]
     model = nn.Sequential(*layers, nn.Linear(64, 10))
-    norms = mechanics.layer_grad_norms(model, torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,)))
+    norms = activations.layer_grad_norms(model, torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,)))
     assert len(norms) == 9 and norms[0] < norms[-1] / 100
 
 
 def test_activations_command(small_mnist_dir, tmp_path, monkeypatch, capsys):
     small = data.load(small_mnist_dir)
-    monkeypatch.setattr(mechanics.data, "load", lambda *a, **k: small)
+    monkeypatch.setattr(activations.data, "load", lambda *a, **k: small)
     out = tmp_path / "act"
     assert main(["activations", "--epochs", "1", "--depth", "4", "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "activations.json").read_text())

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import adversarial, checkpoint, data, fused, graphs
+from . import adversarial, checkpoint, data, cudagraphs, fused
 from .augment import augment
 from .config import Config
-from .errors import ConfigError, DivergenceError
+from ..errors import ConfigError, DivergenceError
 from .metrics import autocast, evaluate
 from .models import STOCHASTIC_LAYERS, build_model, for_inference
 from .optim import apply_max_norm, build_optimizer, lr_factor, weight_ema
@@ -97,8 +97,8 @@ class Trainer:
         self.total_steps = t.epochs * self.steps_per_epoch
         self.scheduled = cfg.optim.schedule != "constant" or cfg.optim.warmup_epochs > 0
         self.fused_step = self._build_fused_step()
-        self.use_graphs = graphs.applies(self.model, cfg, device)
-        self.graph: graphs.StepGraph | None = None  # captured at the first epoch, after any resume
+        self.use_graphs = cudagraphs.applies(self.model, cfg, device)
+        self.graph: cudagraphs.StepGraph | None = None  # captured at the first epoch, after any resume
         self.loss_sum = torch.zeros((), device=device)  # the epoch's summed batch losses; static under graphs
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -151,7 +151,7 @@ class Trainer:
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training objective on a batch: the cross-entropy, with FGSM adversarial training and VAT
-        added when on (``regularize.*``; formulas and sources in :mod:`mnistlab.adversarial`):
+        added when on (``regularize.*``; formulas and sources in :mod:`mnistlab.core.adversarial`):
 
         ``alpha * CE(x) + (1 - alpha) * CE(x_fgsm) + vat_weight * KL(p(y|x) || p(y|x + r_adv))``.
 
@@ -189,8 +189,8 @@ class Trainer:
         self.model.train()
         order = self.train_idx[data.epoch_order(len(self.train_idx), self.g_data)].to(self.device)
         if self.use_graphs and self.graph is None:
-            graphs.tensor_lr(self.optimizer, self.device)
-            self.graph = graphs.StepGraph(self._step, b, self.device, self.model, self.optimizer)
+            cudagraphs.tensor_lr(self.optimizer, self.device)
+            self.graph = cudagraphs.StepGraph(self._step, b, self.device, self.model, self.optimizer)
         self.loss_sum.zero_()
         first = self.epoch * self.steps_per_epoch
         for step in range(self.steps_per_epoch):

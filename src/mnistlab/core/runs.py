@@ -38,9 +38,10 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from . import __version__, hardware
+from .. import __version__
+from . import hardware
 from .config import Config, dumps, load
-from .errors import MnistlabError
+from ..errors import MnistlabError
 
 RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
              "checkpoint.safetensors", "checkpoint.json", "best.safetensors")  # .json: format-1 checkpoints

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, datasets
-from .checkpoint import load_best_model
-from .errors import MnistlabError
-from .runs import atomic_write
+from ..core import data, datasets
+from ..core.checkpoint import load_best_model
+from ..errors import MnistlabError
+from ..core.runs import atomic_write
 
 OPSET = 18
 

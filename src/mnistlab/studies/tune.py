@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import checkpoint, checks, config, data, datasets
-from .errors import ConfigError, DivergenceError, MnistlabError
-from .experiment import StopRun, resume, run
-from .metrics import summarize
-from .runs import RUN_FILES, RunDir, atomic_write, check_study_dir, write_study
-from .text import plural
+from ..core import checkpoint, checks, config, data, datasets
+from ..errors import ConfigError, DivergenceError, MnistlabError
+from ..core.experiment import StopRun, resume, run
+from ..core.metrics import summarize
+from ..core.runs import RUN_FILES, RunDir, atomic_write, check_study_dir, write_study
+from ..text import plural
 from .space import Param, space_to_dict
 
 Log = Callable[[str], None]
@@ -595,19 +595,19 @@ def _serve_storage(storage: Any, host: str) -> tuple[str, int]:
 
 
 def _search_on_ray(s: _Search, ray_options: Any, epoch_lines: bool) -> None:
-    from . import cluster
+    from . import ray_executor
 
-    with cluster.connect(ray_options.address) as ray:
-        cluster.check_resources(ray, ray_options, s.log)
+    with ray_executor.connect(ray_options.address) as ray:
+        ray_executor.check_resources(ray, ray_options, s.log)
         host = ray.util.get_node_ip_address()
         proxy = _serve_storage(s.storage, host)
-        task = cluster.remote(cluster.train_in_tempdir, ray_options)
+        task = ray_executor.remote(ray_executor.train_in_tempdir, ray_options)
         data_ref = ray.put(s.dataset)
-        parallel = max(1, cluster.slots(ray, ray_options))
+        parallel = max(1, ray_executor.slots(ray, ray_options))
         s.log(f"search on Ray: up to {parallel} trials at once, {ray_options.request()} each; storage proxy at "
               f"{proxy[0]}:{proxy[1]}")
-        progress = cluster.EpochProgress(s.log, epoch_line) if epoch_lines else None
-        waiter = cluster.TaskWaiter(ray, ray_options, progress)
+        progress = ray_executor.EpochProgress(s.log, epoch_line) if epoch_lines else None
+        waiter = ray_executor.TaskWaiter(ray, ray_options, progress)
         pending: dict[Any, Any] = {}  # Ray object ref -> the live trial it runs
         again = _cut_off(s.study, s.tag)  # cut-off trials first, under their own numbers, from the start
 
@@ -640,13 +640,13 @@ def _search_on_ray(s: _Search, ray_options: Any, epoch_lines: bool) -> None:
                 ready = waiter.next(pending)
                 trial = pending.pop(ready)
                 try:
-                    result = cluster.task_result(ready, f"trial {trial.number}")
+                    result = ray_executor.task_result(ready, f"trial {trial.number}")
                 except BaseException:
                     trial.set_user_attr("interrupted", True)
                     raise
                 path = s.path(trial.number)
                 if result["files"]:
-                    cluster.write_run_dir(path, result["files"], result["node"])
+                    ray_executor.write_run_dir(path, result["files"], result["node"])
                     if s.tracker:
                         s.tracker.replay(f"trial {trial.number}", path)
                 _finish(s.study, trial, path, TrialResult(result["outcome"], result["seconds"], result["node"],

@@ -16,8 +16,8 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from . import __version__
-from .errors import MnistlabError
+from .. import __version__
+from ..errors import MnistlabError
 from .runs import RunDir, atomic_write
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:
 def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
     """The model of a run directory, in eval mode: its best-validation weights (best.safetensors; the moving
     average of the weights for a run with ``regularize.ema``), which must be finite (a diverged model would
-    print NaN probabilities); wrapped in :class:`~mnistlab.models.ShiftTTA` when the run lists test-time
+    print NaN probabilities); wrapped in :class:`~mnistlab.core.models.ShiftTTA` when the run lists test-time
     shifts (``regularize.tta_shifts``), so predict, serve, export and evaluate classify as the run evaluated."""
     from .datasets import get
     from .models import build_model, for_inference

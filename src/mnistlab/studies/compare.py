@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from . import checkpoint, checks, config, data, datasets
-from .errors import DivergenceError, MnistlabError
-from .experiment import resume, run
-from .metrics import predict_proba, summarize
-from .plots import overlay_figure
-from .runs import RunDir, atomic_write, remove_stale_temp, validation_curves
-from .text import md_cell, mean_epoch, plural
+from ..core import checkpoint, checks, config, data, datasets
+from ..errors import DivergenceError, MnistlabError
+from ..core.experiment import resume, run
+from ..core.metrics import predict_proba, summarize
+from ..output.plots import overlay_figure
+from ..core.runs import RunDir, atomic_write, remove_stale_temp, validation_curves
+from ..text import md_cell, mean_epoch, plural
 
 if TYPE_CHECKING:
-    from . import cluster
-    from .tracking import Trackers
+    from . import ray_executor
+    from ..output.tracking import Trackers
 
 Log = Callable[[str], None]
 
@@ -228,10 +228,10 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
     return study_rows(cfgs, jobs)
 
 
-def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cluster.RayOptions",
+def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "ray_executor.RayOptions",
                   log: Log = print, show_progress: bool = False, tracker: "Trackers | None" = None,
                   epoch_lines: bool = False) -> list[StudyRow]:
-    """The same study with each unfinished (config, seed) run as one Ray task on the cluster.
+    """The same study with each unfinished (config, seed) run as one Ray task on the ray_executor.
 
     The driver (this process) owns ``out``: each finished run's files come back through Ray and are put
     in place atomically as it completes, so an interrupted study keeps every run that finished and a
@@ -240,7 +240,7 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
     """
     from tqdm import tqdm
 
-    from . import cluster
+    from . import ray_executor
 
     jobs = plan_study(cfgs, seeds, out)
     todo = [j for j in jobs if j.status not in ("complete", "diverged")]
@@ -250,25 +250,25 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "cl
     if not todo:
         return study_rows(cfgs, jobs)
     dataset = datasets.load_config(cfgs[0], log)  # the study's configs share one dataset (load_configs)
-    with cluster.connect(options.address) as ray:
-        cluster.check_resources(ray, options, log)
-        task = cluster.remote(cluster.train_in_tempdir, options)
+    with ray_executor.connect(options.address) as ray:
+        ray_executor.check_resources(ray, options, log)
+        task = ray_executor.remote(ray_executor.train_in_tempdir, options)
         data_ref = ray.put(dataset)
-        progress = cluster.EpochProgress(log) if epoch_lines else None
+        progress = ray_executor.EpochProgress(log) if epoch_lines else None
         pending = {task.remote(config.to_dict(j.cfg), data_ref, options.threads(), None,
                                progress and progress.sender(j.title)): j for j in todo}
         log(f"study: {plural(len(todo), 'run')} on Ray ({len(jobs) - len(todo)} already finished), "
             f"{options.request()} per run")
-        waiter = cluster.TaskWaiter(ray, options, progress)
+        waiter = ray_executor.TaskWaiter(ray, options, progress)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not show_progress)
         try:
             while pending:
                 ready = waiter.next(pending)
                 job = pending.pop(ready)
-                result = cluster.task_result(ready, job.title)
+                result = ray_executor.task_result(ready, job.title)
                 if result["outcome"] == "rejected":
                     raise MnistlabError(f"{job.title}: {result['reason']}")
-                cluster.write_run_dir(job.run_dir.path, result["files"], result["node"])
+                ray_executor.write_run_dir(job.run_dir.path, result["files"], result["node"])
                 if tracker:
                     tracker.replay(job.title, job.run_dir.path)
                 node = result["node"]

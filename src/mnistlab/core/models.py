@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, check_choice, check_value
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics after /255
 

@@ -14,8 +14,8 @@ from typing import Any, Iterator, Sequence
 import matplotlib
 from matplotlib.figure import Figure
 
-from .metrics import convergence_epoch
-from .runs import atomic_write
+from ..core.metrics import convergence_epoch
+from ..core.runs import atomic_write
 
 
 # figure text in Korean, for the Korean report (keys are the English text; {} marks a value)
@@ -65,7 +65,7 @@ def language(lang: str = "en") -> Iterator[None]:
     spec = importlib.util.find_spec("koreanize_matplotlib")
     path = Path(spec.submodule_search_locations[0]) / "fonts" / "NanumGothic.ttf" if spec else None
     if path is None or not path.is_file():
-        from .errors import MnistlabError
+        from ..errors import MnistlabError
         raise MnistlabError("the Korean report needs its font: pip install 'mnistlab[report]'")
     from matplotlib import font_manager
     font_manager.fontManager.addfont(str(path))

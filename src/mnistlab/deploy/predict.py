@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import MnistlabError
+from ..errors import MnistlabError
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # beyond this PIL's decompression-bomb check refuses the image
@@ -424,8 +424,8 @@ class Classifier:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Classifier":
-        from .checkpoint import load_best_model
-        from .datasets import get
+        from ..core.checkpoint import load_best_model
+        from ..core.datasets import get
         model, cfg = load_best_model(run_dir)
         spec = get(cfg.data.dataset)
         return cls(model, str(run_dir), spec.classes, spec.handwriting, spec.name)

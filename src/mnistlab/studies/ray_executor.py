@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import MnistlabError
-from .runs import umask
+from ..errors import MnistlabError
+from ..core.runs import umask
 
 # a task whose worker or node dies is retried this many times (Ray's own retry of system failures)
 TASK_RETRIES = 3
@@ -148,15 +148,15 @@ def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int,
     """Train one config on this worker and return ``{"files", "node", "outcome", "seconds", "reason"}``.
 
     ``files`` maps each file name of the run directory to its bytes. ``outcome`` is "complete",
-    "stopped" (an ``on_epoch`` hook raised :class:`~mnistlab.experiment.StopRun`), "diverged", or "rejected"
+    "stopped" (an ``on_epoch`` hook raised :class:`~mnistlab.core.experiment.StopRun`), "diverged", or "rejected"
     (the config was refused when the run was set up, e.g. a batch larger than the training set; no files,
     ``reason`` says why). ``progress(row)`` sees each epoch's row (the driver prints it).
     """
     import torch
 
-    from . import config
-    from .errors import ConfigError, DivergenceError
-    from .experiment import StopRun, run
+    from ..core import config
+    from ..errors import ConfigError, DivergenceError
+    from ..core.experiment import StopRun, run
 
     def hook(row: dict[str, Any]) -> None:
         if progress is not None:
@@ -284,7 +284,7 @@ class EpochProgress:
                  line: Callable[[dict[str, Any]], str] | None = None) -> None:
         from ray.util.queue import Queue
 
-        from .experiment import format_row
+        from ..core.experiment import format_row
 
         self.queue = Queue(actor_options={"num_cpus": 0})  # takes no CPU a run could use
         self.log, self.line = log, line or format_row

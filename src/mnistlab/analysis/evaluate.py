@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import adversarial, checkpoint, data, datasets
-from .errors import MnistlabError
-from .metrics import predict_proba
-from .runs import RunDir, atomic_write
-from .text import md_cell
+from ..core import adversarial, checkpoint, data, datasets
+from ..errors import MnistlabError
+from ..core.metrics import predict_proba
+from ..core.runs import RunDir, atomic_write
+from ..text import md_cell
 
 N_CLASSES = 10  # MNIST's; a run's own number comes from its dataset
 ECE_BINS = 15
@@ -257,7 +257,7 @@ def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en",
                      labels: Sequence[str] | None = None) -> None:
     """Counts and row-normalised confusion matrices side by side; ``labels``: the class names (default:
     the label numbers)."""
-    from .plots import language, save_figure, subplots, t
+    from ..output.plots import language, save_figure, subplots, t
     k = len(cm)
     labels = [str(c) for c in range(k)] if labels is None else list(labels)
     wordy = any(len(label) > 3 for label in labels)  # names (Fashion-MNIST's), not symbols ("7", "C/c")
@@ -284,7 +284,7 @@ def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en",
 
 
 def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path: Path, lang: str = "en") -> None:
-    from .plots import language, save_figure, subplots, t
+    from ..output.plots import language, save_figure, subplots, t
     with language(lang):
         fig, ax = subplots(figsize=(5.5, 5))
         ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS,
@@ -298,7 +298,7 @@ def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path
 
 def _image_grid(n: int, cell: tuple[float, float] = (1.2, 1.2), cols: int = 8) -> tuple[Any, Any]:
     """A figure of ``n`` image cells, ``cols`` a row, axes hidden: (figure, the axes, flat)."""
-    from .plots import subplots
+    from ..output.plots import subplots
     rows = math.ceil(n / cols)
     fig, axes = subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
     for ax in axes.flat:
@@ -308,7 +308,7 @@ def _image_grid(n: int, cell: tuple[float, float] = (1.2, 1.2), cols: int = 8) -
 
 def first_layer_figure(units: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
     """(U, H, W) weight images: 28x28 per hidden unit of an MLP, or a CNN's filters."""
-    from .plots import language, save_figure, t
+    from ..output.plots import language, save_figure, t
     title = ("{}: first-layer weights of 64 hidden units (28x28 each)" if units.shape[1:] == (28, 28) else
              "{}: first-layer filters ({})")
     with language(lang):
@@ -342,7 +342,7 @@ def _plot_labels(ev: Evaluation) -> list[str]:
 
 def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray,
              out: Path) -> None:
-    from .plots import save_figure
+    from ..output.plots import save_figure
 
     names = _plot_labels(ev)
     confusion_figure(ev.confusion, ev.name, out / "confusion.png", labels=names)
@@ -375,7 +375,7 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
 def robustness_figure(series: list[tuple[str, dict[str, list]]], path: Path, lang: str = "en") -> None:
     """Accuracy against each perturbation, one line per (label, robustness) (MLP vs CNN on one plot); the
     yes/no inversion as bars. The legend sits below the panels, never over a curve."""
-    from .plots import language, save_figure, series_styles, subplots, t
+    from ..output.plots import language, save_figure, series_styles, subplots, t
 
     styles = series_styles(len(series))
     with language(lang):
@@ -412,7 +412,7 @@ def ece_percent(ece: float) -> str:
 def adversarial_figure(series: list[tuple[str, dict[str, list]]], images: int, path: Path, lang: str = "en") -> None:
     """Accuracy against the L-inf radius of each attack (FGSM, PGD), one line per (label, adversarial curves);
     ``images``: how many images the attacks used (named in the title)."""
-    from .plots import language, save_figure, subplots, t
+    from ..output.plots import language, save_figure, subplots, t
 
     with language(lang):
         fig, axes = subplots(1, len(ATTACK_LABELS), figsize=(4.6 * len(ATTACK_LABELS), 4))

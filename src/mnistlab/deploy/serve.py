@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import MnistlabError
+from ..errors import MnistlabError
 from .predict import Classifier, ImageError, open_image, preprocess
 
 MAX_BODY_BYTES = 2 * 1024 * 1024

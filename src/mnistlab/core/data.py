@@ -3,7 +3,7 @@
 The bundled copy lives in ``mnistlab/_mnist`` (MNIST, by LeCun, Cortes and Burges, CC BY-SA 3.0) and is
 checked against the SHA-256 of its decompressed files on every load. Named datasets of the MNIST family
 (Fashion-MNIST, KMNIST, QMNIST, EMNIST), where their files come from and how they are verified live in
-:mod:`mnistlab.datasets`; this module reads whatever files it is given.
+:mod:`mnistlab.core.datasets`; this module reads whatever files it is given.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import IO, Union
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
-BUNDLED_DIR = Path(__file__).parent / "_mnist"
+BUNDLED_DIR = Path(__file__).parents[1] / "_mnist"  # mnistlab/_mnist: package data beside the subpackages
 
 # split name -> (images file, labels file), official names without ".gz". These names are also the keys of
 # every dataset's digests (whatever its own files are called), so a dataset's checksum does not depend on
@@ -220,7 +220,7 @@ class Dataset:
     test_labels: torch.Tensor  # (N_test,) int64
     sha256: dict[str, str]  # decompressed-file SHA-256, by key (MNIST's official names, see FILES)
     source: str  # "bundled", or where the files are
-    name: str = "mnist"  # the registry's name (mnistlab.datasets)
+    name: str = "mnist"  # the registry's name (mnistlab.core.datasets)
     classes: tuple[str, ...] = DIGITS  # class names, by label
     verified: bool = True  # checked against known checksums (False: a folder of MNIST-format files of unknown origin)
 
@@ -301,7 +301,7 @@ def read_dataset(files: dict[str, Source], layout: Layout = Layout(), *, source:
 
 def load(data_dir: str | Path | None = None) -> Dataset:
     """Load the bundled MNIST (verified by SHA-256) or the four MNIST-format files in ``data_dir`` (ten
-    digit classes; named datasets and their checks: :func:`mnistlab.datasets.load`)."""
+    digit classes; named datasets and their checks: :func:`mnistlab.core.datasets.load`)."""
     bundled = data_dir is None or str(data_dir) == ""
     files = find_files(BUNDLED_DIR if bundled else data_dir)
     ds = read_dataset(dict(files), source="bundled" if bundled else str(data_dir), verified=bundled)

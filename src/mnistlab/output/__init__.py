@@ -1,0 +1,3 @@
+"""What people read: ``plots`` (figures, English and Korean), ``report`` (the generated report) and
+``tracking`` (TensorBoard and MLflow trackers).
+"""
