@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from mnistlab.cli import main
@@ -63,3 +64,32 @@ def test_overrides_are_values_not_toml_text(small_mnist_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(quoted), "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out)]) == 0
     assert str(quoted) in (out / "config.toml").read_text().replace("\\\\", "\\").replace('\\"', '"')
+
+
+def test_readme_layout_names_every_module():
+    """The README's layout section lists every module under the subpackage it lives in (a module added
+    without a word in the layout fails here)."""
+    readme = (SRC.parents[1] / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[layout.index("```\n") + 4:]
+    layout = layout[:layout.index("```")]
+    blocks: dict[str, str] = {}  # "core" -> the text of its lines; "" -> the top-level lines
+    current = ""
+    for line in layout.splitlines()[1:]:  # after "src/mnistlab/"
+        if not line.startswith("  "):
+            break  # experiments/, benchmarks/, ...: outside the package
+        head = line.split()[0]
+        if line[2] != " " and head.endswith("/") and head[:-1].isidentifier():
+            current = head[:-1]
+        elif line[2] != " ":
+            current = ""
+        blocks[current] = blocks.get(current, "") + line + "\n"
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        rel = path.relative_to(SRC)
+        where = rel.parts[0] if len(rel.parts) > 1 else ""
+        assert re.search(rf"(?<![\w/]){re.escape(path.name)}", blocks.get(where, "")), \
+            f"README's layout does not list {rel} under {where or 'src/mnistlab'}/"
+    subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    assert subpackages == {k for k, text in blocks.items() if k and ".py" in text}, "README's layout and the subpackages differ"
