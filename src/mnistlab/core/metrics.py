@@ -57,7 +57,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 10000) ->
     return out
 
 
-def convergence_epoch(val_acc: Sequence[float], window: int = WINDOW, band: float = BAND) -> int | None:
+def convergence_epoch(val_acc: Sequence[float | None], window: int = WINDOW, band: float = BAND) -> int | None:
     """The 1-based epoch from which validation accuracy stays within ``band`` points of its final plateau.
 
     The plateau is the mean of the last ``window`` epochs. None when there are fewer than ``window``
@@ -65,9 +65,10 @@ def convergence_epoch(val_acc: Sequence[float], window: int = WINDOW, band: floa
     """
     if len(val_acc) < window or any(v is None or not math.isfinite(v) for v in val_acc):
         return None
-    plateau = sum(val_acc[-window:]) / window
-    epoch = len(val_acc)
-    while epoch > 1 and abs(val_acc[epoch - 2] - plateau) <= band:
+    acc = [float(v) for v in val_acc if v is not None]  # all present (checked above)
+    plateau = sum(acc[-window:]) / window
+    epoch = len(acc)
+    while epoch > 1 and abs(acc[epoch - 2] - plateau) <= band:
         epoch -= 1
     return epoch
 
@@ -104,8 +105,8 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
                    final_train_loss=last.get("train_loss"))
     else:
         out.update(diverged_epoch=diverged, final_test_acc=None, final_val_acc=None, final_train_loss=None)
-    val = [r.get("val_acc") for r in good]
-    if val and all(v is not None for v in val):
+    val = [r["val_acc"] for r in good if r.get("val_acc") is not None]
+    if val and len(val) == len(good):
         best = best_epoch(val)
         out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=good[best - 1]["test_acc"],
                    convergence_epoch=convergence_epoch(val) if diverged is None else None)

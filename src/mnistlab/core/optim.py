@@ -15,10 +15,10 @@ from .config import OptimConfig, check_choice, check_value
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
     "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
                                         weight_decay=c.weight_decay, fused=True),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
-                                          fused=True),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
-                                            fused=True),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=(c.betas[0], c.betas[1]),
+                                          weight_decay=c.weight_decay, fused=True),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=(c.betas[0], c.betas[1]),
+                                            weight_decay=c.weight_decay, fused=True),
     "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
 }
 

@@ -49,7 +49,7 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
     onnx, _ = _require()
     model, cfg = load_best_model(run_dir)
     classes = datasets.classes_of(cfg)
-    model = model.float().to(memory_format=torch.contiguous_format)
+    model = model.float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # nn.Module.to takes memory_format; torch's stubs omit it
     example = torch.rand(2, 1, 28, 28)
     batch = torch.export.Dim("batch", min=1, max=65536)
     quiet = logging.getLogger("torch.onnx")
@@ -60,6 +60,8 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["pixels"], output_names=["logits"],
                                     dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False)
     quiet.setLevel(level)
+    if program is None:  # dynamo=True returns a program; None is the legacy exporter's answer
+        raise MnistlabError("torch.onnx.export returned no program: this torch's exporter is not the dynamo one")
     proto = program.model_proto
     proto.doc_string = (f"mnistlab model ({cfg.data.dataset}): input 'pixels' float32 (N, 1, 28, 28) in [0, 1], "
                         f"light ink on dark, MNIST-style; output 'logits' (N, {len(classes)}), one per class in the "

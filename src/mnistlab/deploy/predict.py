@@ -148,10 +148,10 @@ def _unit_range(arr: np.ndarray, name: str) -> np.ndarray:
         x = arr.astype(np.float32)
         if not np.isfinite(x).all():
             raise ImageError(f"{name}: the array holds NaN or infinite values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 255:
-            raise ImageError(f"{name}: float pixel values must lie in [0, 1] (or 0-255), got {lo:g} to {hi:g}")
-        return x / 255.0 if hi > 1 else x
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 255:
+            raise ImageError(f"{name}: float pixel values must lie in [0, 1] (or 0-255), got {low:g} to {high:g}")
+        return x / 255.0 if high > 1 else x
     raise ImageError(f"{name}: unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
 
 
@@ -360,7 +360,7 @@ def fill_frame(grey: np.ndarray, name: str = "image") -> np.ndarray:
     h, w = x.shape
     size = (max(1, round(w * 28 / max(h, w))), max(1, round(h * 28 / max(h, w))))
     img = Image.fromarray(np.round(x * 255).astype(np.uint8))
-    box = np.asarray(img if img.size == size else img.resize(size, Image.LANCZOS), np.float32) / 255
+    box = np.asarray(img if img.size == size else img.resize(size, Image.Resampling.LANCZOS), np.float32) / 255
     out = np.zeros((28, 28), np.float32)
     top, left = (28 - box.shape[0]) // 2, (28 - box.shape[1]) // 2
     out[top:top + box.shape[0], left:left + box.shape[1]] = box

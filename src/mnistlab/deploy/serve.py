@@ -147,7 +147,8 @@ class _UnsupportedType(ValueError):
 
 def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> Any:
     """The web app for a trained run directory."""
-    fastapi, pydantic = _require()
+    fastapi, _ = _require()
+    import pydantic  # present: _require checked (a module-level name, so the response models can subclass it)
     from fastapi import HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse

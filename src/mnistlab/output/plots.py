@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -63,7 +63,8 @@ def language(lang: str = "en") -> Iterator[None]:
     import importlib.util
     # the package is found, not imported: importing it would restyle every figure of the process
     spec = importlib.util.find_spec("koreanize_matplotlib")
-    path = Path(spec.submodule_search_locations[0]) / "fonts" / "NanumGothic.ttf" if spec else None
+    locations = spec.submodule_search_locations if spec else None
+    path = Path(locations[0]) / "fonts" / "NanumGothic.ttf" if locations else None
     if path is None or not path.is_file():
         from ..errors import MnistlabError
         raise MnistlabError("the Korean report needs its font: pip install 'mnistlab[report]'")
@@ -76,7 +77,8 @@ def language(lang: str = "en") -> Iterator[None]:
         yield
 
 
-def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, layout: str | None = None,
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
+             layout: Literal["constrained", "compressed", "tight"] | None = None,
              **kwargs: Any) -> tuple[Figure, Any]:
     """A new figure and its axes, like ``pyplot.subplots`` but outside pyplot (no backend, no global state)."""
     fig = Figure(figsize=figsize, layout=layout)
@@ -87,7 +89,10 @@ def series_styles(n: int) -> list[dict[str, Any]]:
     """Line styles that tell ``n`` series apart: tab10's colours up to 10 series, tab20's up to 20, then
     tab20's colours again with dashed and dotted lines (matplotlib's default cycle repeats after 10)."""
     from matplotlib import colormaps
-    colours = colormaps["tab10" if n <= 10 else "tab20"].colors
+    from matplotlib.colors import ListedColormap
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    assert isinstance(cmap, ListedColormap)  # tab10 and tab20 are lists of colours
+    colours = list(cmap.colors)  # type: ignore[arg-type]  # a list of RGB tuples; the stubs type it as any array
     dashes = ["-", "--", ":", "-."]
     return [{"color": colours[i % len(colours)], "linestyle": dashes[(i // len(colours)) % len(dashes)]}
             for i in range(n)]
@@ -126,7 +131,7 @@ def accuracy_figure(history: Sequence[dict[str, Any]], path: Path, title: str = 
     return conv
 
 
-def _integer_epochs(ax: Any, epochs: Sequence[int] = ()) -> None:
+def _integer_epochs(ax: Any, epochs: Sequence[float | None] = ()) -> None:
     """Whole-epoch ticks, also for runs of a few epochs (matplotlib would put ticks at 1.5, 2.5...)."""
     from matplotlib.ticker import MaxNLocator
     if 0 < len(epochs) <= 12:
