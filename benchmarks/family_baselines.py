@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mnistlab import datasets  # noqa: E402
+from mnistlab.core import datasets, hardware  # noqa: E402
 from mnistlab.cli import main as mnistlab  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 
@@ -117,8 +117,8 @@ def main() -> None:
                      f"| {r['best_epoch_mean']} | {r['epochs']} | {r['parameters']:,} |")
     lines = ["# Baselines across the MNIST family", "", "```sh", "python " + " ".join(
         [str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]]), "```", "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
-        f"{torch.__version__}, Python {platform.python_version()}.", "", *table, ""]
+        f"Machine: {hardware.summary()}; {torch.get_num_threads()} torch threads, Python "
+        f"{platform.python_version()}.", "", *table, ""]
     if qmnist:
         lines += ["MNIST runs on QMNIST's test sets (mean over seeds):", "",
                   "| recipe | QMNIST test10k % | QMNIST test50k % |", "| --- | ---: | ---: |"]

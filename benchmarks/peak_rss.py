@@ -12,9 +12,10 @@ import subprocess
 import sys
 
 if __name__ == "__main__":
-    out, sep, *cmd = sys.argv[1:]
-    if sep != "--" or not cmd:
+    args = sys.argv[1:]
+    if len(args) < 3 or args[1] != "--":
         raise SystemExit(__doc__.splitlines()[0])
+    out, _, *cmd = args
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import write_mnist_dir  # noqa: E402
 
-from mnistlab import config, data, hardware  # noqa: E402
+from mnistlab.core import config, data, hardware  # noqa: E402
 from mnistlab.studies.ray_executor import RayOptions  # noqa: E402
 from mnistlab.studies.compare import run_study, run_study_ray  # noqa: E402
 
