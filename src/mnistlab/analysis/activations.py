@@ -18,14 +18,12 @@ from ..core.train import Trainer
 
 Log = Callable[[str], None]
 
-# the report's four, then two modern ones
-FIGURE_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu")
 
 
 def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each activation and its derivative (by autograd) on the points ``x``."""
     out = {}
-    for name in FIGURE_ACTIVATIONS:
+    for name in ACTIVATIONS:  # the report's four, then two modern ones
         xg = x.clone().requires_grad_(True)
         y = ACTIVATIONS[name]()(xg)
         (dy,) = torch.autograd.grad(y.sum(), xg)

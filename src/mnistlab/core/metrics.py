@@ -112,6 +112,13 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# The reproduce gate: a rerun of the report's experiment matches the report's table when, at every epoch, its
+# validation accuracy is within GATE_VAL_ACC percentage points and its mean training loss within
+# GATE_TRAIN_LOSS of the table's (``mnistlab reproduce`` and tests/test_gates.py).
+GATE_VAL_ACC = 0.1
+GATE_TRAIN_LOSS = 1e-3
+
+
 def report_table(name: str = "report.csv") -> list[dict[str, float]]:
     """The report's per-epoch table (or the rerun of its script), from the package's reference data."""
     text = resources.files("mnistlab").joinpath("reference", name).read_text()
@@ -126,3 +133,9 @@ def compare_with_report(history: list[dict[str, Any]], reference: list[dict[str,
         "max_val_acc_diff": max(abs(history[i]["val_acc"] - reference[i]["val_acc"]) for i in range(n)),
         "max_train_loss_diff": max(abs(history[i]["train_loss"] - reference[i]["train_loss"]) for i in range(n)),
     }
+
+
+def matches_report(gap: dict[str, float]) -> bool:
+    """Whether a :func:`compare_with_report` gap passes the reproduce gate (:data:`GATE_VAL_ACC`,
+    :data:`GATE_TRAIN_LOSS`)."""
+    return gap["max_val_acc_diff"] <= GATE_VAL_ACC and gap["max_train_loss_diff"] <= GATE_TRAIN_LOSS

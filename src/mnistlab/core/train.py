@@ -60,12 +60,11 @@ class Trainer:
     def __init__(self, cfg: Config, dataset: data.Dataset, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         t = cfg.train
-        self.g_data = torch.Generator().manual_seed(t.seed)
+        n = len(dataset.train_images)
+        train_idx, val_idx, self.g_data = data.run_split(n, cfg.data.val_fraction, t.seed)
         self.g_aug = torch.Generator(device=device).manual_seed(t.seed + AUG_SEED_OFFSET)
         self.g_drop = torch.Generator(device=device).manual_seed(t.seed + DROPOUT_SEED_OFFSET)
 
-        n = len(dataset.train_images)
-        train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g_data)
         data.loader_seed(self.g_data)  # the report's validation DataLoader draws its base seed here
         self.model = build_model(cfg.model, self.g_data, device, n_classes=dataset.n_classes)
         for m in self.model.modules():

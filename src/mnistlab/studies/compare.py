@@ -26,7 +26,7 @@ from ..errors import DivergenceError, MnistlabError
 from ..core.experiment import resume, run
 from ..core.metrics import predict_proba, summarize
 from ..output.plots import overlay_figure
-from ..core.runs import RunDir, atomic_write, remove_stale_temp, validation_curves
+from ..core.runs import RunDir, atomic_write, remove_stale_temp, study_run_dir, validation_curves
 from ..text import md_cell, mean_epoch, plural
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class Job:
 
     @property
     def title(self) -> str:
-        return f"{self.cfg.name}/seed{self.cfg.train.seed}"  # its directory in the study: never "seed seed 123"
+        return str(study_run_dir(".", self.cfg.name, self.cfg.train.seed))  # its directory in the study: never "seed seed 123"
 
 
 def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
@@ -147,7 +147,7 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
                 shutil.rmtree(leftover, ignore_errors=True)
         for i in range(seeds):
             seeded = config.set_values(cfg, {"train.seed": cfg.train.seed + i})
-            run_dir = RunDir(out / cfg.name / f"seed{seeded.train.seed}")
+            run_dir = RunDir(study_run_dir(out, cfg.name, seeded.train.seed))
             info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
             status = info.get("status")
             if status is not None and _comparable(info["config"]) != _comparable(config.to_dict(seeded)):
@@ -320,7 +320,7 @@ def add_ensembles(rows: list[StudyRow], out: Path, device: str = "cpu") -> None:
     for row in rows:
         if len(row.runs) > 1:
             row.ensemble_test_acc = ensemble_test_accuracy(
-                [out / row.name / f"seed{r['seed']}" for r in row.runs], device)
+                [study_run_dir(out, row.name, r["seed"]) for r in row.runs], device)
 
 
 def _pm(mean: float, std: float, digits: int = 2) -> str:
