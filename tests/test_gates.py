@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlab.core import config
+from mnistlab.core import checks, config
 from mnistlab.cli import main
 from mnistlab.core.metrics import GATE_TRAIN_LOSS, GATE_VAL_ACC, compare_with_report, report_table
 from mnistlab.core.train import Trainer
@@ -52,7 +52,7 @@ def test_fused_and_autograd_paths_agree(mnist):
     """The fused fp32 step and the plain autograd step give the same numbers over 3 epochs."""
     histories = []
     for fast in ("true", "false"):
-        cfg = config.apply_overrides(config.Config(), ["train.epochs=3", f"train.fast={fast}"])
+        cfg = checks.set_values(config.Config(), checks.parse_overrides(["train.epochs=3", f"train.fast={fast}"]))
         tr = Trainer(cfg, mnist, torch.device("cpu"))
         assert (tr.fused_step is not None) == (fast == "true")
         histories.append(tr.fit())

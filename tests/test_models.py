@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab.core import config, models
+from mnistlab.core import checks, config, models
 from mnistlab.errors import ConfigError
 
 
 def _cfg(**kw):
-    return config.apply_overrides(config.Config(), [f"model.{k}={v}" for k, v in kw.items()]).model
+    return checks.set_values(config.Config(), checks.parse_overrides([f"model.{k}={v}" for k, v in kw.items()])).model
 
 
 def test_report_init_equals_the_reports_construction():

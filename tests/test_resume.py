@@ -90,7 +90,7 @@ def test_kill_between_a_runs_files_resumes_exactly(small_mnist_dir, tmp_path, wr
     assert main(["train", *args, "--out", str(tmp_path / "full")]) == 0
     out = tmp_path / "cut"
     code = ("import os, sys\n"
-            "from mnistlab import checkpoint, runs\n"
+            "from mnistlab.core import checkpoint, runs\n"
             "from mnistlab.cli import main\n"
             "real, seen = runs.atomic_write, {}\n"
             "def write(path, data):\n"

@@ -49,7 +49,7 @@ class NumpyTrainer(Trainer):
         self._sync_to_torch()
         return float(loss_sum) / self.steps_per_epoch
 
-    def evaluate(self, split: Split) -> tuple[float, float]:
+    def loss_and_accuracy(self, split: Split) -> tuple[float, float]:
         x, y = split.x.numpy().reshape(len(split.x), -1), split.y.numpy()
         loss_sum, correct, chunk = 0.0, 0, self.cfg.train.eval_batch_size
         for i in range(0, len(x), chunk):

@@ -1,4 +1,4 @@
-"""Evaluation, the convergence rule and model selection on validation."""
+"""Per-epoch loss and accuracy, the convergence rule, model selection on validation and the reproduce gate."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000,
-             precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in percent of ``model`` on (x, y), in eval mode."""
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000,
+                      precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in percent of ``model`` on images x (N, 1, 28, 28) and labels y (N,), in
+    eval mode, ``batch_size`` images at a time (the per-epoch figures of a run)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)

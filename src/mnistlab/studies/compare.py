@@ -66,7 +66,7 @@ class StudyRow:
 def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[config.Config]:
     """Load the study's configs, each with ``overrides`` (dotted key -> value) applied; they must agree on
     the dataset and have distinct names."""
-    cfgs = [datasets.pin_dir(_overridden(config.load(p), overrides or {})) for p in paths]
+    cfgs = [datasets.pin_dir(_overridden(checks.load_config(p), overrides or {})) for p in paths]
     names = [c.name for c in cfgs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -97,7 +97,7 @@ def _overridden(cfg: config.Config, overrides: dict[str, Any]) -> config.Config:
             changed.append(f"{key}={new_d[section][leaf]}".replace(" ", ""))
     if not changed:
         return new
-    return config.set_values(new, {"label": f"{cfg.label or cfg.name} ({', '.join(changed)})"})
+    return checks.set_values(new, {"label": f"{cfg.label or cfg.name} ({', '.join(changed)})"})
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
             if leftover.is_dir() and leftover.suffix in (".tmp", ".old"):
                 shutil.rmtree(leftover, ignore_errors=True)
         for i in range(seeds):
-            seeded = config.set_values(cfg, {"train.seed": cfg.train.seed + i})
+            seeded = checks.set_values(cfg, {"train.seed": cfg.train.seed + i})
             run_dir = RunDir(study_run_dir(out, cfg.name, seeded.train.seed))
             info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
             status = info.get("status")
@@ -218,11 +218,11 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
         try:
             if job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
                 log(f"{job.title}: resuming")
-                resume(job.run_dir.path, log=log, show_progress=show_progress, tracker=tracker)
+                resume(job.run_dir.path, log=log, show_progress=show_progress, observers=list(tracker or ()))
             else:
                 log(f"{job.title}: training")
                 run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log,
-                    show_progress=show_progress, tracker=tracker)
+                    show_progress=show_progress, observers=list(tracker or ()))
         except DivergenceError as e:
             log(f"{job.title}: {e}; the study goes on")
     return study_rows(cfgs, jobs)
