@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from mnistlab.core import datasets, hardware  # noqa: E402
 from mnistlab.cli import main as mnistlab  # noqa: E402
+from mnistlab.core.runs import study_run_dir  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 
 RECIPES = {  # name -> (config file, extra overrides)
@@ -78,7 +79,7 @@ def _qmnist(study: Path, split: str, out: Path) -> float | None:
     for row in doc["rows"]:
         for run in doc["runs"][row["name"]]:
             ev = out / f"{row['name']}-seed{run['seed']}-{split}"
-            if mnistlab(["evaluate", str(study / row["name"] / f"seed{run['seed']}"), "--dataset", "qmnist",
+            if mnistlab(["evaluate", str(study_run_dir(study, row["name"], run["seed"])), "--dataset", "qmnist",
                          "--split", split, "--out", str(ev)]) != 0:
                 return None
             (summary,) = [json.loads(p.read_text()) for p in ev.glob("*/summary.json")]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import write_mnist_dir  # noqa: E402
 
-from mnistlab.core import config, data, hardware  # noqa: E402
+from mnistlab.core import checks, config, data, hardware  # noqa: E402
 from mnistlab.studies.ray_executor import RayOptions  # noqa: E402
 from mnistlab.studies.compare import run_study, run_study_ray  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir = write_mnist_dir(tmp / "data", data.load(), 2000, 500)
-        cfg = config.set_values(config.Config(name="tiny"), {"data.dir": str(data_dir), "model.hidden": [16],
+        cfg = checks.set_values(config.Config(name="tiny"), {"data.dir": str(data_dir), "model.hidden": [16],
                                                                "train.epochs": 2, "train.threads": 1})
         quiet = lambda msg: None  # noqa: E731
         t = time.perf_counter()

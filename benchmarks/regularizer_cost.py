@@ -51,7 +51,7 @@ def attacks(ds: data.Dataset, images: int = 200) -> None:
     nets = {"2 x 1024 MLP": ["model.hidden=[1024, 1024]"],
             "cnn_best's CNN (width 32)": ["model.arch='cnn'", "model.width=32", "model.normalize=true"]}
     for name, overrides in nets.items():
-        cfg = config.apply_overrides(config.Config(), overrides)
+        cfg = checks.set_values(config.Config(), checks.parse_overrides(overrides))
         model = build_model(cfg.model, torch.Generator().manual_seed(0)).eval()
         start = time.perf_counter()
         ev.attack_curves(model, x, y)

@@ -30,14 +30,14 @@ def lower_quartile(xs: list[float]) -> float:
 
 
 def build(spec: str, dataset, threads: int):
-    from mnistlab.core import checks, config, experiment
+    from mnistlab.core import checks, experiment
 
     path, _, sets = spec.partition(":")
     cfg = checks.load_config(path)
     overrides = [s for s in sets.split(",") if s]
     if threads:
         overrides.append(f"train.threads={threads}")
-    cfg = config.apply_overrides(cfg, [*overrides, "train.device=cpu"])
+    cfg = checks.set_values(cfg, checks.parse_overrides([*overrides, "train.device=cpu"]))
     dataset, device, cfg = experiment.prepare(cfg, lambda *a: None, dataset)
     return cfg, experiment.make_trainer(cfg, dataset, device)
 

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from mnistlab.core import adversarial, checkpoint, config, data
+from mnistlab.core import adversarial, checkpoint, checks, config, data
 from mnistlab.analysis import evaluate as ev
 from mnistlab.cli import main
-from mnistlab.core.metrics import evaluate
+from mnistlab.core.metrics import loss_and_accuracy
 from mnistlab.core.models import build_model
 
 from conftest import tiny_trained
@@ -22,14 +22,14 @@ NETS = {"mlp": ["model.hidden=[64]"], "cnn": ["model.arch='fastcnn'", "model.wid
 @pytest.fixture(scope="module", params=list(NETS))
 def net(request, mnist):
     """A trained tiny MLP or CNN and 64 test images."""
-    cfg = config.apply_overrides(config.Config(), NETS[request.param])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides(NETS[request.param]))
     model, x, y = tiny_trained(build_model(cfg.model, torch.Generator().manual_seed(0)), mnist, steps=100)
     return model, x[:64], y[:64]
 
 
 def test_pgd_at_most_fgsm_at_most_clean_and_all_clean_at_eps_zero(net):
     model, x, y = net
-    _, clean = evaluate(model, x, y)
+    _, clean = loss_and_accuracy(model, x, y)
     assert clean > 80  # a trained net: the ordering below means something
     curves = ev.attack_curves(model, x, y)
     fgsm, pgd = dict(curves["fgsm"]), dict(curves["pgd"])
@@ -81,7 +81,7 @@ def test_evaluate_attacks_the_saved_model_in_eval_mode(noisy_ema_run, small_mnis
     # the oracle: the saved model (the EMA weights) in eval mode on the first 100 test images
     model, _ = checkpoint.load_best_model(noisy_ema_run)
     ds = data.load(small_mnist_dir)
-    _, clean = evaluate(model, data.to_float(ds.test_images[:100]), ds.test_labels[:100])
+    _, clean = loss_and_accuracy(model, data.to_float(ds.test_images[:100]), ds.test_labels[:100])
     assert summary["adversarial"]["fgsm"][0][1] == pytest.approx(clean, abs=1e-3)
     assert summary["accuracy"] == pytest.approx(json.loads((noisy_ema_run / "run.json").read_text())
                                                 ["summary"]["test_acc_at_best_val"], abs=1e-3)

@@ -2,12 +2,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mnistlab.core import augment, config, data
+from mnistlab.core import augment, checks, config, data
 
 
 def _cfg(kind, **kw):
-    return config.apply_overrides(config.Config(), [f"data.augment='{kind}'"] +
-                                  [f"data.{k}={v}" for k, v in kw.items()]).data
+    return checks.set_values(config.Config(), checks.parse_overrides([f"data.augment='{kind}'"] +
+                                  [f"data.{k}={v}" for k, v in kw.items()])).data
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_range_property(batch, seed, shift, rot, scale, alpha):
 def test_training_with_augmentation_keeps_labels(mnist):
     """Labels are never touched: the trainer feeds augmented images with the original labels."""
     from mnistlab.core.train import Trainer
-    cfg = config.apply_overrides(config.Config(), ["data.augment='affine'", "train.epochs=1", "model.hidden=[16]"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides(["data.augment='affine'", "train.epochs=1", "model.hidden=[16]"]))
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     seen = []
     tr._update = lambda x, y: (seen.append(y.clone()), torch.zeros(()))[1]

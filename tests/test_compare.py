@@ -6,6 +6,7 @@ import json
 import pytest
 
 from mnistlab.cli import main
+from mnistlab.core.runs import study_run_dir
 
 from conftest import interrupt_at_epoch
 
@@ -44,7 +45,7 @@ def test_compare_table_curves_ensemble_and_resume(small_mnist_dir, tmp_path, mon
     assert sorted(r["seed"] for r in runs["momentum"]) == [123, 124]
     # the reported test accuracy is the one at the best *validation* epoch
     for r in runs["plain"]:
-        hist = list(csv.DictReader((out / "plain" / f"seed{r['seed']}" / "metrics.csv").open()))
+        hist = list(csv.DictReader((study_run_dir(out, "plain", r["seed"]) / "metrics.csv").open()))
         vals = [float(h["val_acc"]) for h in hist]
         best = vals.index(max(vals))
         assert r["test_acc"] == pytest.approx(float(hist[best]["test_acc"]))
@@ -192,9 +193,9 @@ def test_an_interrupted_tensorboard_tracked_study_resumes(small_mnist_dir, tmp_p
     monkeypatch.undo()
     assert main(argv) == 0
     for seed in (123, 124):
-        acc = EventAccumulator(str(out / "plain" / f"seed{seed}" / "tensorboard"))
+        acc = EventAccumulator(str(study_run_dir(out, "plain", seed) / "tensorboard"))
         acc.Reload()
-        history = json.loads((out / "plain" / f"seed{seed}" / "metrics.json").read_text())
+        history = json.loads((study_run_dir(out, "plain", seed) / "metrics.json").read_text())
         assert [(e.step, e.value) for e in acc.Scalars("val_acc")] == [
             (r["epoch"], pytest.approx(r["val_acc"])) for r in history]  # each epoch once
     assert len(history) == 2

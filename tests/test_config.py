@@ -11,7 +11,8 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 def test_seed_toml_is_the_default_config():
     import dataclasses
     seed = config.load(EXPERIMENTS / "seed.toml")
-    assert dataclasses.replace(seed, label="") == config.Config()  # everything but the table label
+    # everything but what names it (the study's directory "seed" and its table label)
+    assert dataclasses.replace(seed, name="report_mlp", label="") == config.Config()
 
 
 def test_defaults_are_the_reports_experiment():
@@ -27,7 +28,7 @@ def test_every_experiment_config_loads(path):
 
 
 def test_roundtrip_through_toml(tmp_path):
-    c = config.apply_overrides(config.Config(), ["model.hidden=[512, 256]", "optim.name=adam", "train.seed=7"])
+    c = checks.set_values(config.Config(), checks.parse_overrides(["model.hidden=[512, 256]", "optim.name=adam", "train.seed=7"]))
     p = tmp_path / "c.toml"
     p.write_text(config.dumps(c))
     assert config.load(p) == c
@@ -69,13 +70,13 @@ def test_missing_config_file(tmp_path):
 
 
 def test_overrides():
-    c = config.apply_overrides(config.Config(), ["train.epochs=3", "optim.lr=0.05", "model.activation=tanh",
-                                                 "data.dir=/tmp/x", "model.batchnorm=true"])
+    c = checks.set_values(config.Config(), checks.parse_overrides(["train.epochs=3", "optim.lr=0.05", "model.activation=tanh",
+                                                 "data.dir=/tmp/x", "model.batchnorm=true"]))
     assert (c.train.epochs, c.optim.lr, c.model.activation, c.data.dir, c.model.batchnorm) == \
         (3, 0.05, "tanh", "/tmp/x", True)
     with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
-        config.apply_overrides(c, ["train.epoch=3"])
+        checks.set_values(c, checks.parse_overrides(["train.epoch=3"]))
     with pytest.raises(ConfigError, match="section.key=value"):
-        config.apply_overrides(c, ["train.epochs"])
+        checks.set_values(c, checks.parse_overrides(["train.epochs"]))
     with pytest.raises(ConfigError, match="unknown config key 'nope.x'"):
-        config.apply_overrides(c, ["nope.x=1"])
+        checks.set_values(c, checks.parse_overrides(["nope.x=1"]))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mnistlab.core import config, data, cudagraphs
+from mnistlab.core import checks, config, cudagraphs, data
 from mnistlab.core.train import Trainer
 
 CASES = {
@@ -28,7 +28,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 
 
 def _run(small_mnist_dir, overrides, graphed: bool, device: str = "cpu") -> tuple[Trainer, list[dict]]:
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides]))
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device(device))
     tr.use_graphs = graphed
     return tr, tr.fit()
@@ -53,8 +53,8 @@ def test_graph_path_gives_the_plain_numbers(small_mnist_dir, overrides, device, 
 
 
 def test_warmup_is_undone(small_mnist_dir):
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "model.arch='cnn'",
-                                                   "model.width=4", "optim.name='adam'"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "model.arch='cnn'",
+                                                   "model.width=4", "optim.name='adam'"]))
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     cudagraphs.tensor_lr(tr.optimizer, tr.device)
@@ -84,15 +84,15 @@ def test_graphs_apply_only_on_a_gpu_without_host_side_draws():
     assert cudagraphs.applies(model, cfg, torch.device("cuda"))
     for override in ["data.augment='affine'", "train.cuda_graphs=false", "optim.name='rmsprop'",
                      "regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25"]:
-        assert not cudagraphs.applies(model, config.apply_overrides(cfg, [override]), torch.device("cuda")), override
-    assert cudagraphs.applies(model, config.apply_overrides(cfg, ["regularize.ema=true"]), torch.device("cuda"))
+        assert not cudagraphs.applies(model, checks.set_values(cfg, checks.parse_overrides([override])), torch.device("cuda")), override
+    assert cudagraphs.applies(model, checks.set_values(cfg, checks.parse_overrides(["regularize.ema=true"])), torch.device("cuda"))
 
 
 def test_schedule_fills_the_captured_lr_tensor_in_place(small_mnist_dir):
     from mnistlab.core import data
     from mnistlab.core.train import Trainer
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "optim.schedule='cosine'",
-                                                   "model.hidden=[8]"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "optim.schedule='cosine'",
+                                                   "model.hidden=[8]"]))
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     cudagraphs.tensor_lr(tr.optimizer, torch.device("cpu"))
     captured = tr.optimizer.param_groups[0]["lr"]

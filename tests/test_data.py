@@ -126,3 +126,17 @@ def test_to_float_matches_totensor_scaling(mnist):
     x = data.to_float(mnist.train_images[:5])
     assert x.shape == (5, 1, 28, 28) and x.dtype == torch.float32
     assert torch.equal(x[:, 0], mnist.train_images[:5].to(torch.float32).div(255))
+
+
+def test_run_split_is_the_trainers_validation_split(mnist):
+    """One function draws a run's split: the trainer's validation images are those at run_split's indices
+    (what `mnistlab evaluate --split val` rebuilds)."""
+    from mnistlab.core import config
+    from mnistlab.core.train import Trainer
+    cfg = config.Config()
+    tr = Trainer(cfg, mnist, torch.device("cpu"))
+    train_idx, val_idx, _ = data.run_split(len(mnist.train_images), cfg.data.val_fraction, cfg.train.seed)
+    assert torch.equal(tr.val.y, mnist.train_labels[val_idx]) and torch.equal(tr.train_idx, train_idx)
+    assert torch.equal(tr.val.x, data.to_float(mnist.train_images[val_idx]))
+    _, again, _ = data.run_split(len(mnist.train_images), 0.1, 124)
+    assert not torch.equal(again, val_idx)  # the seed decides the split

@@ -7,7 +7,7 @@ generator tensors (two per epoch), which never touch the device."""
 import pytest
 import torch
 
-from mnistlab.core import config
+from mnistlab.core import checks, config
 from mnistlab.core.train import Trainer
 
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__")
@@ -23,7 +23,7 @@ SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__")
 ], ids=["fused", "fused-bf16", "autograd", "cnn-augment"])
 def test_an_epoch_makes_no_host_syncs(small_mnist_dir, monkeypatch, overrides):
     from mnistlab.core import data
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides]))
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     calls = {name: 0 for name in SYNCING}
     for name in SYNCING:
@@ -43,7 +43,7 @@ def test_an_epoch_makes_no_host_syncs(small_mnist_dir, monkeypatch, overrides):
                                                             "second device: benchmarks/gpu_check.sh runs it on a GPU")
 def test_data_and_generators_live_on_the_gpu(small_mnist_dir):
     from mnistlab.core import data
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "train.device='cuda'"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "train.device='cuda'"]))
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cuda"))
     for split in (tr.train_split, tr.val, tr.test):
         assert split.x.device.type == "cuda" and split.y.device.type == "cuda"

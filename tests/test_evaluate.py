@@ -116,3 +116,47 @@ def test_report_gains_a_section_from_evaluate(trained_run, tmp_path, lang, title
     for fig in ("inside_robustness.png", "inside1_confusion.png", "inside1_reliability.png", "inside1_first_layer.png"):
         assert fig in md and (out / fig).is_file()
     assert (out / "report.html").read_text().count("data:image/png;base64,") >= 7
+
+
+def _hand_built(robustness: dict[str, list[tuple[float, float]]] | None = None) -> ev.Evaluation:
+    cm = np.array([[5, 1, 0], [0, 6, 2], [1, 0, 7]])
+    robust = robustness or {kind: [(v, 90.0 - float(v)) for v in values]
+                            for kind, (_, values, _) in ev.PERTURBATIONS.items()}
+    return ev.Evaluation(name="hand", arch="mlp", data_source="bundled MNIST", split="test", dataset="toy",
+                         class_names=["a", "b", "c"], accuracy=81.818, confusion=cm, classes=ev.per_class(cm),
+                         calibration={"ece": 0.0123, "nll": 0.456, "bins": [
+                             {"bin": 3, "low": 0.2, "high": 0.4, "count": 4, "accuracy": 0.25, "confidence": 0.3},
+                             {"bin": 14, "low": 14 / 15, "high": 1.0, "count": 18, "accuracy": 0.9, "confidence": 0.95}]},
+                         confused=ev.most_confused(cm), robustness=robust,
+                         adversarial={k: [(e, 81.8 - 100 * e * (i + 1)) for e in ev.ATTACK_EPS]
+                                      for i, k in enumerate(ev.ATTACK_LABELS)},
+                         attack_images=22, first_layer=np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5))
+
+
+def test_read_evaluation_gives_back_what_write_evaluation_wrote(tmp_path):
+    """The report reads evaluations through the reader beside the writer: every field comes back."""
+    written = _hand_built()
+    ev.write_evaluation(written, tmp_path)
+    read = ev.read_evaluation(tmp_path)
+    assert read.summary() == written.summary()
+    assert np.array_equal(read.confusion, written.confusion) and read.classes == written.classes
+    assert read.calibration == written.calibration
+    assert np.array_equal(read.first_layer, written.first_layer)
+    assert ev.compare_row(read) == ev.compare_row(written)
+    assert ev.adversarial_row(read) == ev.adversarial_row(written)
+    (tmp_path / "calibration.csv").unlink()
+    with pytest.raises(ev.MnistlabError, match="incomplete evaluation"):
+        ev.read_evaluation(tmp_path)
+
+
+def test_robustness_headline_points_are_looked_up_by_value():
+    """The table's 'shift 3 px' is the point whose value is 3, wherever it sits in the list."""
+    robust = {kind: [(v, 90.0 - float(v)) for v in reversed(values)]
+              for kind, (_, values, _) in ev.PERTURBATIONS.items()}
+    assert ev.headline_robustness(robust) == [87.0, 60.0, 89.7, 89.0]
+    row = ev.compare_row(_hand_built(robust))
+    assert row[-4:] == ["87.00", "60.00", "89.70", "89.00"]
+    del robust["rotation"][0]  # rotation 45 gone: the headline's 30 is still found
+    assert ev.robustness_at(robust, "rotation", 30) == 60.0
+    with pytest.raises(ev.MnistlabError, match="no robustness point shift = 7"):
+        ev.robustness_at(robust, "shift", 7)

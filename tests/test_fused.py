@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from mnistlab.core import config, fused, models
+from mnistlab.core import checks, config, fused, models
 
 
 def _setup(hidden=(1024,), seed=0, lr=0.1):
-    cfg = config.apply_overrides(config.Config(), [f"model.hidden={list(hidden)}", f"optim.lr={lr}"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"model.hidden={list(hidden)}", f"optim.lr={lr}"]))
     model = models.build_model(cfg.model, torch.Generator().manual_seed(seed))
     return cfg, model
 
@@ -18,9 +18,9 @@ def test_applies_only_where_the_update_is_the_same():
     for override in ("optim.momentum=0.9", "model.dropout=0.2", "model.activation='tanh'", "optim.name='adam'",
                      "optim.max_norm=3.0", "optim.label_smoothing=0.1", "train.fast=false", "optim.weight_decay=1e-4",
                      "regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25"):
-        assert not fused.applies(model, config.apply_overrides(cfg, [override])), override
+        assert not fused.applies(model, checks.set_values(cfg, checks.parse_overrides([override]))), override
     # the EMA is updated after the step and test-time shifts act at evaluation: the fused step still applies
-    assert fused.applies(model, config.apply_overrides(cfg, ["regularize.ema=true", "regularize.tta_shifts=[[0, 0]]"]))
+    assert fused.applies(model, checks.set_values(cfg, checks.parse_overrides(["regularize.ema=true", "regularize.tta_shifts=[[0, 0]]"])))
 
 
 @pytest.mark.parametrize("hidden", [(1024,), (256, 128, 64)])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mnistlab.studies import compare
-from mnistlab.core import config, metrics
+from mnistlab.core import checks, config, metrics
 from mnistlab.analysis import evaluate
 from mnistlab.output import plots
 from mnistlab.cli import main
@@ -111,13 +111,13 @@ def test_too_few_epochs_to_judge_convergence_is_said_so(trained_run, tmp_path):
 @pytest.mark.parametrize("name", ["../../escaped", "/tmp/absolute", "a/b", ".hidden", "..", "bad name"])
 def test_config_names_are_single_safe_path_components(name, tmp_path, capsys):
     with pytest.raises(config.ConfigError, match="name"):
-        config.set_values(config.Config(), {"name": name})
+        checks.set_values(config.Config(), {"name": name})
     cfg = tmp_path / "x.toml"
     cfg.write_text(f'name = "{name}"\n')
     assert main(["compare", str(cfg), "--seeds", "1", "--out", str(tmp_path / "study")]) == 2
     _one_line_error(capsys, "config key 'name'")
     for ok in ("seed", "mlp_best", "speedrun-trial0001", "실험1"):  # the easy cases stay valid
-        assert config.set_values(config.Config(), {"name": ok}).name == ok
+        assert checks.set_values(config.Config(), {"name": ok}).name == ok
 
 
 def test_a_tampered_run_name_cannot_write_outside_out(run_copy, tmp_path, capsys):

@@ -93,3 +93,44 @@ def test_readme_layout_names_every_module():
             f"README's layout does not list {rel} under {where or 'src/mnistlab'}/"
     subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
     assert subpackages == {k for k, text in blocks.items() if k and ".py" in text}, "README's layout and the subpackages differ"
+
+
+TRAINER_MODULES = ("mnistlab.core.train", "mnistlab.core.fused", "mnistlab.core.cudagraphs",
+                   "mnistlab.core.checkpoint", "mnistlab.core.experiment", "mnistlab.analysis.numpy_train")
+
+
+def test_checking_a_config_or_a_space_imports_no_trainer():
+    """Checking every committed config and loading every committed search space, in a fresh interpreter, leaves
+    the trainer and its fast paths unimported (the check is cheap and cannot drift into training code)."""
+    import subprocess
+    import sys
+    root = SRC.parents[1]
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mnistlab.core import checks, config\n"
+        "from mnistlab.studies.space import load_space\n"
+        f"root = Path({str(root)!r})\n"
+        "configs = sorted((root / 'experiments').glob('*.toml'))\n"
+        "assert configs\n"
+        "for path in configs:\n"
+        "    checks.check(config.load(path))\n"
+        "for name, base in (('mlp_noaug.toml', 'mlp_best.toml'), ('cnn.toml', 'cnn_best.toml')):\n"
+        "    assert load_space(root / 'experiments' / 'spaces' / name, checks.load_config(root / 'experiments' / base))\n"
+        f"print(sorted(set({TRAINER_MODULES!r}) & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]", f"imported: {out.strip()}"
+
+
+def test_one_validating_way_to_change_a_config():
+    """config has no set_values of its own: every change goes through checks.set_values, which checks what the
+    registries support (an activation the models do not have is refused by name, not at training time)."""
+    import pytest
+
+    from mnistlab.core import checks, config
+    from mnistlab.errors import ConfigError
+    assert not hasattr(config, "set_values") and not hasattr(config, "apply_overrides")
+    with pytest.raises(ConfigError, match="'model.activation' = 'swish' is unknown"):
+        checks.set_values(config.Config(), {"model.activation": "swish"})
+    assert checks.parse_overrides(["model.hidden=[8, 8]", "data.dir=/tmp/x y", "train.epochs=2"]) == \
+        {"model.hidden": [8, 8], "data.dir": "/tmp/x y", "train.epochs": 2}

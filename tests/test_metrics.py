@@ -43,7 +43,7 @@ def test_evaluate_counts_correctly():
     for i, c in enumerate([3, 1, 4, 1]):
         x[i, 0, 0, c] = 10.0
     y = torch.tensor([3, 1, 4, 2])
-    loss, acc = metrics.evaluate(Fixed(), x, y, batch_size=3)
+    loss, acc = metrics.loss_and_accuracy(Fixed(), x, y, batch_size=3)
     assert acc == 75.0
     expected = torch.nn.functional.cross_entropy(x.flatten(1)[:, :10], y).item()
     assert loss == pytest.approx(expected, rel=1e-6)

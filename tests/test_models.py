@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab.core import config, models
+from mnistlab.core import checks, config, models
+from mnistlab.errors import ConfigError
 
 
 def _cfg(**kw):
-    return config.apply_overrides(config.Config(), [f"model.{k}={v}" for k, v in kw.items()]).model
+    return checks.set_values(config.Config(), checks.parse_overrides([f"model.{k}={v}" for k, v in kw.items()])).model
 
 
 def test_report_init_equals_the_reports_construction():
@@ -115,3 +116,27 @@ def test_gaussian_noise_is_absent_in_eval_mode_and_has_its_std_in_training():
     assert delta.std().item() == pytest.approx(0.3, rel=0.02) and abs(delta.mean().item()) < 0.01
     layer.eval()
     assert torch.equal(layer(x), x)
+
+
+def test_an_architectures_properties_come_from_its_registry_entry(monkeypatch):
+    """Adding a CNN is one ARCHS entry: its ``conv`` property alone makes it channels-last and lets it take
+    model.freeze_first; the options it does not list are refused by name."""
+    class Tiny(torch.nn.Module):
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(1, 2, 3), torch.nn.Linear(2 * 26 * 26, k)
+
+        def forward(self, x):
+            return self.head(self.conv(x).flatten(1))
+
+    monkeypatch.setitem(models.ARCHS, "tinycnn", models.Arch(lambda c, k: Tiny(k), conv=True))
+    m = _cfg(arch='"tinycnn"', freeze_first="true")
+    models.check(m)
+    model = models.build_model(m, torch.Generator().manual_seed(0))
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.conv.weight.requires_grad  # frozen first convolution
+    with pytest.raises(ConfigError, match="'model.width' is a CNN option"):
+        models.check(_cfg(arch='"tinycnn"', width=8))
+    monkeypatch.setitem(models.ARCHS, "tinycnn", models.Arch(lambda c, k: Tiny(k), conv=False))
+    with pytest.raises(ConfigError, match="'model.freeze_first' is a CNN option"):
+        models.check(_cfg(arch='"tinycnn"', freeze_first="true"))

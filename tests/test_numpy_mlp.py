@@ -81,3 +81,16 @@ def test_numpy_state_dict_loads_into_torch():
     m.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
     x = rng.random((3, 784)).astype(np.float32)
     np.testing.assert_allclose(m(torch.from_numpy(x)).detach().numpy(), net.forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_numpy_mlp_has_exactly_the_activations_the_registry_marks_by_hand():
+    from mnistlab.analysis.numpy_mlp import LAYERS
+    from mnistlab.core.models import ACTIVATIONS, BY_HAND
+    assert tuple(LAYERS) == BY_HAND and set(BY_HAND) < set(ACTIVATIONS)
+    assert [r.activation for r in gradcheck.run_all()][::6] == list(BY_HAND)  # the default checks them all
+
+
+def test_gradcheck_refuses_an_activation_the_numpy_mlp_lacks(capsys):
+    assert main(["gradcheck", "--activation", "gelu"]) == 2
+    err = capsys.readouterr().err
+    assert "not one the NumPy MLP implements" in err and "leaky_relu" in err and err.count("\n") == 1

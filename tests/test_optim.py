@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from mnistlab.core import config, models, optim
+from mnistlab.core import checks, config, models, optim
 
 
 def _o(**kw):
-    return config.apply_overrides(config.Config(), [f"optim.{k}={v}" for k, v in kw.items()]).optim
+    return checks.set_values(config.Config(), checks.parse_overrides([f"optim.{k}={v}" for k, v in kw.items()])).optim
 
 
 def test_constant():
@@ -71,7 +71,7 @@ def test_nesterov_momentum_reaches_sgd():
 
 
 def test_max_norm_holds_after_a_step():
-    cfg = config.apply_overrides(config.Config(), ["model.hidden=[64, 32]", "optim.max_norm=0.5"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides(["model.hidden=[64, 32]", "optim.max_norm=0.5"]))
     model = models.build_model(cfg.model, torch.Generator().manual_seed(0))
     opt = optim.build_optimizer(model, cfg.optim)
     loss = torch.nn.functional.cross_entropy(model(torch.rand(8, 1, 28, 28) * 50), torch.arange(8))
@@ -87,7 +87,7 @@ def test_max_norm_holds_after_a_step():
 
 def test_max_norm_applied_in_training(mnist):
     from mnistlab.core.train import Trainer
-    cfg = config.apply_overrides(config.Config(), ["model.hidden=[32]", "optim.max_norm=0.3", "train.epochs=1"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides(["model.hidden=[32]", "optim.max_norm=0.3", "train.epochs=1"]))
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     tr.steps_per_epoch = 5
     tr.train_epoch()
@@ -97,8 +97,8 @@ def test_max_norm_applied_in_training(mnist):
 def test_early_stopping(small_mnist_dir):
     from mnistlab.core import data
     from mnistlab.core.train import Trainer
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "model.hidden=[8]",
-                                                   "train.epochs=50", "train.patience=2", "optim.lr=1e-6"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "model.hidden=[8]",
+                                                   "train.epochs=50", "train.patience=2", "optim.lr=1e-6"]))
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     hist = tr.fit()
     assert tr.stopped_early and len(hist) < 50

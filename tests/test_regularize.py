@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab.core import adversarial, checkpoint, config, data
+from mnistlab.core import adversarial, checkpoint, checks, config, data
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
-from mnistlab.core.metrics import evaluate
+from mnistlab.core.metrics import loss_and_accuracy
 from mnistlab.core.models import ShiftTTA, build_model, for_inference, translate
 from mnistlab.core.optim import weight_ema
 from mnistlab.core.train import Trainer
@@ -27,8 +27,8 @@ def tiny_net(mnist):
 
 
 def _trainer(small_mnist_dir, *overrides: str) -> Trainer:
-    cfg = config.apply_overrides(config.Config(), [f"data.dir='{small_mnist_dir}'", "model.hidden=[32]",
-                                                   "model.batchnorm=true", *overrides])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "model.hidden=[32]",
+                                                   "model.batchnorm=true", *overrides]))
     return Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
 
 
@@ -150,7 +150,7 @@ def test_ema_weights_are_evaluated_and_saved(small_mnist_dir, tmp_path):
     assert not torch.equal(best["net.1.weight"], state["model.net.1.weight"])
     model, _ = checkpoint.load_best_model(out)
     ds = data.load(small_mnist_dir)
-    _, acc = evaluate(model, data.to_float(ds.test_images), ds.test_labels)
+    _, acc = loss_and_accuracy(model, data.to_float(ds.test_images), ds.test_labels)
     assert acc == pytest.approx(json.loads((out / "run.json").read_text())["summary"]["final_test_acc"], abs=1e-9)
 
 
@@ -169,8 +169,8 @@ def test_translate_moves_the_image_with_zero_fill():
 def test_tta_with_no_shifts_equals_plain_evaluation(tiny_net):
     model, x, y = tiny_net
     assert for_inference(model, []) is model  # no shifts: the model itself
-    plain = evaluate(model, x, y)
-    identity = evaluate(ShiftTTA(model, [[0, 0]]), x, y)
+    plain = loss_and_accuracy(model, x, y)
+    identity = loss_and_accuracy(ShiftTTA(model, [[0, 0]]), x, y)
     assert identity[1] == plain[1] and identity[0] == pytest.approx(plain[0], rel=1e-5)
 
 
@@ -194,7 +194,7 @@ def test_tta_runs_classify_and_export_through_the_shifts(small_mnist_dir, tmp_pa
     model, _ = checkpoint.load_best_model(out)
     assert isinstance(model, ShiftTTA) and model.shifts == [(0, 0), (1, 0), (-1, 0)]
     ds = data.load(small_mnist_dir)
-    _, acc = evaluate(model, data.to_float(ds.test_images), ds.test_labels)
+    _, acc = loss_and_accuracy(model, data.to_float(ds.test_images), ds.test_labels)
     assert acc == pytest.approx(json.loads((out / "run.json").read_text())["summary"]["final_test_acc"], abs=1e-9)
     assert main(["export", str(out), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert "identical predictions 500/500" in capsys.readouterr().out
@@ -219,7 +219,7 @@ def test_tta_runs_classify_and_export_through_the_shifts(small_mnist_dir, tmp_pa
 ])
 def test_bad_values_are_rejected_by_name(override, message):
     with pytest.raises(ConfigError, match=message):
-        config.apply_overrides(config.Config(), [override])
+        checks.set_values(config.Config(), checks.parse_overrides([override]))
 
 
 def test_the_numpy_engine_refuses_regularisers(small_mnist_dir, capsys):

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab.core import config, models, optim
+from mnistlab.core import checks, config, models, optim
 from mnistlab.errors import ConfigError
 
 
 def _cfg(arch: str, width: int = 8, **extra) -> config.ModelConfig:
     sets = [f"model.arch='{arch}'", f"model.width={width}", "model.init='default'"]
-    return config.apply_overrides(config.Config(), sets + [f"model.{k}={v}" for k, v in extra.items()]).model
+    return checks.set_values(config.Config(), checks.parse_overrides(sets + [f"model.{k}={v}" for k, v in extra.items()])).model
 
 
 def test_speedcnn_is_fastcnn_with_its_dense_weights_read_in_channels_last_order():
@@ -43,8 +43,8 @@ def test_speedcnn_flattens_without_a_copy_and_keeps_one_memory_format_in_backwar
 
 
 def test_frozen_first_convolution_keeps_its_weights_and_the_rest_train():
-    cfg = config.apply_overrides(config.Config(), ["model.arch='speedcnn'", "model.width=8", "model.init='default'",
-                                                   "model.freeze_first=true", "optim.name='adam'", "optim.lr=0.01"])
+    cfg = checks.set_values(config.Config(), checks.parse_overrides(["model.arch='speedcnn'", "model.width=8", "model.init='default'",
+                                                   "model.freeze_first=true", "optim.name='adam'", "optim.lr=0.01"]))
     model = models.build_model(cfg.model, torch.Generator().manual_seed(0))
     opt = optim.build_optimizer(model, cfg.optim)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -61,5 +61,5 @@ def test_frozen_first_convolution_keeps_its_weights_and_the_rest_train():
 
 def test_freeze_first_is_a_cnn_option():
     with pytest.raises(ConfigError, match="freeze_first"):
-        models.check(config.apply_overrides(config.Config(), ["model.freeze_first=true"]).model)
+        models.check(checks.set_values(config.Config(), checks.parse_overrides(["model.freeze_first=true"])).model)
     models.check(_cfg("lenet5", width=32, freeze_first="true"))  # any CNN takes it

@@ -171,3 +171,57 @@ def test_a_tracking_store_that_cannot_be_used_fails_before_the_run_directory(sma
     err = capsys.readouterr().err
     assert "MLflow tracking store" in err and err.count("\n") == 1
     assert not (tmp_path / "study").exists()
+
+
+class _Recorder:
+    """An EpochObserver that writes down what it is told; stops the run after ``stop_at`` epochs."""
+
+    def __init__(self, name: str, calls: list, stop_at: int = 0) -> None:
+        self.name, self.calls, self.stop_at = name, calls, stop_at
+
+    def start(self, run):
+        self.calls.append((self.name, "start", run.previous, [r["epoch"] for r in run.history]))
+        return {"seen": len(run.history)}
+
+    def epoch(self, row):
+        self.calls.append((self.name, "epoch", row["epoch"]))
+        if row["epoch"] == self.stop_at:
+            from mnistlab.core.experiment import StopRun
+            raise StopRun(f"stopped by {self.name}")
+
+    def end(self, run_dir, status):
+        self.calls.append((self.name, "end", status))
+
+
+def test_a_run_calls_one_list_of_epoch_observers_in_order(small_mnist_dir, tmp_path, monkeypatch):
+    """Trackers and the pruning hook are all EpochObservers: a run starts them in order, calls each epoch in
+    order (one may stop the run), ends them with the final status, and hands each its identity back on resume."""
+    from conftest import interrupt_at_epoch
+    from mnistlab.core import checks, config
+    from mnistlab.core.experiment import RunInterrupted, StopRun, resume, run
+    from mnistlab.output.tracking import MlflowTracker, TensorBoardTracker
+    from mnistlab.studies.tune import PruningHook
+    assert all(callable(getattr(cls, m, None)) for cls in (MlflowTracker, TensorBoardTracker, PruningHook)
+               for m in ("start", "epoch", "end"))  # the EpochObserver protocol
+    assert all(callable(getattr(cls, "study", None)) for cls in (MlflowTracker, TensorBoardTracker))  # StudyObserver
+
+    cfg = checks.set_values(config.Config(), {"data.dir": str(small_mnist_dir), "train.epochs": 3,
+                                              "model.hidden": [8]})
+    calls: list = []
+    with pytest.raises(StopRun, match="stopped by b"):
+        run(cfg, tmp_path / "r", log=lambda m: None,
+            observers=[_Recorder("a", calls), _Recorder("b", calls, stop_at=2)])
+    assert calls == [("a", "start", None, []), ("b", "start", None, []), ("a", "epoch", 1), ("b", "epoch", 1),
+                     ("a", "epoch", 2), ("b", "epoch", 2), ("a", "end", "stopped"), ("b", "end", "stopped")]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["tracking"] == {"a": {"seen": 0}, "b": {"seen": 0}}
+
+    interrupt_at_epoch(monkeypatch, 2)
+    calls.clear()
+    with pytest.raises(RunInterrupted):
+        run(cfg, tmp_path / "i", log=lambda m: None, observers=[_Recorder("a", calls)])
+    monkeypatch.undo()
+    assert calls[-1] == ("a", "end", "interrupted")
+    calls.clear()
+    resume(tmp_path / "i", log=lambda m: None, observers=[_Recorder("a", calls)])
+    assert calls == [("a", "start", {"seen": 0}, [1]), ("a", "epoch", 2), ("a", "epoch", 3), ("a", "end", "complete")]
+    assert json.loads((tmp_path / "i" / "run.json").read_text())["tracking"] == {"a": {"seen": 1}}

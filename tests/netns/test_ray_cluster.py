@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from mnistlab.cli import main
+from mnistlab.core.runs import study_run_dir
 
 if os.environ.get("MNISTLAB_NETNS") != "1":
     pytest.skip("run by tests/test_cluster.py inside a loopback-only network namespace", allow_module_level=True)
@@ -68,8 +69,8 @@ def test_study_on_two_nodes_gives_the_sequential_table(cluster, small_mnist_dir,
     used = set()
     for name in ("plain", "momentum"):
         for seed in (123, 124):
-            assert _numbers(seq / name / f"seed{seed}") == _numbers(dist / name / f"seed{seed}")
-            info = json.loads((dist / name / f"seed{seed}" / "run.json").read_text())
+            assert _numbers(study_run_dir(seq, name, seed)) == _numbers(study_run_dir(dist, name, seed))
+            info = json.loads((study_run_dir(dist, name, seed) / "run.json").read_text())
             assert info["status"] == "complete" and info["node"]["node_ip"] == "127.0.0.1"
             used.add(info["node"]["node_id"])
     assert used == {n.node_id for n in nodes}  # both worker nodes trained runs
@@ -128,7 +129,7 @@ def test_driver_interrupted_then_rerun_skips_finished_runs(cluster, small_mnist_
     assert again.returncode == 0, again.stdout + again.stderr
     for name in finished:
         assert f"slow/{name}: complete, skipped" in again.stdout
-    assert sorted(p.parent.name for p in out.glob("slow/seed*/run.json")) == [f"seed{s}" for s in range(123, 127)]
+    assert sorted(p.parent for p in out.glob("slow/*/run.json")) == [study_run_dir(out, "slow", s) for s in range(123, 127)]
 
 
 def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_mnist_dir, tmp_path):
@@ -149,7 +150,7 @@ def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_m
     driver.join(timeout=300)
     assert result.get("code") == 0
     runs = sorted(p.name for p in (out / "slow").iterdir())
-    assert runs == [f"seed{s}" for s in range(123, 127)]  # every run exactly once, nothing half-written
+    assert runs == [study_run_dir(out, "slow", s).name for s in range(123, 127)]  # every run once, none half-written
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.old"))
     for r in runs:
         assert json.loads((out / "slow" / r / "run.json").read_text())["status"] == "complete"

@@ -11,21 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import config, data
+from ..core import checks, config, data
 from ..core.models import ACTIVATIONS
 from ..core.runs import atomic_write
 from ..core.train import Trainer
 
 Log = Callable[[str], None]
 
-# the report's four, then two modern ones
-FIGURE_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu", "silu")
 
 
 def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each activation and its derivative (by autograd) on the points ``x``."""
     out = {}
-    for name in FIGURE_ACTIVATIONS:
+    for name in ACTIVATIONS:  # the report's four, then two modern ones
         xg = x.clone().requires_grad_(True)
         y = ACTIVATIONS[name]()(xg)
         (dy,) = torch.autograd.grad(y.sum(), xg)
@@ -99,8 +97,8 @@ def dead_relu_study(dataset: data.Dataset, epochs: int, log: Log) -> dict[str, A
                 "leaky_relu, lr 1.0": ("leaky_relu", 1.0)}
     result = {}
     for label, (act, lr) in variants.items():
-        cfg = config.set_values(config.Config(), {"model.activation": act, "optim.lr": lr,
-                                                    "train.epochs": epochs})
+        cfg = checks.set_values(config.Config(), {"model.activation": act, "optim.lr": lr,
+                                                  "train.epochs": epochs})
         tr = Trainer(cfg, dataset, torch.device("cpu"))
         probe = tr.val.x  # the 6,000 validation images
         series = [dead_fraction(tr.model, probe)[0]]
@@ -114,8 +112,8 @@ def gradient_study(dataset: data.Dataset, epochs: int, depth: int, width: int, l
     """Per-layer weight-gradient norms of a deep MLP at initialisation and after training, sigmoid vs ReLU."""
     result = {}
     for act in ("sigmoid", "relu"):
-        cfg = config.set_values(config.Config(), {"model.activation": act, "model.hidden": [width] * depth,
-                                                    "train.epochs": epochs})
+        cfg = checks.set_values(config.Config(), {"model.activation": act, "model.hidden": [width] * depth,
+                                                  "train.epochs": epochs})
         tr = Trainer(cfg, dataset, torch.device("cpu"))
         x, y = tr.val.x[:1000], tr.val.y[:1000]
         init = layer_grad_norms(tr.model, x, y)

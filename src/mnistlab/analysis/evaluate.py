@@ -118,6 +118,23 @@ PERTURBATIONS: dict[str, tuple[str, list[float], Callable[[torch.Tensor, Any], t
     "noise": ("Gaussian noise (std)", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], noise),
     "inverted": ("inverted (0 = no, 1 = yes)", [0, 1], lambda x, v: 1 - x if v else x),
 }
+# the points every table and log line shows, by (perturbation, value): shifted 3 px, rotated 30 degrees,
+# noise of std 0.3, inverted
+HEADLINE = (("shift", 3), ("rotation", 30), ("noise", 0.3), ("inverted", 1))
+
+
+def robustness_at(robustness: dict[str, list[tuple[float, float]]], kind: str, value: float) -> float:
+    """The accuracy in percent under perturbation ``kind`` of strength ``value``, looked up by value (the
+    points of :data:`PERTURBATIONS`); a point that was not measured is a :class:`MnistlabError`."""
+    for v, accuracy in robustness.get(kind, []):
+        if math.isclose(float(v), value):
+            return accuracy
+    raise MnistlabError(f"the evaluation has no robustness point {kind} = {value} (run mnistlab evaluate again)")
+
+
+def headline_robustness(robustness: dict[str, list[tuple[float, float]]]) -> list[float]:
+    """The accuracies at the :data:`HEADLINE` points, in their order."""
+    return [robustness_at(robustness, kind, value) for kind, value in HEADLINE]
 
 
 # ---------------------------------------------------------------- adversarial attacks
@@ -159,6 +176,7 @@ class Evaluation:
     robustness: dict[str, list[tuple[float, float]]]  # kind -> [(value, accuracy %)]
     adversarial: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # attack -> [(eps, accuracy %)]
     attack_images: int = 0  # the first N images of the split the attacks used (0: no attacks)
+    first_layer: np.ndarray | None = None  # (U, H, W) first-layer weights as images (first_layer_units)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "arch": self.arch, "split": self.split, "data": self.data_source,
@@ -200,8 +218,7 @@ def _split(run: RunDir, cfg: Any, split: str, ds: data.Dataset) -> tuple[torch.T
     if cfg.data.train_on_val:
         raise MnistlabError(f"{run.path} was trained on train + validation: it has no validation split to "
                             f"evaluate on (use --split test)")
-    g = torch.Generator().manual_seed(cfg.train.seed)  # the run's first draw: the split (data.split_indices)
-    _, val_idx = data.split_indices(len(ds.train_images), cfg.data.val_fraction, g)
+    _, val_idx, _ = data.run_split(len(ds.train_images), cfg.data.val_fraction, cfg.train.seed)
     return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx]
 
 
@@ -238,7 +255,7 @@ def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IM
                     class_names=list(datasets.classes_of(cfg)),
                     accuracy=100.0 * float(np.trace(cm) / cm.sum()), calibration=calibration(probs, labels),
                     confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust,
-                    adversarial=attacked, attack_images=n_attack)
+                    adversarial=attacked, attack_images=n_attack, first_layer=first_layer_units(model))
     return ev, model, x, labels, probs, checksum
 
 
@@ -251,6 +268,67 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def write_evaluation(ev: Evaluation, directory: Path) -> None:
+    """An evaluation's files in ``directory`` (atomic writes): summary.json, confusion.csv, per_class.csv,
+    calibration.csv, robustness.csv, adversarial.csv (when attacked) and first_layer.npy; read back by
+    :func:`read_evaluation`."""
+    d = Path(directory)
+    k = len(ev.confusion)
+    atomic_write(d / "confusion.csv", _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p]) for p in range(k)}}
+                                           for t in range(k)]))
+    atomic_write(d / "per_class.csv", _csv([{**c, "name": ev.class_names[c["class"]]} for c in ev.classes]))
+    atomic_write(d / "calibration.csv", _csv(ev.calibration["bins"]))
+    atomic_write(d / "robustness.csv", _csv([{"perturbation": kind, "value": v, "accuracy": round(a, 3)}
+                                             for kind, pts in ev.robustness.items() for v, a in pts]))
+    atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
+    if ev.adversarial:
+        atomic_write(d / "adversarial.csv", _csv([{"attack": kind, "eps": v, "accuracy": round(a, 3),
+                                                   "images": ev.attack_images}
+                                                  for kind, pts in ev.adversarial.items() for v, a in pts]))
+    if ev.first_layer is not None:
+        buf = io.BytesIO()
+        np.save(buf, ev.first_layer)
+        atomic_write(d / "first_layer.npy", buf.getvalue())  # the report redraws it in its language
+
+
+def read_evaluation(directory: Path) -> Evaluation:
+    """An evaluation from the files :func:`write_evaluation` wrote: the summary, the confusion matrix, the
+    reliability bins and the first layer (per-class figures recomputed from the confusion matrix). A missing
+    or damaged file is a :class:`MnistlabError` naming the directory."""
+    d = Path(directory)
+    try:
+        s = json.loads((d / "summary.json").read_text())
+        names = s.get("classes") or [str(c) for c in range(N_CLASSES)]  # evaluations of older versions: digits
+        with (d / "confusion.csv").open() as f:
+            cm = np.array([[int(r[f"pred_{p}"]) for p in range(len(names))] for r in csv.DictReader(f)],
+                          dtype=np.int64)
+        with (d / "calibration.csv").open() as f:
+            bins = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        units = np.load(d / "first_layer.npy")
+
+        def points(curves: dict[str, list]) -> dict[str, list[tuple[float, float]]]:
+            return {kind: [(v, a) for v, a in pts] for kind, pts in curves.items()}
+
+        return Evaluation(name=s["name"], arch=s["arch"], data_source=s.get("data", ""), split=s["split"],
+                          dataset=s.get("dataset", "mnist"), class_names=list(names), accuracy=s["accuracy"],
+                          calibration={"ece": s["ece"], "nll": s["nll"], "bins": bins}, confusion=cm,
+                          classes=per_class(cm), confused=s["most_confused"], robustness=points(s["robustness"]),
+                          adversarial=points(s.get("adversarial") or {}), attack_images=s.get("attack_images", 0),
+                          first_layer=units)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MnistlabError(f"{d} is an incomplete evaluation ({e}); run mnistlab evaluate again") from None
+
+
+def read_evaluations(directory: Path) -> list[Evaluation]:
+    """Every evaluation in a ``mnistlab evaluate`` output directory (its ``NAME/`` folders, by name)."""
+    d = Path(directory)
+    found = sorted((p for p in d.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
+        if d.is_dir() else []
+    if not found:
+        raise MnistlabError(f"{d} holds no evaluation (NAME/summary.json); run mnistlab evaluate first")
+    return [read_evaluation(p) for p in found]
 
 
 def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en",
@@ -332,7 +410,7 @@ def first_layer_units(model: torch.nn.Module) -> np.ndarray:
     return (w[:64].reshape(-1, 28, 28) if isinstance(first, torch.nn.Linear) else w[:, 0]).numpy()
 
 
-def _plot_labels(ev: Evaluation) -> list[str]:
+def plot_labels(ev: Evaluation) -> list[str]:
     """Class names for figures (KMNIST's romanisations: the default fonts have no kana)."""
     spec = datasets.REGISTRY.get(ev.dataset)
     if spec is not None and list(spec.classes) == ev.class_names:
@@ -344,7 +422,7 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
              out: Path) -> None:
     from ..output.plots import save_figure
 
-    names = _plot_labels(ev)
+    names = plot_labels(ev)
     confusion_figure(ev.confusion, ev.name, out / "confusion.png", labels=names)
     wrong = np.nonzero(probs.argmax(1) != labels)[0]
     wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:24]
@@ -356,11 +434,7 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
         fig.suptitle(f"{ev.name}: the most confident mistakes")
         save_figure(fig, out / "mistakes.png")
     reliability_figure(ev.calibration["bins"], ev.calibration["ece"], ev.name, out / "reliability.png")
-    units = first_layer_units(model)
-    buf = io.BytesIO()
-    np.save(buf, units)
-    atomic_write(out / "first_layer.npy", buf.getvalue())  # the report redraws it in its language
-    first_layer_figure(units, ev.name, out / "first_layer.png")
+    first_layer_figure(first_layer_units(model), ev.name, out / "first_layer.png")
     first = _first_layer(model)
     if isinstance(first, torch.nn.Conv2d):
         with torch.inference_mode():
@@ -428,17 +502,23 @@ def adversarial_figure(series: list[tuple[str, dict[str, list]]], images: int, p
         save_figure(fig, path)
 
 
+def adversarial_row(ev: Evaluation) -> list[str]:
+    """An attacked evaluation as a table row: run, model, images, clean accuracy, then the accuracy under each
+    attack of :data:`ATTACK_LABELS` at each radius > 0 (the evaluate command's adversarial.md and the report's
+    section 6); points looked up by radius."""
+    acc = {k: {float(v): a for v, a in pts} for k, pts in ev.adversarial.items()}
+    eps = [e for e in ATTACK_EPS if e]
+    return [ev.name, ev.arch, f"{ev.attack_images:,}", f"{acc['fgsm'][0.0]:.2f}",
+            *(f"{acc[k][e]:.2f}" for k in ATTACK_LABELS for e in eps)]
+
+
 def adversarial_table(evals: list[Evaluation]) -> str:
     """Markdown: clean accuracy and accuracy under FGSM and PGD at each radius > 0, a row per run."""
     eps = [e for e in ATTACK_EPS if e]
     lines = ["| run | model | images | clean % | " + " | ".join(f"{ATTACK_LABELS[k]} {e} %" for k in ATTACK_LABELS
                                                               for e in eps) + " |",
              "| --- | --- | ---: | ---: |" + " ---: |" * (len(ATTACK_LABELS) * len(eps))]
-    for ev in evals:
-        if ev.adversarial:
-            acc = {k: dict(pts) for k, pts in ev.adversarial.items()}
-            lines.append(f"| {md_cell(ev.name)} | {ev.arch} | {ev.attack_images:,} | {acc['fgsm'][0.0]:.2f} | "
-                         + " | ".join(f"{acc[k][e]:.2f}" for k in ATTACK_LABELS for e in eps) + " |")
+    lines += ["| " + " | ".join([md_cell(ev.name), *adversarial_row(ev)[1:]]) + " |" for ev in evals if ev.adversarial]
     return "\n".join(lines) + "\n"
 
 
@@ -479,28 +559,19 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         ev.name = name
         d = out / name
         d.mkdir(exist_ok=True)
-        k = len(ev.confusion)
-        atomic_write(d / "confusion.csv", _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p])
-                                                               for p in range(k)}} for t in range(k)]))
-        atomic_write(d / "per_class.csv", _csv([{**c, "name": ev.class_names[c["class"]]} for c in ev.classes]))
-        atomic_write(d / "calibration.csv", _csv(ev.calibration["bins"]))
-        atomic_write(d / "robustness.csv", _csv([{"perturbation": k, "value": v, "accuracy": round(a, 3)}
-                                                 for k, pts in ev.robustness.items() for v, a in pts]))
-        atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
+        write_evaluation(ev, d)
         _figures(ev, model, x, probs, labels, d)
         robustness_figure([(f"{ev.name} ({ev.arch})", ev.robustness)], d / "robustness.png")
         if ev.adversarial:
-            atomic_write(d / "adversarial.csv", _csv([{"attack": k, "eps": v, "accuracy": round(a, 3),
-                                                       "images": ev.attack_images}
-                                                      for k, pts in ev.adversarial.items() for v, a in pts]))
             adversarial_figure([(f"{ev.name} ({ev.arch})", ev.adversarial)], ev.attack_images, d / "adversarial.png")
         log(f"{name} ({path}; {ev.arch}, {split}) -> {d}/: accuracy {ev.accuracy:.2f}%, "
             f"ECE {ece_percent(ev.calibration['ece'])}%, "
             f"NLL {ev.calibration['nll']:.4f}; most confused "
             + ", ".join(f"{ev.class_names[c['true']]}->{ev.class_names[c['predicted']]} ({c['count']})"
                         for c in ev.confused[:3])
-            + f"; shifted 3 px {ev.robustness['shift'][3][1]:.1f}%, rotated 30 deg {ev.robustness['rotation'][5][1]:.1f}%, "
-              f"inverted {ev.robustness['inverted'][1][1]:.1f}%")
+            + f"; shifted 3 px {robustness_at(ev.robustness, 'shift', 3):.1f}%, "
+              f"rotated 30 deg {robustness_at(ev.robustness, 'rotation', 30):.1f}%, "
+              f"inverted {robustness_at(ev.robustness, 'inverted', 1):.1f}%")
         _log_adversarial(ev, len(labels), log)
         evals.append(ev)
     if len(evals) > 1:
@@ -515,12 +586,19 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
     return evals
 
 
+COMPARE_COLUMNS = ("run", "model", "accuracy %", "ECE %", "NLL", "shift 3 px %", "rotation 30° %", "noise 0.3 %",
+                   "inverted %")  # the robustness columns are the HEADLINE points
+
+
+def compare_row(ev: Evaluation) -> list[str]:
+    """One evaluation as a row of :data:`COMPARE_COLUMNS` (the evaluate command's compare.md and the report's
+    section 6 table)."""
+    return [ev.name, ev.arch, f"{ev.accuracy:.2f}", ece_percent(ev.calibration["ece"]),
+            f"{ev.calibration['nll']:.4f}", *(f"{a:.2f}" for a in headline_robustness(ev.robustness))]
+
+
 def compare_table(evals: list[Evaluation]) -> str:
-    lines = ["| run | model | accuracy % | ECE % | NLL | shift 3 px % | rotation 30° % | noise 0.3 % | inverted % |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for e in evals:
-        r = e.robustness
-        lines.append(f"| {md_cell(e.name)} | {e.arch} | {e.accuracy:.2f} | {ece_percent(e.calibration['ece'])} | "
-                     f"{e.calibration['nll']:.4f} | {r['shift'][3][1]:.2f} | {r['rotation'][5][1]:.2f} | "
-                     f"{r['noise'][3][1]:.2f} | {r['inverted'][1][1]:.2f} |")
+    """Markdown: a :func:`compare_row` per evaluation."""
+    lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "| --- | --- |" + " ---: |" * (len(COMPARE_COLUMNS) - 2)]
+    lines += ["| " + " | ".join([md_cell(ev.name), *compare_row(ev)[1:]]) + " |" for ev in evals]
     return "\n".join(lines) + "\n"

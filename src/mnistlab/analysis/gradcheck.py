@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .numpy_mlp import ACTIVATIONS, NumpyMLP
+from ..core.models import ACTIVATIONS, BY_HAND
+from ..errors import MnistlabError
+from .numpy_mlp import NumpyMLP
 
-TORCH_ACTIVATIONS = {"relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-                     "leaky_relu": lambda x: F.leaky_relu(x, 0.01)}
 AUTOGRAD_TOL = 1e-8  # max |numpy - autograd| / max |autograd|, per parameter
 FD_TOL = 1e-6  # central differences in float64, relative to the gradient's scale
 
@@ -54,10 +54,11 @@ def check_activation(activation: str, sizes: list[int] | None = None, batch: int
 
     params = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for wb in weights for a in wb]
     h = torch.tensor(x)
+    act = ACTIVATIONS[activation]()  # torch's layer of the same name, in float64
     for i in range(0, len(params), 2):
         h = h @ params[i].T + params[i + 1]
         if i < len(params) - 2:
-            h = TORCH_ACTIVATIONS[activation](h)
+            h = act(h)
     F.cross_entropy(h, torch.tensor(y)).backward()
 
     rng = np.random.default_rng(seed + 1)
@@ -81,7 +82,13 @@ def check_activation(activation: str, sizes: list[int] | None = None, batch: int
 
 
 def run_all(activations: list[str] | None = None, seed: int = 0) -> list[CheckRow]:
-    return [row for act in (activations or list(ACTIVATIONS)) for row in check_activation(act, seed=seed)]
+    """:func:`check_activation` for each of ``activations`` (default: every activation the NumPy MLP has,
+    :data:`mnistlab.core.models.BY_HAND`); a name it does not have is a :class:`MnistlabError`."""
+    for act in activations or []:
+        if act not in BY_HAND:
+            raise MnistlabError(f"--activation {act!r} is not one the NumPy MLP implements (choose from "
+                                f"{', '.join(BY_HAND)})")
+    return [row for act in (activations or BY_HAND) for row in check_activation(act, seed=seed)]
 
 
 def format_table(rows: list[CheckRow]) -> str:

@@ -90,8 +90,10 @@ class SoftmaxCrossEntropy:
         return dz / len(self.y)
 
 
-ACTIVATIONS: dict[str, Callable[[], object]] = {
-    "relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "leaky_relu": LeakyReLU,
+# the NumPy layer of each activation that mnistlab.core.models.ACTIVATIONS marks ``by_hand`` (and of no other:
+# tests/test_numpy_mlp.py holds the two together)
+LAYERS: dict[str, Callable[[], object]] = {
+    "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU,
 }
 
 
@@ -104,7 +106,7 @@ class NumpyMLP:
         for i, lin in enumerate(self.linears):
             self.layers.append(lin)
             if i < len(self.linears) - 1:
-                self.layers.append(ACTIVATIONS[activation]())
+                self.layers.append(LAYERS[activation]())
         self.loss_fn = SoftmaxCrossEntropy()
 
     @classmethod

@@ -1,5 +1,6 @@
 """``--engine numpy``: the report's training with the NumPy MLP, on the same data, split, batch order and
-initial weights as the PyTorch run (the split, order and initialisation come from the same code)."""
+initial weights as the PyTorch run (the split, order and initialisation come from the same code). What
+configs it trains is checked with every config (:func:`mnistlab.core.checks.check_numpy_engine`)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,8 @@ import torch
 
 from ..core import data
 from ..core.config import Config
-from ..errors import ConfigError
-from .numpy_mlp import ACTIVATIONS, NumpyMLP
+from .numpy_mlp import NumpyMLP
 from ..core.train import Split, Trainer
-
-
-def check(cfg: Config) -> None:
-    """The NumPy MLP implements exactly the report's kind of training: plain SGD on an MLP, in fp32."""
-    m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train
-    rules = [(m.arch == "mlp", "model.arch", "mlp"), (m.activation in ACTIVATIONS, "model.activation",
-              "/".join(ACTIVATIONS)), (not m.batchnorm, "model.batchnorm", "false"),
-             (m.dropout == 0 and m.input_dropout == 0 and m.noise_std == 0, "model.dropout", "0 (and no noise)"),
-             (not m.normalize, "model.normalize", "false"), (o.name == "sgd", "optim.name", "sgd"),
-             (o.momentum == 0 and o.weight_decay == 0, "optim.momentum", "0 (and no weight decay)"),
-             (o.schedule == "constant" and o.warmup_epochs == 0, "optim.schedule", "constant"),
-             (o.max_norm == 0 and o.label_smoothing == 0, "optim.max_norm", "0 (and no label smoothing)"),
-             (d.augment == "none", "data.augment", "none"), (t.precision in ("fp32", "auto"), "train.precision", "fp32"),
-             (t.device in ("auto", "cpu"), "train.device", "cpu"),
-             (cfg.regularize == type(cfg.regularize)(), "regularize.*", "their defaults (no VAT, FGSM, EMA or TTA)")]
-    for ok, key, want in rules:
-        if not ok:
-            raise ConfigError(f"train.engine = 'numpy' needs {key} = {want}")
 
 
 class NumpyTrainer(Trainer):
@@ -67,7 +49,7 @@ class NumpyTrainer(Trainer):
         self._sync_to_torch()
         return float(loss_sum) / self.steps_per_epoch
 
-    def evaluate(self, split: Split) -> tuple[float, float]:
+    def loss_and_accuracy(self, split: Split) -> tuple[float, float]:
         x, y = split.x.numpy().reshape(len(split.x), -1), split.y.numpy()
         loss_sum, correct, chunk = 0.0, 0, self.cfg.train.eval_batch_size
         for i in range(0, len(x), chunk):

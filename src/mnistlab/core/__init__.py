@@ -2,6 +2,6 @@
 learning-rate schedule, augmentation, the trainer and its fast paths (fused step, CUDA graphs), checkpoints
 and run directories, metrics, and the hardware a run uses. Nothing here knows of studies, plots or serving.
 
-Add a model: register it in ``models.ARCHS`` (with its properties in ``models.ARCH_INFO``).
+Add a model: register it in ``models.ARCHS`` (an ``Arch`` entry that declares its properties: conv, options).
 Add a dataset: register it in ``datasets.REGISTRY``.
 """

@@ -1,8 +1,9 @@
 """Typed experiment configuration: dataclasses whose defaults are the report's experiment.
 
 A config is loaded from TOML (``[data]``, ``[model]``, ``[optim]``, ``[train]`` tables plus a top-level
-``name``), then overridden from the command line with ``section.key=value`` strings. Unknown keys and
-values of the wrong type are rejected by name with a :class:`~mnistlab.errors.ConfigError`.
+``name``). Unknown keys, values of the wrong type and values out of range are rejected by name with a
+:class:`~mnistlab.errors.ConfigError`. Commands load and change configs through
+:mod:`mnistlab.core.checks` (``load_config``, ``set_values``), which also checks what each registry supports.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class RegularizeConfig:
 
 @dataclass
 class Config:
-    name: str = "seed"
+    name: str = "report_mlp"  # the report's MLP; names the run's directory in studies and evaluations
     label: str = ""  # what a study table calls this config, e.g. "MLP + dropout" (default: name)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -201,37 +202,6 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
-
-
-def set_values(cfg: Config, values: dict[str, Any]) -> Config:
-    """Return a copy of ``cfg`` with typed values set by dotted key (``{"optim.lr": 0.05}``), validated.
-
-    This is the one way configs are changed in code: ``--set`` text, command-line flags and a search's
-    sampled parameters all end here, so unknown keys and wrong types are rejected by name in one place.
-    """
-    data = to_dict(cfg)
-    for key, value in values.items():
-        *path, leaf = key.strip().split(".")
-        node = data
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown config key '{key}'")
-            node = node[part]
-        if leaf not in node or isinstance(node[leaf], dict):
-            raise ConfigError(f"unknown config key '{key}'")
-        node[leaf] = value
-    return from_dict(data)
-
-
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return a copy of ``cfg`` with ``section.key=value`` text overrides (TOML values) applied and validated."""
-    values: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        key, text = item.split("=", 1)
-        values[key.strip()] = parse_value(text.strip())
-    return set_values(cfg, values)
 
 
 def key_type(key: str) -> Any:

@@ -331,6 +331,17 @@ def split_indices(n: int, val_fraction: float, generator: torch.Generator) -> tu
     return perm[:n_train], perm[n_train:]
 
 
+def run_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """A run's train/validation split of its ``n`` training images: the first draw of the run's data stream,
+    the CPU generator seeded with ``train.seed`` (as the report's ``random_split`` under
+    ``torch.manual_seed(seed)``). Returns (train indices, validation indices, the data stream after the
+    draw): the trainer goes on drawing from it (initial weights, epoch orders); anything that rebuilds a
+    run's validation split (``mnistlab evaluate --split val``) calls this and drops the stream."""
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = split_indices(n, val_fraction, generator)
+    return train_idx, val_idx, generator
+
+
 def loader_seed(generator: torch.Generator) -> int:
     """One 64-bit draw, as ``DataLoader.__iter__`` makes for its base seed and ``RandomSampler`` for its own."""
     return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())

@@ -517,9 +517,9 @@ def pin_dir(cfg: "Config") -> "Config":
     """``cfg`` with ``data.dir`` absolute, so that a run's record points at its data from anywhere."""
     if not cfg.data.dir:
         return cfg
-    from .config import set_values
     absolute = os.path.abspath(Path(cfg.data.dir).expanduser())  # symlinks kept: the path the user gave
-    return cfg if absolute == cfg.data.dir else set_values(cfg, {"data.dir": absolute})
+    # the same folder, spelled absolute: nothing to check again
+    return cfg if absolute == cfg.data.dir else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=absolute))
 
 
 def load_for_run(run_dir: str | Path, cfg: "Config", data_dir: str | Path | None = None,

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -15,22 +15,20 @@ from . import checkpoint, checks, data, datasets
 from . import config as config_mod
 from .config import Config
 from ..errors import ConfigError, DivergenceError, MnistlabError
-from .hardware import auto_precision, bf16_supported
+from .hardware import auto_precision, bf16_supported, resolve_device
 from .metrics import summarize
 from .models import count_parameters
+from .observers import EpochObserver, start_all
 from ..output.plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
 from ..text import plural
-from .train import Trainer, resolve_device
-
-if TYPE_CHECKING:
-    from ..output.tracking import Trackers
+from .train import Trainer
 
 Log = Callable[[str], None]
 
 
 class StopRun(Exception):
-    """Raised by an ``on_epoch`` hook to end a run on purpose (a search pruning a trial): the run keeps its
+    """Raised by an observer's ``epoch`` to end a run on purpose (a search pruning a trial): the run keeps its
     history and is marked ``stopped``, with the exception's text as the reason."""
 
 
@@ -41,8 +39,6 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(str(run_dir))
         self.run_dir, self.epochs = run_dir, epochs
 
-
-EpochHook = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -83,15 +79,35 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
     if cfg.train.precision == "auto":  # resolved once, here; the run's config records the choice
         precision, reason = auto_precision(device) if cfg.train.engine == "torch" else ("fp32", "NumPy engine")
         log(f"precision auto: {precision} ({reason})")
-        cfg = config_mod.set_values(cfg, {"train.precision": precision})
+        cfg = checks.set_values(cfg, {"train.precision": precision})
     if cfg.train.precision == "bf16" and not bf16_supported(device):
         log(f"note: {device} has no bf16 support; falling back to fp32")
-        cfg = config_mod.set_values(cfg, {"train.precision": "fp32"})
+        cfg = checks.set_values(cfg, {"train.precision": "fp32"})
     if dataset is None:
         dataset = datasets.load_config(cfg, log)
     elif dataset.name != cfg.data.dataset:
         raise ConfigError(f"config key 'data.dataset' = {cfg.data.dataset!r} but the data given is {dataset.name}")
     return dataset, device, cfg
+
+
+def final_config(run_path: str | Path, data_dir: str | Path | None = None) -> tuple[Config, int]:
+    """The final model of a finished run: its config retrained on train + validation
+    (``data.train_on_val``) for its best-validation epoch count, without early stopping, named
+    ``NAME_final``; ``data_dir``: where the run's data is now. Returns (the config, checked; that epoch
+    count). A run without a best-validation epoch (unfinished, or trained on train + validation) is a
+    :class:`MnistlabError`."""
+    run = RunDir(run_path)
+    if not run.file("config.toml").is_file() or not run.file("run.json").is_file():
+        raise MnistlabError(f"{run.path} is not a run directory (needs config.toml and run.json)")
+    cfg = run.read_config()
+    best = run.read_info().get("summary", {}).get("best_epoch")
+    if cfg.data.train_on_val or not best:
+        raise MnistlabError(f"{run.path} has no best-validation epoch to take (a finished run with validation needed)")
+    values: dict[str, Any] = {"data.train_on_val": True, "train.epochs": best, "train.patience": 0,
+                              "name": f"{cfg.name}_final"}
+    if data_dir:
+        values["data.dir"] = str(data_dir)
+    return checks.set_values(cfg, values), best
 
 
 def _keeps_torch_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
@@ -109,13 +125,12 @@ def _keeps_torch_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResul
 
 @_keeps_torch_threads
 def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print, show_progress: bool = False,
-        dataset: data.Dataset | None = None, on_epoch: EpochHook | None = None,
-        tracker: Trackers | None = None) -> RunResult:
+        dataset: data.Dataset | None = None, observers: Sequence[EpochObserver] = ()) -> RunResult:
     """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists.
 
-    ``dataset`` skips loading ``cfg.data.dir`` (a study's workers get it from the driver); ``on_epoch(row)``
-    runs after each epoch's row is written and may raise :class:`StopRun`; ``tracker`` follows the run in
-    TensorBoard or MLflow.
+    ``dataset`` skips loading ``cfg.data.dir`` (a study's workers get it from the driver); ``observers``
+    (:class:`~mnistlab.core.observers.EpochObserver`: trackers, a search's pruning hook) follow the run, in
+    their order; one may end it with :class:`StopRun`.
     """
     dataset, device, cfg = prepare(cfg, log, dataset)
     trainer = make_trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
@@ -129,17 +144,17 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
                        "test": len(trainer.test.y)},
     }
     run_dir.write_config(cfg)
-    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch, tracker)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, observers)
 
 
 @_keeps_torch_threads
-def resume(path: str | Path, log: Log = print, show_progress: bool = False,
-           tracker: Trackers | None = None, dataset: data.Dataset | None = None,
-           on_epoch: EpochHook | None = None) -> RunResult:
+def resume(path: str | Path, log: Log = print, show_progress: bool = False, dataset: data.Dataset | None = None,
+           observers: Sequence[EpochObserver] = ()) -> RunResult:
     """Continue an interrupted run from its last checkpoint; ends with the metrics of an uninterrupted run.
 
-    ``dataset`` and ``on_epoch`` as in :func:`run`; ``on_epoch`` sees only the epochs trained now. A tracker
-    continues the run it followed before (its identity is in run.json)."""
+    ``dataset`` and ``observers`` as in :func:`run`; observers see the finished epochs at ``start``
+    (``RunStart.history``) and are called for the epochs trained now; a tracker continues the run it followed
+    before (its identity is in run.json)."""
     run_dir = RunDir(path)
     if not run_dir.file("config.toml").is_file():
         raise MnistlabError(f"{run_dir.path} is not a run directory (no config.toml)")
@@ -166,7 +181,7 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False,
     info.setdefault("resumed", []).append({"at": now(), "after_epoch": trainer.epoch,
                                            "environment": environment(device, dataset.checksum, dataset.source,
                                                                       cfg.train.seed)})
-    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, on_epoch, tracker)
+    return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, observers)
 
 
 def _epochs_on_disk(run_dir: RunDir) -> int:
@@ -178,13 +193,14 @@ def _epochs_on_disk(run_dir: RunDir) -> int:
 
 
 def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
-             show_progress: bool, hook: EpochHook | None = None, tracker: Trackers | None = None) -> RunResult:
+             show_progress: bool, observers: Sequence[EpochObserver] = ()) -> RunResult:
     cfg = trainer.cfg
     remove_stale_temp(run_dir.path)
     info.update(status="running")
-    if tracker:  # the tracker's run identity lives in run.json, so a resume (even after kill -9) continues it
-        info["tracking"] = tracker.start(cfg.name, info["config"], run_dir.path, info.get("tracking"),
-                                         trainer.history)
+    # a tracker's run identity lives in run.json, so a resume (even after kill -9) continues it
+    identity = start_all(observers, cfg.name, info["config"], run_dir.path, info.get("tracking"), trainer.history)
+    if identity:
+        info["tracking"] = identity
     run_dir.write_info(info)
     log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
         f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
@@ -196,10 +212,8 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
             checkpoint.save(run_dir, *tr.state(), data_sha256)
         run_dir.write_history(tr.history)
         log(format_row(row))
-        if tracker:
-            tracker.epoch(row)
-        if hook is not None:
-            hook(row)
+        for o in observers:
+            o.epoch(row)
 
     start = time.perf_counter()
     finished = False
@@ -229,8 +243,8 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
                 info["summary"] = summarize(history)
                 run_figures(history, run_dir.path, cfg.name)
             run_dir.write_info(info)
-            if tracker:
-                tracker.end(run_dir.path, info["status"])
+            for o in observers:
+                o.end(run_dir.path, info["status"])
         except MnistlabError:
             if finished:  # otherwise the error that stopped the run is the one to report
                 raise

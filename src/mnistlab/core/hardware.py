@@ -1,4 +1,6 @@
-"""What machine a number was measured on: the CPU, the instruction sets that decide its speed, torch's build.
+"""The hardware a run uses and what machine a number was measured on: the device a config names
+(:func:`resolve_device`), the precision it runs fastest in (:func:`auto_precision`), the CPU, the instruction
+sets that decide its speed, torch's build.
 
 One home for the machine description that run.json records and every benchmark prints. On a CPU the
 speed of training at MNIST's size is decided by a few instruction sets, through the kernels oneDNN and MKL
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..errors import ConfigError
 
 # kind -> what the docs call it; the order is most to least capable
 KINDS = {
@@ -146,6 +150,19 @@ def summary(desc: dict[str, Any] | None = None) -> str:
     if desc.get("gpu"):
         line += f"; GPU {desc['gpu']} (CUDA {t['cuda']})"
     return line
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: 'auto' -> cuda when available, else cpu; a CUDA device this machine
+    does not have is a :class:`ConfigError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def bf16_supported(device: torch.device) -> bool:

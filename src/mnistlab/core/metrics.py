@@ -1,4 +1,4 @@
-"""Evaluation, the convergence rule and model selection on validation."""
+"""Per-epoch loss and accuracy, the convergence rule, model selection on validation and the reproduce gate."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000,
-             precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in percent of ``model`` on (x, y), in eval mode."""
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000,
+                      precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in percent of ``model`` on images x (N, 1, 28, 28) and labels y (N,), in
+    eval mode, ``batch_size`` images at a time (the per-epoch figures of a run)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -113,6 +114,13 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# The reproduce gate: a rerun of the report's experiment matches the report's table when, at every epoch, its
+# validation accuracy is within GATE_VAL_ACC percentage points and its mean training loss within
+# GATE_TRAIN_LOSS of the table's (``mnistlab reproduce`` and tests/test_gates.py).
+GATE_VAL_ACC = 0.1
+GATE_TRAIN_LOSS = 1e-3
+
+
 def report_table(name: str = "report.csv") -> list[dict[str, float]]:
     """The report's per-epoch table (or the rerun of its script), from the package's reference data."""
     text = resources.files("mnistlab").joinpath("reference", name).read_text()
@@ -127,3 +135,9 @@ def compare_with_report(history: list[dict[str, Any]], reference: list[dict[str,
         "max_val_acc_diff": max(abs(history[i]["val_acc"] - reference[i]["val_acc"]) for i in range(n)),
         "max_train_loss_diff": max(abs(history[i]["train_loss"] - reference[i]["train_loss"]) for i in range(n)),
     }
+
+
+def matches_report(gap: dict[str, float]) -> bool:
+    """Whether a :func:`compare_with_report` gap passes the reproduce gate (:data:`GATE_VAL_ACC`,
+    :data:`GATE_TRAIN_LOSS`)."""
+    return gap["max_val_acc_diff"] <= GATE_VAL_ACC and gap["max_train_loss_diff"] <= GATE_TRAIN_LOSS

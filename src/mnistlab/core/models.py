@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -21,16 +22,30 @@ from ..errors import ConfigError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics after /255
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),  # the report's slope
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-}
 
-MLP_ONLY_OPTIONS = ("hidden", "input_dropout", "batchnorm", "noise_std")
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation function of the registry: calling it makes its layer (an elementwise ``nn.Module``)."""
+
+    layer: Callable[[], nn.Module]
+    by_hand: bool = False  # one of the report's four: the NumPy MLP (mnistlab.analysis.numpy_mlp) has it too
+
+    def __call__(self) -> nn.Module:
+        return self.layer()
+
+
+# The one registry of activations: what model.activation may name, what `mnistlab gradcheck` checks (by_hand),
+# what the activation figure draws (all, in this order: the report's four, then two modern ones).
+ACTIVATIONS: dict[str, Activation] = {
+    "sigmoid": Activation(nn.Sigmoid, by_hand=True),
+    "tanh": Activation(nn.Tanh, by_hand=True),
+    "relu": Activation(nn.ReLU, by_hand=True),
+    "leaky_relu": Activation(lambda: nn.LeakyReLU(0.01), by_hand=True),  # the report's slope
+    "gelu": Activation(nn.GELU),
+    "silu": Activation(nn.SiLU),
+}
+BY_HAND = tuple(name for name, a in ACTIVATIONS.items() if a.by_hand)  # what the NumPy MLP implements
 
 
 class Dropout(nn.Module):
@@ -160,7 +175,7 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _conv_block(cin: int, cout: int, act: Callable[[], nn.Module]) -> list[nn.Module]:
+def _conv_block(cin: int, cout: int, act: Activation) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), act()]
 
 
@@ -278,16 +293,30 @@ def for_inference(model: nn.Module, shifts: Sequence[Sequence[int]]) -> nn.Modul
     return ShiftTTA(model, shifts) if shifts else model
 
 
-# name -> constructor from (model config, number of classes)
-ARCHS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
-    "mlp": lambda c, k: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
-                            n_classes=k, noise_std=c.noise_std),
-    "lenet5": lambda c, k: LeNet5(c.activation, c.dropout, c.normalize, n_classes=k),
-    "cnn": lambda c, k: SmallCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
-    "fastcnn": lambda c, k: FastCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
-    "speedcnn": lambda c, k: SpeedCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
+@dataclass(frozen=True)
+class Arch:
+    """An architecture of the registry: how to build it, and its properties."""
+
+    build: Callable[[ModelConfig, int], nn.Module]  # (model config, number of classes) -> the model
+    conv: bool  # convolutional: trained channels-last (NHWC), takes model.freeze_first
+    options: tuple[str, ...] = ()  # the model.* options only some architectures take that this one does
+
+
+MLP_OPTIONS = ("hidden", "input_dropout", "batchnorm", "noise_std")
+CNN_OPTIONS = ("width",)
+
+# Add a model here: its class above, and its entry with its properties.
+ARCHS: dict[str, Arch] = {
+    "mlp": Arch(lambda c, k: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
+                                 n_classes=k, noise_std=c.noise_std), conv=False, options=MLP_OPTIONS),
+    "lenet5": Arch(lambda c, k: LeNet5(c.activation, c.dropout, c.normalize, n_classes=k), conv=True),
+    "cnn": Arch(lambda c, k: SmallCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True,
+                options=CNN_OPTIONS),
+    "fastcnn": Arch(lambda c, k: FastCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True,
+                    options=CNN_OPTIONS),
+    "speedcnn": Arch(lambda c, k: SpeedCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True,
+                     options=CNN_OPTIONS),
 }
-CONV_ARCHS = ("lenet5", "cnn", "fastcnn", "speedcnn")
 
 
 # ---------------------------------------------------------------- initialisation
@@ -339,16 +368,14 @@ def check(m: ModelConfig) -> None:
     check_choice("model.arch", m.arch, ARCHS)
     check_choice("model.activation", m.activation, ACTIVATIONS)
     check_choice("model.init", m.init, INITS)
-    defaults = type(m)()
-    if m.arch not in ("cnn", "fastcnn", "speedcnn") and m.width != defaults.width:
-        raise ConfigError(f"config key 'model.width' is a CNN option and does not fit model.arch = {m.arch!r}")
-    if m.arch != "mlp":
-        for key in MLP_ONLY_OPTIONS:
-            if getattr(m, key) != getattr(defaults, key):
-                raise ConfigError(f"config key 'model.{key}' is an MLP option and does not fit model.arch = "
+    defaults, arch = type(m)(), ARCHS[m.arch]
+    for kind, options in (("a CNN", CNN_OPTIONS), ("an MLP", MLP_OPTIONS)):
+        for key in options:
+            if key not in arch.options and getattr(m, key) != getattr(defaults, key):
+                raise ConfigError(f"config key 'model.{key}' is {kind} option and does not fit model.arch = "
                                   f"{m.arch!r}")
     check_value(m.width > 0, "model.width", m.width, "must be > 0")
-    if m.freeze_first and m.arch not in CONV_ARCHS:
+    if m.freeze_first and not arch.conv:
         raise ConfigError(f"config key 'model.freeze_first' is a CNN option and does not fit model.arch = {m.arch!r}")
 
 
@@ -362,12 +389,12 @@ def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.devi
     """Construct the configured model with ``n_classes`` outputs (the dataset's classes) on ``device`` and
     initialise it from ``generator``."""
     with torch.device("meta"):  # no allocation and no global-RNG draws until we initialise
-        model = ARCHS[cfg.arch](cfg, n_classes)
+        model = ARCHS[cfg.arch].build(cfg, n_classes)
     # initialise where the generator lives (the CPU stream that replays the report's draws), then move
     model = model.to_empty(device=generator.device)
     init_parameters(model, cfg.init, generator)
     model = model.to(device)
-    if cfg.arch in CONV_ARCHS:  # NHWC: the fast layout for oneDNN (CPU) and cuDNN tensor cores
+    if ARCHS[cfg.arch].conv:  # NHWC: the fast layout for oneDNN (CPU) and cuDNN tensor cores
         model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_first:  # random features from the first layer: no weight gradient to compute for it
         first_conv(model).requires_grad_(False)

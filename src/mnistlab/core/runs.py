@@ -274,12 +274,18 @@ class RunDir:
         return rows
 
 
+def study_run_dir(study: str | Path, name: str, seed: int) -> Path:
+    """Where a study keeps the run of config ``name`` with ``train.seed = seed``: ``STUDY/NAME/seedS`` (the one
+    spelling of a study's layout; ``study_run_dir(".", name, seed)`` is the run's path inside its study)."""
+    return Path(study) / name / f"seed{seed}"
+
+
 def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[int]]]) -> dict[str, list[list[float]]]:
     """Validation accuracy per epoch of a study's runs, by label. ``entries`` are (label, config name,
     seeds), the runs being ``study/NAME/seedS``; a label whose runs have no validation set is left out."""
     curves = {}
     for label, name, seeds in entries:
-        hist = [RunDir(Path(study) / name / f"seed{s}").read_history() for s in seeds]
+        hist = [RunDir(study_run_dir(study, name, s)).read_history() for s in seeds]
         if hist and all(h and h[0].get("val_acc") is not None for h in hist):
             curves[label] = [[row["val_acc"] for row in h] for h in hist]
     return curves
@@ -301,7 +307,8 @@ def study_kind(directory: Path) -> str | None:
         pass
     if (d / "tune.json").is_file():
         return "tune"
-    if (d / "compare.md").is_file() or (d / "compare.json").is_file() or any(d.glob("*/seed*/run.json")):
+    runs = d.glob(str(study_run_dir(".", "*", "*") / "run.json"))
+    if (d / "compare.md").is_file() or (d / "compare.json").is_file() or any(runs):
         return "compare"
     if (d / "run.json").is_file() or (d / "config.toml").is_file():
         return "run"

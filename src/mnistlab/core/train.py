@@ -25,25 +25,13 @@ from . import adversarial, checkpoint, data, cudagraphs, fused
 from .augment import augment
 from .config import Config
 from ..errors import ConfigError, DivergenceError
-from .metrics import autocast, evaluate
+from .metrics import autocast, loss_and_accuracy
 from .models import STOCHASTIC_LAYERS, build_model, for_inference
 from .optim import apply_max_norm, build_optimizer, lr_factor, weight_ema
 
 AUG_SEED_OFFSET = 1_000_003  # keep the augmentation and dropout streams apart from the data stream
 DROPOUT_SEED_OFFSET = 2_000_003
 EMA_PREFIX = "ema."  # checkpoint tensors of the weights' moving average (regularize.ema)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; a CUDA device that is missing is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r} but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device = {name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
-    return device
 
 
 @dataclass
@@ -60,12 +48,11 @@ class Trainer:
     def __init__(self, cfg: Config, dataset: data.Dataset, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         t = cfg.train
-        self.g_data = torch.Generator().manual_seed(t.seed)
+        n = len(dataset.train_images)
+        train_idx, val_idx, self.g_data = data.run_split(n, cfg.data.val_fraction, t.seed)
         self.g_aug = torch.Generator(device=device).manual_seed(t.seed + AUG_SEED_OFFSET)
         self.g_drop = torch.Generator(device=device).manual_seed(t.seed + DROPOUT_SEED_OFFSET)
 
-        n = len(dataset.train_images)
-        train_idx, val_idx = data.split_indices(n, cfg.data.val_fraction, self.g_data)
         data.loader_seed(self.g_data)  # the report's validation DataLoader draws its base seed here
         self.model = build_model(cfg.model, self.g_data, device, n_classes=dataset.n_classes)
         for m in self.model.modules():
@@ -209,9 +196,10 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
 
-    def evaluate(self, split: Split) -> tuple[float, float]:
+    def loss_and_accuracy(self, split: Split) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy in percent of the evaluated model on ``split``."""
         t = self.cfg.train
-        return evaluate(self.eval_model, split.x, split.y, t.eval_batch_size, t.precision)
+        return loss_and_accuracy(self.eval_model, split.x, split.y, t.eval_batch_size, t.precision)
 
     def fit(self, on_epoch: Callable[["Trainer", dict[str, Any], bool], None] = lambda *a: None,
             show_progress: bool = False) -> list[dict[str, Any]]:
@@ -232,8 +220,8 @@ class Trainer:
                                       f"(try a smaller optim.lr)")
             start = time.perf_counter()
             if self.val is not None:
-                row["val_loss"], row["val_acc"] = self.evaluate(self.val)
-            row["test_loss"], row["test_acc"] = self.evaluate(self.test)
+                row["val_loss"], row["val_acc"] = self.loss_and_accuracy(self.val)
+            row["test_loss"], row["test_acc"] = self.loss_and_accuracy(self.test)
             row["eval_seconds"] = time.perf_counter() - start
             self.epoch += 1
             self.history.append(row)

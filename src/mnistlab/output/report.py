@@ -4,22 +4,22 @@ file (figures embedded, math as MathML, no scripts or external styles), in Engli
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MnistlabError
 from ..core.metrics import BAND, WINDOW, summarize
 from .plots import overlay_figure, run_figures
 from ..core.runs import RunDir, atomic_write, validation_curves
 from ..text import md_cell, plural
+
+if TYPE_CHECKING:
+    from ..analysis.evaluate import Evaluation
 
 TEXT: dict[str, dict[str, str]] = {
     "en": {
@@ -381,73 +381,48 @@ def _section_compare(t: dict[str, str], studies: list[Path], out: Path, lang: st
 
 def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> str:
     """Section 6 from a `mnistlab evaluate` directory: its table, and each model's figures."""
-    from ..analysis.evaluate import ece_percent
-    models = sorted((p for p in ev_dir.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
-        if ev_dir.is_dir() else []
-    if not models:
-        raise MnistlabError(f"{ev_dir} holds no evaluation (NAME/summary.json); run mnistlab evaluate first")
-    summaries = [json.loads((m / "summary.json").read_text()) for m in models]
-    rows = []
-    for s in summaries:
-        r = {k: dict((float(v), a) for v, a in pts) for k, pts in s["robustness"].items()}
-        rows.append([s["name"], s["arch"], f"{s['accuracy']:.2f}", ece_percent(s["ece"]), f"{s['nll']:.4f}",
-                     f"{r['shift'][3.0]:.2f}", f"{r['rotation'][30.0]:.2f}", f"{r['noise'][0.3]:.2f}",
-                     f"{r['inverted'][1.0]:.2f}"])
-    parts = [f"## {t['inside']}\n", t["inside_text"].format(split=summaries[0]["split"]) + "\n",
-             _table(t["inside_cols"].split("|"), rows)]
-    from ..core.datasets import REGISTRY
-    from ..analysis.evaluate import confusion_figure, first_layer_figure, reliability_figure, robustness_figure
+    from ..analysis.evaluate import (compare_row, confusion_figure, first_layer_figure, plot_labels,
+                                     read_evaluations, reliability_figure, robustness_figure)
 
+    evals = read_evaluations(ev_dir)
+    parts = [f"## {t['inside']}\n", t["inside_text"].format(split=evals[0].split) + "\n",
+             _table(t["inside_cols"].split("|"), [compare_row(ev) for ev in evals])]
     # every figure redrawn from the evaluation's files, in the report's language
-    robustness_figure([(f"{s['name']} ({s['arch']})", s["robustness"]) for s in summaries],
-                      out / "inside_robustness.png", lang)
+    robustness_figure([(f"{ev.name} ({ev.arch})", ev.robustness) for ev in evals], out / "inside_robustness.png", lang)
     parts.append(f"![{t['inside_rob']}](inside_robustness.png)\n")
-    parts.append(_inside_adversarial(t, summaries, out, lang))
-    for i, (m, s) in enumerate(zip(models, summaries), 1):
-        names = s.get("classes") or [str(c) for c in range(10)]  # evaluations of older versions: digits
-        pairs = ", ".join(f"{names[c['true']]} -> {names[c['predicted']]} ({c['count']})" for c in s["most_confused"][:3])
-        parts.append(t["inside_pairs"].format(name=s["name"], pairs=pairs) + "\n")
-        try:
-            cm = np.array([[int(r[f"pred_{p}"]) for p in range(len(names))]
-                           for r in csv.DictReader((m / "confusion.csv").open())])
-            bins = [{k: float(v) for k, v in r.items()} for r in csv.DictReader((m / "calibration.csv").open())]
-            units = np.load(m / "first_layer.npy")
-        except (OSError, ValueError, KeyError) as e:
-            raise MnistlabError(f"{m} is an incomplete evaluation ({e}); run mnistlab evaluate again") from None
-        spec = REGISTRY.get(s.get("dataset", "mnist"))
-        labels = list(spec.labels_for_plots) if spec is not None and list(spec.classes) == names else names
-        confusion_figure(cm, s["name"], out / f"inside{i}_confusion.png", lang, labels=labels)
-        reliability_figure(bins, s["ece"], s["name"], out / f"inside{i}_reliability.png", lang)
-        first_layer_figure(units, s["name"], out / f"inside{i}_first_layer.png", lang)
+    parts.append(_inside_adversarial(t, evals, out, lang))
+    for i, ev in enumerate(evals, 1):
+        names = ev.class_names
+        pairs = ", ".join(f"{names[c['true']]} -> {names[c['predicted']]} ({c['count']})" for c in ev.confused[:3])
+        parts.append(t["inside_pairs"].format(name=ev.name, pairs=pairs) + "\n")
+        confusion_figure(ev.confusion, ev.name, out / f"inside{i}_confusion.png", lang, labels=plot_labels(ev))
+        reliability_figure(ev.calibration["bins"], ev.calibration["ece"], ev.name, out / f"inside{i}_reliability.png",
+                           lang)
+        first_layer_figure(ev.first_layer, ev.name, out / f"inside{i}_first_layer.png", lang)
         for fig, key in (("confusion.png", "inside_conf"), ("reliability.png", "inside_rel"),
                          ("first_layer.png", "inside_first")):
-            parts.append(f"![{t[key].format(name=s['name'])}](inside{i}_{fig})\n")
+            parts.append(f"![{t[key].format(name=ev.name)}](inside{i}_{fig})\n")
     return "\n".join(parts)
 
 
-def _inside_adversarial(t: dict[str, str], summaries: list[dict[str, Any]], out: Path, lang: str) -> str:
+def _inside_adversarial(t: dict[str, str], evals: list[Evaluation], out: Path, lang: str) -> str:
     """Section 6's adversarial part: a table of clean / FGSM / PGD accuracy and one figure, from the
     evaluations that ran the attacks (``mnistlab evaluate --attack-images 0`` skips them: no part)."""
     from ..core.adversarial import PGD_STEP_SIZE, PGD_STEPS
-    from ..analysis.evaluate import ATTACK_EPS, ATTACK_LABELS, adversarial_figure
+    from ..analysis.evaluate import ATTACK_EPS, ATTACK_LABELS, adversarial_figure, adversarial_row
 
-    attacked = [s for s in summaries if s.get("adversarial")]
+    attacked = [ev for ev in evals if ev.adversarial]
     if not attacked:
         return ""
     eps = [e for e in ATTACK_EPS if e]
-    rows = []
-    for s in attacked:
-        acc = {k: dict((float(v), a) for v, a in pts) for k, pts in s["adversarial"].items()}
-        rows.append([s["name"], s["arch"], f"{s['attack_images']:,}", f"{acc['fgsm'][0.0]:.2f}",
-                     *[f"{acc[k][e]:.2f}" for k in ATTACK_LABELS for e in eps]])
-    images = min(s["attack_images"] for s in attacked)
-    adversarial_figure([(f"{s['name']} ({s['arch']})", s["adversarial"]) for s in attacked], images,
+    images = min(ev.attack_images for ev in attacked)
+    adversarial_figure([(f"{ev.name} ({ev.arch})", ev.adversarial) for ev in attacked], images,
                        out / "inside_adversarial.png", lang)
-    text = t["inside_adv"].format(images=f"{images:,}", split=attacked[0]["split"], steps=PGD_STEPS,
+    text = t["inside_adv"].format(images=f"{images:,}", split=attacked[0].split, steps=PGD_STEPS,
                                   step=PGD_STEP_SIZE)
     return "\n".join([text + "\n", _table(["run", "model", "images", "clean %",
                                           *[f"{ATTACK_LABELS[k]} eps {e} %" for k in ATTACK_LABELS for e in eps]],
-                                         rows),
+                                         [adversarial_row(ev) for ev in attacked]),
                       f"![{t['inside_adv_fig']}](inside_adversarial.png)\n"])
 
 

@@ -6,8 +6,10 @@ figures and best weights as artifacts). TensorBoard writes event files under the
 unless ``MLFLOW_TRACKING_URI`` says otherwise, and groups a study's runs under one parent run. Neither
 library is imported unless asked for. A study run on Ray is logged by the driver as each run's files come back.
 
-A run's tracker identity lives with the run: :meth:`Trackers.start` returns it (the MLflow run id and store,
-the TensorBoard directory) and the caller records it in ``run.json``; resuming the run passes it back, so
+Each tracker is an :class:`~mnistlab.core.observers.StudyObserver` (start, epoch, end, study); a run calls
+the trackers a command asked for (:class:`Trackers`) with its other observers. A run's tracker identity lives
+with the run: ``start`` returns it (the MLflow run id and store, the TensorBoard directory) and the run
+records it in ``run.json``; resuming the run passes it back, so
 MLflow continues the same run (FINISHED at the end, KILLED on Ctrl-C, FAILED on divergence) and TensorBoard
 drops the events after the checkpoint (``purge_step``). A store that cannot be used is found when the
 tracker is made, before any run directory exists, in one line and a few seconds.
@@ -19,8 +21,9 @@ import logging
 import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
+from ..core.observers import RunStart, StudyObserver, start_all
 from ..errors import MnistlabError
 
 METRICS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr")
@@ -63,15 +66,14 @@ class TensorBoardTracker:
     def study(self, name: str, previous: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         yield {}  # a study's runs are found by pointing TensorBoard at the study directory
 
-    def start(self, name: str, cfg: dict[str, Any], run_dir: Path, previous: dict[str, Any] | None,
-              history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        log_dir = str(Path(run_dir) / TB_DIR)
-        if history:  # a resume: drop whatever was logged from the last finished epoch on, and log that epoch again
-            self.writer = self._writer_cls(log_dir=log_dir, purge_step=history[-1]["epoch"])
-            self.epoch(history[-1])
+    def start(self, run: RunStart) -> dict[str, Any]:
+        log_dir = str(run.run_dir / TB_DIR)
+        if run.history:  # a resume: drop what was logged from the last finished epoch on, and log that epoch again
+            self.writer = self._writer_cls(log_dir=log_dir, purge_step=run.history[-1]["epoch"])
+            self.epoch(run.history[-1])
         else:
             self.writer = self._writer_cls(log_dir=log_dir)
-            self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in flat_params(cfg).items()))
+            self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in flat_params(run.config).items()))
         return {"log_dir": TB_DIR}
 
     def epoch(self, row: dict[str, Any]) -> None:
@@ -219,20 +221,19 @@ class MlflowTracker:
             self.nested = False
             self.mlflow.end_run(status=status)
 
-    def start(self, name: str, cfg: dict[str, Any], run_dir: Path, previous: dict[str, Any] | None,
-              history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        run_id = self._existing(previous, "run")
+    def start(self, run: RunStart) -> dict[str, Any]:
+        run_id = self._existing(run.previous, "run")
         if run_id:
             self.active = self.mlflow.start_run(run_id=run_id, nested=self.nested)
             client = self.mlflow.MlflowClient()
             logged = {m.step for m in client.get_metric_history(run_id, "train_loss")}
-            for row in history:  # epochs finished but not logged (a kill between the two)
+            for row in run.history:  # epochs finished but not logged (a kill between the two)
                 if row["epoch"] not in logged:
                     self.epoch(row)
         else:
-            self.active = self.mlflow.start_run(run_name=name, nested=self.nested)
-            self.mlflow.log_params(flat_params(cfg))
-            self.mlflow.set_tag("mnistlab.run_dir", str(Path(run_dir).resolve()))
+            self.active = self.mlflow.start_run(run_name=run.name, nested=self.nested)
+            self.mlflow.log_params(flat_params(run.config))
+            self.mlflow.set_tag("mnistlab.run_dir", str(run.run_dir.resolve()))
         return {"run_id": self.active.info.run_id, "tracking_uri": self.uri}
 
     def epoch(self, row: dict[str, Any]) -> None:
@@ -247,11 +248,13 @@ class MlflowTracker:
         self.active = None
 
 
-TRACKERS: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
+# add a tracker: a StudyObserver (mnistlab.core.observers) registered here by its --track name
+TRACKERS: dict[str, Callable[[], StudyObserver]] = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
 
 
 class Trackers:
-    """The trackers a command asked for, called together (none: every call does nothing).
+    """The trackers a command asked for: iterating gives them, the observers to pass to a run (none: an
+    empty list); ``study`` enters every tracker's study context.
 
     Making them checks that each can be used (its library installed, its store reachable), so a command
     fails before it creates any directory."""
@@ -265,6 +268,9 @@ class Trackers:
     def __bool__(self) -> bool:
         return bool(self.items)
 
+    def __iter__(self) -> Iterator[StudyObserver]:
+        return iter(self.items)
+
     @contextmanager
     def study(self, name: str, previous: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """A study's tracking context; yields its identity by tracker (record it to continue the study later)."""
@@ -273,27 +279,15 @@ class Trackers:
                         for t in self.items}
             yield {k: v for k, v in identity.items() if v}
 
-    def start(self, name: str, cfg: dict[str, Any], run_dir: Path, previous: dict[str, Any] | None = None,
-              history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-        """Start following a run (or, with ``previous`` and the ``history`` of its finished epochs, continue
-        it); returns its identity by tracker, for run.json."""
-        return {t.name: t.start(name, cfg, run_dir, (previous or {}).get(t.name), history) for t in self.items}
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        for t in self.items:
-            t.epoch(row)
-
-    def end(self, run_dir: Path, status: str) -> None:
-        for t in self.items:
-            t.end(run_dir, status)
-
     def replay(self, name: str, run_dir: Path) -> None:
         """Log a finished run from its files (a run that trained on a Ray worker); its identity goes to run.json."""
         from ..core.runs import RunDir
         run = RunDir(run_dir)
         info = run.read_info()
-        info["tracking"] = self.start(name, info["config"], run.path, info.get("tracking"))
+        info["tracking"] = start_all(self.items, name, info["config"], run.path, info.get("tracking"))
         run.write_info(info)
         for row in run.read_history():
-            self.epoch(row)
-        self.end(run.path, info.get("status", "complete"))
+            for t in self.items:
+                t.epoch(row)
+        for t in self.items:
+            t.end(run.path, info.get("status", "complete"))

@@ -26,7 +26,7 @@ from ..errors import DivergenceError, MnistlabError
 from ..core.experiment import resume, run
 from ..core.metrics import predict_proba, summarize
 from ..output.plots import overlay_figure
-from ..core.runs import RunDir, atomic_write, remove_stale_temp, validation_curves
+from ..core.runs import RunDir, atomic_write, remove_stale_temp, study_run_dir, validation_curves
 from ..text import md_cell, mean_epoch, plural
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class StudyRow:
 def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None = None) -> list[config.Config]:
     """Load the study's configs, each with ``overrides`` (dotted key -> value) applied; they must agree on
     the dataset and have distinct names."""
-    cfgs = [datasets.pin_dir(_overridden(config.load(p), overrides or {})) for p in paths]
+    cfgs = [datasets.pin_dir(_overridden(checks.load_config(p), overrides or {})) for p in paths]
     names = [c.name for c in cfgs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -97,7 +97,7 @@ def _overridden(cfg: config.Config, overrides: dict[str, Any]) -> config.Config:
             changed.append(f"{key}={new_d[section][leaf]}".replace(" ", ""))
     if not changed:
         return new
-    return config.set_values(new, {"label": f"{cfg.label or cfg.name} ({', '.join(changed)})"})
+    return checks.set_values(new, {"label": f"{cfg.label or cfg.name} ({', '.join(changed)})"})
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +133,7 @@ class Job:
 
     @property
     def title(self) -> str:
-        return f"{self.cfg.name}/seed{self.cfg.train.seed}"  # its directory in the study: never "seed seed 123"
+        return str(study_run_dir(".", self.cfg.name, self.cfg.train.seed))  # its directory in the study: never "seed seed 123"
 
 
 def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
@@ -146,8 +146,8 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
             if leftover.is_dir() and leftover.suffix in (".tmp", ".old"):
                 shutil.rmtree(leftover, ignore_errors=True)
         for i in range(seeds):
-            seeded = config.set_values(cfg, {"train.seed": cfg.train.seed + i})
-            run_dir = RunDir(out / cfg.name / f"seed{seeded.train.seed}")
+            seeded = checks.set_values(cfg, {"train.seed": cfg.train.seed + i})
+            run_dir = RunDir(study_run_dir(out, cfg.name, seeded.train.seed))
             info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
             status = info.get("status")
             if status is not None and _comparable(info["config"]) != _comparable(config.to_dict(seeded)):
@@ -218,11 +218,11 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
         try:
             if job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
                 log(f"{job.title}: resuming")
-                resume(job.run_dir.path, log=log, show_progress=show_progress, tracker=tracker)
+                resume(job.run_dir.path, log=log, show_progress=show_progress, observers=list(tracker or ()))
             else:
                 log(f"{job.title}: training")
                 run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log,
-                    show_progress=show_progress, tracker=tracker)
+                    show_progress=show_progress, observers=list(tracker or ()))
         except DivergenceError as e:
             log(f"{job.title}: {e}; the study goes on")
     return study_rows(cfgs, jobs)
@@ -320,7 +320,7 @@ def add_ensembles(rows: list[StudyRow], out: Path, device: str = "cpu") -> None:
     for row in rows:
         if len(row.runs) > 1:
             row.ensemble_test_acc = ensemble_test_accuracy(
-                [out / row.name / f"seed{r['seed']}" for r in row.runs], device)
+                [study_run_dir(out, row.name, r["seed"]) for r in row.runs], device)
 
 
 def _pm(mean: float, std: float, digits: int = 2) -> str:

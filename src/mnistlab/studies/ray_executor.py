@@ -142,13 +142,13 @@ def node_info() -> dict[str, Any]:
     return info
 
 
-def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int,
-                     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int, observer: Any = None,
                      progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one config on this worker and return ``{"files", "node", "outcome", "seconds", "reason"}``.
 
     ``files`` maps each file name of the run directory to its bytes. ``outcome`` is "complete",
-    "stopped" (an ``on_epoch`` hook raised :class:`~mnistlab.core.experiment.StopRun`), "diverged", or "rejected"
+    "stopped" (``observer``, an :class:`~mnistlab.core.observers.EpochObserver` such as a search's pruning hook,
+    raised :class:`~mnistlab.core.experiment.StopRun`), "diverged", or "rejected"
     (the config was refused when the run was set up, e.g. a batch larger than the training set; no files,
     ``reason`` says why). ``progress(row)`` sees each epoch's row (the driver prints it).
     """
@@ -157,12 +157,9 @@ def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int,
     from ..core import config
     from ..errors import ConfigError, DivergenceError
     from ..core.experiment import StopRun, run
+    from ..core.observers import OnEpoch
 
-    def hook(row: dict[str, Any]) -> None:
-        if progress is not None:
-            progress(row)
-        if on_epoch is not None:
-            on_epoch(row)
+    observers = [*([OnEpoch(progress)] if progress is not None else []), *([observer] if observer is not None else [])]
 
     cfg = config.from_dict(cfg_dict)
     if not cfg.train.threads:
@@ -172,7 +169,7 @@ def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int,
     with tempfile.TemporaryDirectory(prefix="mnistlab-run-") as tmp:
         path = Path(tmp) / "run"
         try:
-            run(cfg, path, log=lambda msg: None, dataset=dataset, on_epoch=hook)
+            run(cfg, path, log=lambda msg: None, dataset=dataset, observers=observers)
         except StopRun as e:
             outcome, reason = "stopped", str(e)
         except DivergenceError as e:

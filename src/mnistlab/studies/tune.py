@@ -37,6 +37,7 @@ from ..core import checkpoint, checks, config, data, datasets
 from ..errors import ConfigError, DivergenceError, MnistlabError
 from ..core.experiment import StopRun, resume, run
 from ..core.metrics import summarize
+from ..core.observers import EpochObserver, OnEpoch, RunStart
 from ..core.runs import RUN_FILES, RunDir, atomic_write, check_study_dir, write_study
 from ..text import plural
 from .space import Param, space_to_dict
@@ -208,12 +209,15 @@ def _rdb_storage(optuna: Any, url: str, tries: int = 5) -> Any:
 
 
 class PruningHook:
-    """The ``on_epoch`` hook of a trial: report validation accuracy, stop the run when the pruner says so.
+    """A trial's :class:`~mnistlab.core.observers.EpochObserver`: report each epoch's validation accuracy,
+    stop the run (:class:`StopRun`) when the pruner says so.
 
     In this process it wraps the live trial. On a Ray worker it is built from a picklable description and
     reaches the study through Optuna's gRPC storage proxy on the driver. Epochs up to ``reported_through``
     were reported by an earlier attempt of the trial and are not reported again.
     """
+
+    name = "pruning"
 
     def __init__(self, trial: Any = None, *, proxy: tuple[str, int] | None = None, study_name: str = "",
                  trial_number: int = -1, options: SearchOptions | None = None, reported_through: int = 0) -> None:
@@ -230,7 +234,13 @@ class PruningHook:
                                   sampler=self.options.make_sampler())
         return optuna.trial.Trial(study, _trial_id(storage, self.study_name, self.trial_number))
 
-    def __call__(self, row: dict[str, Any]) -> None:
+    def start(self, run: RunStart) -> None:
+        return None  # nothing to record: the trial's identity is its number in the study
+
+    def end(self, run_dir: Path, status: str) -> None:
+        return None  # the driver tells the study how the trial ended (_finish)
+
+    def epoch(self, row: dict[str, Any]) -> None:
         if self.trial is None:
             self.trial = self._remote_trial()
         if row.get("val_acc") is None:
@@ -265,18 +275,19 @@ class TrialResult:
     reason: str = ""
 
 
-def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, hook: PruningHook, log: Log,
-              tracker: Any = None, show_progress: bool = False, continue_run: bool = False) -> TrialResult:
-    """Train a trial in this process (``continue_run``: resume its run directory); a config refused when the
-    run is set up (e.g. a batch larger than the training set) is the outcome "rejected", not an error."""
+def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, observers: list[EpochObserver], log: Log,
+              show_progress: bool = False, continue_run: bool = False) -> TrialResult:
+    """Train a trial in this process (``continue_run``: resume its run directory), followed by ``observers``
+    (trackers, the pruning hook); a config refused when the run is set up (e.g. a batch larger than the
+    training set) is the outcome "rejected", not an error."""
     start = time.perf_counter()
     outcome, reason = "complete", ""
     try:
         if continue_run:
-            resume(path, log=log, show_progress=show_progress, tracker=tracker, dataset=dataset, on_epoch=hook)
+            resume(path, log=log, show_progress=show_progress, dataset=dataset, observers=observers)
         else:
             run(cfg, path, overwrite=path.exists(), log=log, show_progress=show_progress, dataset=dataset,
-                on_epoch=hook, tracker=tracker)
+                observers=observers)
     except StopRun as e:
         outcome, reason = "stopped", str(e)
     except DivergenceError as e:
@@ -541,15 +552,12 @@ def epoch_line(row: dict[str, Any]) -> str:
 
 def _run_trial(s: _Search, trial: Any, cfg: config.Config, path: Path, epoch_lines: bool,
                resumable: bool) -> TrialResult:
-    pruning = PruningHook(trial)  # a resumed run calls it for the epochs it trains now only
     log = s.trial_log(trial.number)
-
-    def hook(row: dict[str, Any]) -> None:
-        if epoch_lines:
-            log(epoch_line(row))
-        pruning(row)
+    lines = [OnEpoch(lambda row: log(epoch_line(row)))] if epoch_lines else []
+    # the trackers, the trial's epoch lines, then pruning (a resumed run calls it for the epochs it trains now)
+    observers = [*(s.tracker or ()), *lines, PruningHook(trial)]
     try:  # the run's own lines are the per-epoch table with test columns: not shown in a search
-        return _run_here(cfg, path, s.dataset, hook, lambda msg: None, s.tracker, s.show_progress, resumable)
+        return _run_here(cfg, path, s.dataset, observers, lambda msg: None, s.show_progress, resumable)
     except BaseException:
         trial.set_user_attr("interrupted", True)  # continued by the next run of the command
         raise
@@ -788,7 +796,7 @@ def write_outputs(study: Any, base: config.Config, params: list[Param], out: Pat
     if complete:
         best = max(complete, key=lambda t: (t.value, -t.number))
         cfg = trial_config(base, params, best.params, best.number)
-        cfg = config.set_values(cfg, {"name": f"{base.name}_tuned",
+        cfg = checks.set_values(cfg, {"name": f"{base.name}_tuned",
                                       "label": f"{base.label or base.name}, tuned (trial {best.number})"})
         best_path = out / "best.toml"
         atomic_write(best_path, f"# the best trial of study {study.study_name!r} by validation accuracy "
