@@ -87,7 +87,8 @@ def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list
     """L2 norm of d(loss)/d(weight) for each Linear layer, input side first."""
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    return [float(m.weight.grad.norm()) for m in model.modules() if isinstance(m, nn.Linear)]
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return [float(m.weight.grad.norm()) if m.weight.grad is not None else 0.0 for m in layers]
 
 
 def dead_relu_study(dataset: data.Dataset, epochs: int, log: Log) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def dead_relu_study(dataset: data.Dataset, epochs: int, log: Log) -> dict[str, A
         cfg = checks.set_values(config.Config(), {"model.activation": act, "optim.lr": lr,
                                                   "train.epochs": epochs})
         tr = Trainer(cfg, dataset, torch.device("cpu"))
+        assert tr.val is not None  # the default config keeps a validation split
         probe = tr.val.x  # the 6,000 validation images
         series = [dead_fraction(tr.model, probe)[0]]
         tr.fit(lambda t, row, _: series.append(dead_fraction(t.model, probe)[0]))
@@ -115,6 +117,7 @@ def gradient_study(dataset: data.Dataset, epochs: int, depth: int, width: int, l
         cfg = checks.set_values(config.Config(), {"model.activation": act, "model.hidden": [width] * depth,
                                                   "train.epochs": epochs})
         tr = Trainer(cfg, dataset, torch.device("cpu"))
+        assert tr.val is not None  # the default config keeps a validation split
         x, y = tr.val.x[:1000], tr.val.y[:1000]
         init = layer_grad_norms(tr.model, x, y)
         tr.fit()

@@ -278,7 +278,7 @@ def write_evaluation(ev: Evaluation, directory: Path) -> None:
     k = len(ev.confusion)
     atomic_write(d / "confusion.csv", _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p]) for p in range(k)}}
                                            for t in range(k)]))
-    atomic_write(d / "per_class.csv", _csv([{**c, "name": ev.class_names[c["class"]]} for c in ev.classes]))
+    atomic_write(d / "per_class.csv", _csv([{**c, "name": ev.class_names[int(c["class"])]} for c in ev.classes]))
     atomic_write(d / "calibration.csv", _csv(ev.calibration["bins"]))
     atomic_write(d / "robustness.csv", _csv([{"perturbation": kind, "value": v, "accuracy": round(a, 3)}
                                              for kind, pts in ev.robustness.items() for v, a in pts]))
@@ -399,7 +399,7 @@ def first_layer_figure(units: np.ndarray, name: str, path: Path, lang: str = "en
         save_figure(fig, path)
 
 
-def _first_layer(model: torch.nn.Module) -> torch.nn.Module:
+def _first_layer(model: torch.nn.Module) -> torch.nn.Linear | torch.nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
 
 
@@ -545,7 +545,8 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         raise MnistlabError(f"--attack-images must be >= 0 (0 skips the attacks), got {attack_images}")
     if dataset is not None:
         datasets.get(dataset)  # an unknown name, before any work
-    evals, checksum0 = [], None
+    evals: list[Evaluation] = []
+    checksum0 = None
     out.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
         ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split, attack_images, data_dir, dataset)

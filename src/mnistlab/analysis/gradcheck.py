@@ -64,6 +64,7 @@ def check_activation(activation: str, sizes: list[int] | None = None, batch: int
     rng = np.random.default_rng(seed + 1)
     rows = []
     for k, ((value, grad), tp) in enumerate(zip(net.params(), params)):
+        assert tp.grad is not None  # every parameter is in the loss
         ref = tp.grad.numpy()
         fd_err = 0.0
         scale = max(np.abs(ref).max(), 1e-30)

@@ -158,7 +158,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name in names & data.keys():
         tp, value, key = hints[name], data[name], prefix + name
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{key}' must be a table")
             kwargs[name] = _from_dict(tp, value, key + ".")

@@ -45,7 +45,7 @@ MNIST_SHA256 = {
 
 # IDX type codes (LeCun's IDX format): 0x08 unsigned bytes (images, labels), 0x0C big-endian 32-bit integers
 # (QMNIST's extended label tables)
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x0C: np.dtype(">i4")}
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x0C: np.dtype(">i4")}
 _MAX_IDX_BYTES = 1 << 30  # refuse absurd headers before allocating (EMNIST, the largest, is 0.64 GB)
 
 # A data file: a path, or (archive, member) for a file inside a zip archive (EMNIST's gzip.zip)
@@ -303,7 +303,7 @@ def load(data_dir: str | Path | None = None) -> Dataset:
     """Load the bundled MNIST (verified by SHA-256) or the four MNIST-format files in ``data_dir`` (ten
     digit classes; named datasets and their checks: :func:`mnistlab.core.datasets.load`)."""
     bundled = data_dir is None or str(data_dir) == ""
-    files = find_files(BUNDLED_DIR if bundled else data_dir)
+    files = find_files(BUNDLED_DIR if bundled or data_dir is None else data_dir)
     ds = read_dataset(dict(files), source="bundled" if bundled else str(data_dir), verified=bundled)
     if bundled:
         for stem, want in MNIST_SHA256.items():

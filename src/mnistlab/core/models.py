@@ -324,7 +324,7 @@ ARCHS: dict[str, Arch] = {
 _WEIGHTED = (nn.Linear, nn.Conv2d)
 
 
-def _torch_default_init(module: nn.Module, g: torch.Generator) -> None:
+def _torch_default_init(module: nn.Linear | nn.Conv2d, g: torch.Generator) -> None:
     """PyTorch's own ``reset_parameters`` for Linear/Conv2d, drawing from ``g``."""
     nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=g)
     if module.bias is not None:
@@ -333,7 +333,7 @@ def _torch_default_init(module: nn.Module, g: torch.Generator) -> None:
         nn.init.uniform_(module.bias, -bound, bound, generator=g)
 
 
-def _reinit_weights(fn: Callable[[torch.Tensor, torch.Generator], None]):
+def _reinit_weights(fn: Callable[[torch.Tensor, torch.Generator], object]) -> Callable[[nn.Module, torch.Generator], None]:
     def scheme(model: nn.Module, g: torch.Generator) -> None:
         for m in model.modules():
             if isinstance(m, _WEIGHTED):
@@ -395,7 +395,7 @@ def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.devi
     init_parameters(model, cfg.init, generator)
     model = model.to(device)
     if ARCHS[cfg.arch].conv:  # NHWC: the fast layout for oneDNN (CPU) and cuDNN tensor cores
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     if cfg.freeze_first:  # random features from the first layer: no weight gradient to compute for it
         first_conv(model).requires_grad_(False)
     return model

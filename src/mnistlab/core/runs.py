@@ -274,9 +274,9 @@ class RunDir:
         return rows
 
 
-def study_run_dir(study: str | Path, name: str, seed: int) -> Path:
+def study_run_dir(study: str | Path, name: str, seed: int | str) -> Path:
     """Where a study keeps the run of config ``name`` with ``train.seed = seed``: ``STUDY/NAME/seedS`` (the one
-    spelling of a study's layout; ``study_run_dir(".", name, seed)`` is the run's path inside its study)."""
+    spelling of a study's layout; ``study_run_dir(".", name, seed)`` is the run's path inside its study; ``seed="*"`` makes a glob pattern)."""
     return Path(study) / name / f"seed{seed}"
 
 

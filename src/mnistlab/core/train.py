@@ -49,7 +49,8 @@ class Trainer:
         self.cfg, self.device = cfg, device
         t = cfg.train
         n = len(dataset.train_images)
-        train_idx, val_idx, self.g_data = data.run_split(n, cfg.data.val_fraction, t.seed)
+        train_idx, split_val_idx, self.g_data = data.run_split(n, cfg.data.val_fraction, t.seed)
+        val_idx: torch.Tensor | None = split_val_idx
         self.g_aug = torch.Generator(device=device).manual_seed(t.seed + AUG_SEED_OFFSET)
         self.g_drop = torch.Generator(device=device).manual_seed(t.seed + DROPOUT_SEED_OFFSET)
 

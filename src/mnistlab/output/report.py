@@ -398,7 +398,8 @@ def _section_inside(t: dict[str, str], ev_dir: Path, out: Path, lang: str) -> st
         confusion_figure(ev.confusion, ev.name, out / f"inside{i}_confusion.png", lang, labels=plot_labels(ev))
         reliability_figure(ev.calibration["bins"], ev.calibration["ece"], ev.name, out / f"inside{i}_reliability.png",
                            lang)
-        first_layer_figure(ev.first_layer, ev.name, out / f"inside{i}_first_layer.png", lang)
+        if ev.first_layer is not None:
+            first_layer_figure(ev.first_layer, ev.name, out / f"inside{i}_first_layer.png", lang)
         for fig, key in (("confusion.png", "inside_conf"), ("reliability.png", "inside_rel"),
                          ("first_layer.png", "inside_first")):
             parts.append(f"![{t[key].format(name=ev.name)}](inside{i}_{fig})\n")
