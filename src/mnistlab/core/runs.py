@@ -288,7 +288,6 @@ def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[in
 # ---------------------------------------------------------------- study directories
 
 STUDY_FILE = "study.json"
-STUDY_KINDS = ("compare", "tune")
 
 
 def study_kind(directory: Path) -> str | None:
