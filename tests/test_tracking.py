@@ -71,10 +71,13 @@ def test_a_tracker_that_is_not_installed_is_one_line(small_mnist_dir, tmp_path, 
 def test_untracked_commands_import_no_tracker(small_mnist_dir, tmp_path):
     import subprocess
     code = ("import sys; from mnistlab.cli import main; "
-            f"main(['train', '--data-dir', {str(small_mnist_dir)!r}, '--epochs', '1', '--hidden', '8', '--quiet', "
-            f"'--out', {str(tmp_path / 'r')!r}]); "
+            f"code = main(['train', '--data-dir', {str(small_mnist_dir)!r}, '--epochs', '1', '--hidden', '8', "
+            f"'--quiet', '--out', {str(tmp_path / 'r')!r}]); "
+            "assert code == 0, f'train exited {code}'; "
             "assert not {'mlflow', 'tensorboard', 'torch.utils.tensorboard'} & set(sys.modules), 'imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "complete"  # it trained
 
 
 def _mlflow_runs(client):

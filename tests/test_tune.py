@@ -239,11 +239,20 @@ def test_space_helpers_check_values_against_the_config():
 
 
 def test_compare_and_tune_never_import_ray_or_optuna_without_asking(base, tmp_path):
+    """compare imports neither Ray nor Optuna; tune imports Optuna (its search) but not Ray without --ray."""
     import subprocess
     code = ("import sys; from mnistlab.cli import main; "
-            f"main(['compare', {str(base)!r}, '--seeds', '1', '--epochs', '1', '--quiet', '--out', {str(tmp_path / 'c')!r}]); "
-            "assert 'ray' not in sys.modules and 'optuna' not in sys.modules, 'imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+            f"code = main(['compare', {str(base)!r}, '--seeds', '1', '--epochs', '1', '--quiet', '--out', "
+            f"{str(tmp_path / 'c')!r}]); "
+            "assert code == 0, f'compare exited {code}'; "
+            "assert 'ray' not in sys.modules and 'optuna' not in sys.modules, 'compare imported them'; "
+            f"code = main(['tune', {str(base)!r}, '--space', {str(base.parent / 'space.toml')!r}, '--trials', '1', "
+            f"'--epochs', '1', '--quiet', '--out', {str(tmp_path / 't')!r}]); "
+            "assert code == 0, f'tune exited {code}'; "
+            "assert 'ray' not in sys.modules, 'tune imported Ray'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "c" / "compare.csv").is_file() and (tmp_path / "t" / "trials.csv").is_file()  # both ran
 
 
 def test_load_space_reads_the_committed_spaces():
