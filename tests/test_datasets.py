@@ -289,7 +289,7 @@ def test_registry_entries_are_complete():
 
 
 def test_the_bundled_mnist_loads_offline_without_the_fetcher():
-    code = ("import sys; from mnistlab import datasets; ds = datasets.load('mnist'); "
+    code = ("import sys; from mnistlab.core import datasets; ds = datasets.load('mnist'); "
             "print(ds.checksum, ds.verified, ds.source, 'pooch' in sys.modules, 'requests' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
