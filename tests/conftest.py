@@ -92,3 +92,22 @@ def tiny_trained(model, ds: data.Dataset, steps: int = 200):
         loss.backward()
         opt.step()
     return model.eval(), data.to_float(ds.test_images[:128]), ds.test_labels[:128]
+
+
+def modules_after(*commands: list[str]) -> list[set[str]]:
+    """Run ``mnistlab`` command lines one after another in one fresh interpreter; the names of the modules
+    loaded after each. Every command must exit 0 (a command that fails before its work would load little)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom mnistlab.cli import main\nloaded = []\n"
+            f"for argv in {commands!r}:\n"
+            "    code = main(argv)\n"
+            "    if code != 0:\n"
+            "        sys.exit(f'mnistlab {argv[0]} exited {code}')\n"
+            "    loaded.append(sorted(sys.modules))\n"
+            "print(json.dumps(loaded))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [set(names) for names in json.loads(proc.stdout.splitlines()[-1])]

@@ -66,8 +66,17 @@ def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, cap
     assert "accuracy" in printed and "ECE" in printed
     run_out = next(p for p in out.iterdir() if p.is_dir())
     summary = json.loads((run_out / "summary.json").read_text())
-    # shift 0 is the plain accuracy, and the plain accuracy is the run's own test accuracy at its best epoch
-    assert summary["robustness"]["shift"][0] == [0, summary["accuracy"]]
+    # each robustness point is the model's accuracy on the test images perturbed that much, recomputed here
+    from mnistlab.core import checkpoint, data
+    model, _ = checkpoint.load_best_model(trained_run)
+    mnist = data.load()  # the run's data: the bundled MNIST
+    x, y = data.to_float(mnist.test_images), mnist.test_labels
+    for kind, value, perturbed in (("shift", 3, ev.shift(x, 3)), ("rotation", 30, ev.rotate(x, 30)),
+                                   ("noise", 0.3, ev.noise(x, 0.3)), ("inverted", 1, 1 - x)):
+        with torch.inference_mode():
+            acc = 100.0 * (model(perturbed).argmax(1) == y).float().mean().item()
+        assert dict(summary["robustness"][kind])[value] == pytest.approx(acc, abs=1e-3), kind
+    # and the plain accuracy is the run's own test accuracy at its best epoch
     info = json.loads((trained_run / "run.json").read_text())
     assert summary["accuracy"] == pytest.approx(info["summary"]["test_acc_at_best_val"], abs=0.02)
     for f in ("confusion.png", "confusion.csv", "per_class.csv", "calibration.csv", "reliability.png",

@@ -1,7 +1,8 @@
 """Checkpoints as safetensors (tensors) + JSON (everything else): loading one can never run code.
 
-``checkpoint.safetensors``/``checkpoint.json`` hold the whole training state after the last finished
-epoch, so ``mnistlab train --resume RUN_DIR`` continues exactly where the run stopped. ``best.safetensors``
+``checkpoint.safetensors`` holds the whole training state after the last finished epoch in one file
+(tensors as tensors, history and counters as JSON in the safetensors header), so ``mnistlab train
+--resume RUN_DIR`` continues exactly where the run stopped. ``best.safetensors``
 holds the model weights of the best-validation epoch (the last epoch when there is no validation set):
 the model that ``predict``, ``export`` and ``serve`` use.
 """
@@ -23,9 +24,8 @@ from .runs import RunDir, atomic_write
 if TYPE_CHECKING:
     from .config import Config
 
-FORMAT = 2  # 2: one file, the metadata inside the safetensors header; 1: tensors + checkpoint.json
+FORMAT = 2  # one file, the metadata inside the safetensors header (no released version wrote another)
 CHECKPOINT = "checkpoint.safetensors"
-LEGACY_JSON = "checkpoint.json"
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,7 +67,6 @@ def save(run: RunDir, tensors: dict[str, torch.Tensor], meta: dict[str, Any], da
               **meta}
     save_tensors(run.file(CHECKPOINT), tensors, {"format": str(FORMAT), "epoch": str(meta["epoch"]),
                                                   "meta": json.dumps(record)})
-    run.file(LEGACY_JSON).unlink(missing_ok=True)  # a format-1 companion would no longer match
 
 
 class CheckpointError(MnistlabError):
@@ -109,24 +108,15 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise MnistlabError(f"{run.path} has no checkpoint to resume from (it stopped before its first epoch "
                             f"finished); start it again with --overwrite")
     tensors, header = _read_safetensors(path)
-    if "meta" in header:
-        try:
-            meta = json.loads(header["meta"])
-        except ValueError as e:
-            raise CheckpointError(path, f"its metadata is not JSON ({e})") from None
-    else:  # format 1: tensors + checkpoint.json, written one after the other
-        legacy = run.file(LEGACY_JSON)
-        try:
-            meta = json.loads(legacy.read_text())
-        except OSError:
-            raise CheckpointError(path, f"{LEGACY_JSON} is missing") from None
-        except ValueError as e:
-            raise CheckpointError(legacy, f"it is not JSON ({e})") from None
-        if isinstance(meta, dict) and header.get("epoch") != str(meta.get("epoch")):
-            raise CheckpointError(path, f"its tensors are of epoch {header.get('epoch')} but {LEGACY_JSON} is of epoch "
-                              f"{meta.get('epoch')} (a run killed between writing the two)")
+    if header.get("format") != str(FORMAT) or "meta" not in header:
+        raise CheckpointError(path, f"unknown checkpoint format {header.get('format')!r} (mnistlab writes format "
+                                    f"{FORMAT}, its metadata in the file's header)")
+    try:
+        meta = json.loads(header["meta"])
+    except ValueError as e:
+        raise CheckpointError(path, f"its metadata is not JSON ({e})") from None
     meta = _check_meta(meta, path)
-    if meta.get("format") not in (1, FORMAT):
+    if meta.get("format") != FORMAT:
         raise CheckpointError(path, f"unknown checkpoint format {meta.get('format')!r}")
     for key in ("rng.data", "rng.augment", "rng.dropout"):
         t = tensors.get(key)

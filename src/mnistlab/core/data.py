@@ -132,11 +132,6 @@ def read_source(source: Source) -> bytes:
         raise DataError(f"cannot read {name}: {e.strerror or e}") from None
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic number (see :func:`read_source`)."""
-    return read_source(Path(path))
-
-
 def parse_idx(buf: bytes, name: str = "<bytes>") -> np.ndarray:
     """Parse an IDX buffer, checking magic number, dimensions and length.
 

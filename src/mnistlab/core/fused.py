@@ -122,12 +122,3 @@ class FusedMLPStep:
 def build(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config) -> FusedMLPStep | None:
     return FusedMLPStep(model, optimizer, cfg.train.precision) if applies(model, cfg) else None
 
-
-def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                   y: torch.Tensor) -> torch.Tensor:
-    """The plain autograd step the fused one replaces (for tests and benchmarks)."""
-    loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()

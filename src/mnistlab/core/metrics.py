@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc")
-
 # Convergence rule (documented in docs/convergence.md): the plateau is the mean validation accuracy of
 # the last WINDOW epochs; training has converged from the first epoch after which every validation
 # accuracy stays within +-BAND percentage points of that plateau.

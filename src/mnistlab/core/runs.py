@@ -44,7 +44,7 @@ from .config import Config, dumps, load
 from ..errors import MnistlabError
 
 RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
-             "checkpoint.safetensors", "checkpoint.json", "best.safetensors")  # .json: format-1 checkpoints
+             "checkpoint.safetensors", "best.safetensors")
 RUN_DIRS = ("tensorboard",)  # folders that belong to a run (a tracker's files)
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
                "eval_seconds")
@@ -294,7 +294,6 @@ def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[in
 # ---------------------------------------------------------------- study directories
 
 STUDY_FILE = "study.json"
-STUDY_KINDS = ("compare", "tune")
 
 
 def study_kind(directory: Path) -> str | None:

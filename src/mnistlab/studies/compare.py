@@ -23,7 +23,7 @@ import torch
 
 from ..core import checkpoint, checks, config, data, datasets
 from ..errors import DivergenceError, MnistlabError
-from ..core.experiment import resume, run
+from ..core.experiment import format_row, resume, run
 from ..core.metrics import predict_proba, summarize
 from ..output.plots import overlay_figure
 from ..core.runs import RunDir, atomic_write, remove_stale_temp, study_run_dir, validation_curves
@@ -250,46 +250,30 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "ra
     if not todo:
         return study_rows(cfgs, jobs)
     dataset = datasets.load_config(cfgs[0], log)  # the study's configs share one dataset (load_configs)
-    with ray_executor.connect(options.address) as ray:
-        ray_executor.check_resources(ray, options, log)
-        task = ray_executor.remote(ray_executor.train_in_tempdir, options)
-        data_ref = ray.put(dataset)
-        progress = ray_executor.EpochProgress(log) if epoch_lines else None
-        pending = {task.remote(config.to_dict(j.cfg), data_ref, options.threads(), None,
-                               progress and progress.sender(j.title)): j for j in todo}
+    with ray_executor.task_loop(options, dataset, log, tracker, format_row if epoch_lines else None) as loop:
+        for job in todo:
+            loop.submit(ray_executor.RunTask(job.cfg, job.run_dir.path, job.title, key=job))
         log(f"study: {plural(len(todo), 'run')} on Ray ({len(jobs) - len(todo)} already finished), "
             f"{options.request()} per run")
-        waiter = ray_executor.TaskWaiter(ray, options, progress)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not show_progress)
         try:
-            while pending:
-                ready = waiter.next(pending)
-                job = pending.pop(ready)
-                result = ray_executor.task_result(ready, job.title)
-                if result["outcome"] == "rejected":
-                    raise MnistlabError(f"{job.title}: {result['reason']}")
-                ray_executor.write_run_dir(job.run_dir.path, result["files"], result["node"])
-                if tracker:
-                    tracker.replay(job.title, job.run_dir.path)
-                node = result["node"]
-                where = f"{node['hostname']} ({node['node_id'][:8]}, {node['device']})"
-                if result["outcome"] == "diverged":
-                    log(f"{job.title}: diverged (loss NaN or infinite) after {result['seconds']:.0f} s on {where}; "
+            while loop.pending:
+                done = loop.next()
+                job = done.task.key
+                if done.outcome == "rejected":
+                    raise MnistlabError(f"{job.title}: {done.reason}")
+                where = f"{done.node['hostname']} ({done.node['node_id'][:8]}, {done.node['device']})"
+                if done.outcome == "diverged":
+                    log(f"{job.title}: diverged (loss NaN or infinite) after {done.seconds:.0f} s on {where}; "
                         f"the study goes on")
                 else:
                     s = _run_summary(job.run_dir)
                     log(f"{job.title}: test {s['test_acc']:.2f}% at best-val epoch {s['best_epoch']} "
                         f"(val {s['best_val_acc'] if s['best_val_acc'] is not None else float('nan'):.2f}%), "
-                        f"{result['seconds']:.0f} s on {where}")
+                        f"{done.seconds:.0f} s on {where}")
                 bar.update()
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
         finally:
             bar.close()
-            if progress is not None:
-                progress.close()
     return study_rows(cfgs, jobs)
 
 

@@ -1,5 +1,11 @@
 """Ray as the executor of studies: connecting, one run as one Ray task, and the run's files coming back.
 
+:func:`task_loop` is the one loop both studies use (``compare --ray`` and ``tune --ray``): it connects,
+checks the per-run request against the nodes, puts the dataset in the object store, submits runs, waits
+for them while printing their epochs, puts each finished run's files in place, replays its trackers, and
+cancels the runs still pending when the study stops (an error, Ctrl-C). What a finished run means (a row
+of a comparison, an Optuna trial) is the caller's.
+
 Workers need no shared filesystem: a task trains into a temporary directory on its own node and returns
 the run's files as bytes; the driver, which owns the study directory, writes them into place atomically
 (see :func:`write_run_dir`). The dataset travels once through Ray's object store, so workers read no
@@ -25,10 +31,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import MnistlabError
 from ..core.runs import umask
+
+if TYPE_CHECKING:
+    from ..core.config import Config
+    from ..core.data import Dataset
+    from ..output.tracking import Trackers
 
 # a task whose worker or node dies is retried this many times (Ray's own retry of system failures)
 TASK_RETRIES = 3
@@ -351,3 +362,100 @@ class TaskWaiter:
                     raise MnistlabError(f"no node of the Ray cluster has offered {self.options.request()} per run "
                                         f"for {self.options.schedule_timeout:g} s ({_largest(self.ray)}); lower "
                                         f"--cpus-per-run/--gpus-per-run or add such a node, then rerun to resume")
+
+
+
+# ---------------------------------------------------------------- the task loop
+
+
+@dataclass
+class RunTask:
+    """One run of a study for :class:`TaskLoop`: its config, the directory its files go to, and the title
+    that names it in log lines, epoch lines and trackers (e.g. ``plain/seed123``, ``trial 4``). ``key`` is
+    the caller's handle on it (a study's job, a search's trial); ``on_epoch`` runs on the worker after each
+    epoch (picklable; it may raise :class:`~mnistlab.core.experiment.StopRun`)."""
+
+    cfg: Config
+    path: Path
+    title: str
+    key: Any = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class FinishedRun:
+    """A task that came back: ``outcome`` as :func:`train_in_tempdir` says it, its files already at
+    ``task.path`` (none when the config was rejected), ``seconds`` of training on ``node``."""
+
+    task: RunTask
+    outcome: str  # complete | stopped | diverged | rejected
+    reason: str
+    seconds: float
+    node: dict[str, Any]
+
+
+class TaskLoop:
+    """The Ray tasks of one study: :meth:`submit` runs, :meth:`next` takes the next finished one."""
+
+    def __init__(self, ray: Any, options: RayOptions, dataset: Dataset, tracker: Trackers | None = None,
+                 progress: EpochProgress | None = None) -> None:
+        self.ray, self.options, self.tracker, self.progress = ray, options, tracker, progress
+        self.pending: dict[Any, RunTask] = {}  # Ray object ref -> the run it computes
+        self._task = remote(train_in_tempdir, options)
+        self._data = ray.put(dataset)  # once through the object store: workers read no data files
+        self._waiter = TaskWaiter(ray, options, progress)
+
+    def slots(self) -> int:
+        """How many runs the cluster's nodes hold at once (at least 1)."""
+        return max(1, slots(self.ray, self.options))
+
+    def submit(self, task: RunTask) -> None:
+        from ..core import config
+
+        sender = self.progress.sender(task.title) if self.progress is not None else None
+        ref = self._task.remote(config.to_dict(task.cfg), self._data, self.options.threads(), task.on_epoch, sender)
+        self.pending[ref] = task
+
+    def next(self) -> FinishedRun:
+        """Wait for a run to finish, put its files in place and replay them to the trackers. A task that
+        failed raises (a user error on the worker as one line naming the run) and stays pending, so it is
+        cancelled and handed to ``on_cancel`` with the others."""
+        ref = self._waiter.next(self.pending)
+        task = self.pending[ref]
+        result = task_result(ref, task.title)
+        del self.pending[ref]
+        if result["files"]:
+            write_run_dir(task.path, result["files"], result["node"])
+            if self.tracker:
+                self.tracker.replay(task.title, task.path)
+        return FinishedRun(task, result["outcome"], result.get("reason", ""), result["seconds"], result["node"])
+
+    def cancel(self) -> None:
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+
+
+@contextmanager
+def task_loop(options: RayOptions, dataset: Dataset, log: Callable[[str], None],
+              tracker: Trackers | None = None, epoch_line: Callable[[dict[str, Any]], str] | None = None,
+              on_cancel: Callable[[RunTask], None] | None = None) -> Iterator[TaskLoop]:
+    """Connect to Ray (:func:`connect`), check the per-run request (:func:`check_resources`) and yield a
+    :class:`TaskLoop` for ``dataset``. ``epoch_line(row)``: log each run's epochs as the workers finish them
+    (None: no epoch lines). When the block raises (an error, Ctrl-C), every pending task is cancelled and
+    given to ``on_cancel`` before the exception goes on."""
+    with connect(options.address) as ray:
+        check_resources(ray, options, log)
+        progress = EpochProgress(log, epoch_line) if epoch_line is not None else None
+        try:
+            loop = TaskLoop(ray, options, dataset, tracker, progress)
+            try:
+                yield loop
+            except BaseException:
+                loop.cancel()
+                if on_cancel is not None:
+                    for task in loop.pending.values():
+                        on_cancel(task)
+                raise
+        finally:
+            if progress is not None:
+                progress.close()

@@ -42,7 +42,7 @@ _FIELDS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low
 
 
 def choice_label(value: Any) -> Any:
-    """How a categorical choice is stored in the study: scalars as themselves, lists as their TOML text
+    """How a categorical choice is stored in the study: scalars as themselves, lists as their JSON text
     (Optuna stores only scalars), e.g. ``[1024, 1024]`` -> ``"[1024, 1024]"``."""
     if isinstance(value, list):
         return json.dumps(value)

@@ -603,70 +603,49 @@ def _serve_storage(storage: Any, host: str) -> tuple[str, int]:
 
 
 def _search_on_ray(s: _Search, ray_options: Any, epoch_lines: bool) -> None:
+    """The search with each trial as a Ray task of :func:`~mnistlab.studies.ray_executor.task_loop`, as many
+    at once as the cluster holds; trials still running when the search stops stay RUNNING (interrupted),
+    and the next run of the command starts them again."""
     from . import ray_executor
 
-    with ray_executor.connect(ray_options.address) as ray:
-        ray_executor.check_resources(ray, ray_options, s.log)
-        host = ray.util.get_node_ip_address()
-        proxy = _serve_storage(s.storage, host)
-        task = ray_executor.remote(ray_executor.train_in_tempdir, ray_options)
-        data_ref = ray.put(s.dataset)
-        parallel = max(1, ray_executor.slots(ray, ray_options))
+    def interrupted(task: ray_executor.RunTask) -> None:
+        task.key.set_user_attr("interrupted", True)  # stays RUNNING: the next run starts it again
+
+    with ray_executor.task_loop(ray_options, s.dataset, s.log, s.tracker, epoch_line if epoch_lines else None,
+                                on_cancel=interrupted) as loop:
+        proxy = _serve_storage(s.storage, loop.ray.util.get_node_ip_address())
+        parallel = loop.slots()
         s.log(f"search on Ray: up to {parallel} trials at once, {ray_options.request()} each; storage proxy at "
               f"{proxy[0]}:{proxy[1]}")
-        progress = ray_executor.EpochProgress(s.log, epoch_line) if epoch_lines else None
-        waiter = ray_executor.TaskWaiter(ray, ray_options, progress)
-        pending: dict[Any, Any] = {}  # Ray object ref -> the live trial it runs
         again = _cut_off(s.study, s.tag)  # cut-off trials first, under their own numbers, from the start
 
         def submit(trial: Any, cfg: config.Config, reported_through: int) -> None:
             hook = PruningHook(proxy=proxy, study_name=s.study.study_name, trial_number=trial.number,
                                options=s.options, reported_through=reported_through)
-            pending[task.remote(config.to_dict(cfg), data_ref, ray_options.threads(), hook,
-                                progress and progress.sender(f"trial {trial.number}"))] = trial
+            loop.submit(ray_executor.RunTask(cfg, s.path(trial.number), f"trial {trial.number}", trial, hook))
 
         spent = False
-        try:
-            while True:
-                while len(pending) < parallel:
-                    if again:
-                        frozen = again.pop(0)
-                        trial = s.live_trial(frozen.number)
-                        trial.set_user_attr("interrupted", False)
-                        s.log(f"trial {frozen.number}: starting again on Ray ({_described(s.params, frozen.params)})")
-                        submit(trial, trial_config(s.base, s.params, frozen.params, frozen.number),
-                               max(frozen.intermediate_values, default=0))
-                        continue
-                    if spent or (trial := s.next_trial()) is None:
-                        spent = True
-                        break
-                    cfg = s.sample(trial)
-                    if cfg is not None:
-                        submit(trial, cfg, 0)
-                if not pending:
+        while True:
+            while len(loop.pending) < parallel:
+                if again:
+                    frozen = again.pop(0)
+                    trial = s.live_trial(frozen.number)
+                    trial.set_user_attr("interrupted", False)
+                    s.log(f"trial {frozen.number}: starting again on Ray ({_described(s.params, frozen.params)})")
+                    submit(trial, trial_config(s.base, s.params, frozen.params, frozen.number),
+                           max(frozen.intermediate_values, default=0))
+                    continue
+                if spent or (trial := s.next_trial()) is None:
+                    spent = True
                     break
-                ready = waiter.next(pending)
-                trial = pending.pop(ready)
-                try:
-                    result = ray_executor.task_result(ready, f"trial {trial.number}")
-                except BaseException:
-                    trial.set_user_attr("interrupted", True)
-                    raise
-                path = s.path(trial.number)
-                if result["files"]:
-                    ray_executor.write_run_dir(path, result["files"], result["node"])
-                    if s.tracker:
-                        s.tracker.replay(f"trial {trial.number}", path)
-                _finish(s.study, trial, path, TrialResult(result["outcome"], result["seconds"], result["node"],
-                                                          result.get("reason", "")), s.log)
-        except BaseException:
-            for ref, trial in pending.items():
-                ray.cancel(ref, force=True)
-                trial.set_user_attr("interrupted", True)  # stays RUNNING: the next run starts it again
-            raise
-        finally:
-            if progress is not None:
-                progress.close()
+                cfg = s.sample(trial)
+                if cfg is not None:
+                    submit(trial, cfg, 0)
+            if not loop.pending:
+                break
+            done = loop.next()
+            _finish(s.study, done.task.key, done.task.path,
+                    TrialResult(done.outcome, done.seconds, done.node, done.reason), s.log)
 
 
 # ---------------------------------------------------------------- outputs
