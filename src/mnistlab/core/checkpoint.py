@@ -168,10 +168,10 @@ def unpack_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], mode
                                              f"{tuple(params[idx].shape)}")
             state.setdefault(idx, {})[parts[2]] = v.to(device)
     for k, v in scalars.items():
-        idx, _, key = k.partition(".")
-        if not idx.isdigit() or int(idx) >= len(params):
+        number, _, key = k.partition(".")
+        if not number.isdigit() or int(number) >= len(params):
             raise CheckpointError(where, f"optimizer scalar {k!r} names no parameter of the model")
-        state.setdefault(int(idx), {})[key] = v
+        state.setdefault(int(number), {})[key] = v
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     rngs = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return model_state, state, rngs

@@ -82,7 +82,7 @@ class FusedMLPStep:
         for i in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[i]
             # (B times) the gradient for the layer below (before this layer's update), through ReLU
-            g_in = torch.ops.aten.threshold_backward(torch.mm(g, lin.weight), acts[i], 0) if i else None
+            g_in = torch.ops.aten.threshold_backward(torch.mm(g, lin.weight), acts[i], 0) if i else g  # unused at i = 0
             if torch.is_tensor(lr):  # a device lr (CUDA graphs): scale the small gradient, then the same GEMM
                 g = g * lr
                 lin.weight.addmm_(g.t(), acts[i], alpha=-scale)
@@ -108,7 +108,7 @@ class FusedMLPStep:
         lr = lr / len(y)  # the mean's 1/B
         for i in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[i]
-            g_in = torch.ops.aten.threshold_backward(torch.mm(g16, weights[i]), acts[i], 0) if i else None
+            g_in = torch.ops.aten.threshold_backward(torch.mm(g16, weights[i]), acts[i], 0) if i else g16  # unused at i = 0
             if torch.is_tensor(lr):  # a device lr (CUDA graphs)
                 lin.weight.addcmul_(torch.mm(g16.t(), acts[i]), lr, value=-1)
                 lin.bias.addcmul_(g16.sum(0, dtype=torch.float32), lr, value=-1)
@@ -120,5 +120,6 @@ class FusedMLPStep:
 
 
 def build(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config) -> FusedMLPStep | None:
-    return FusedMLPStep(model, optimizer, cfg.train.precision) if applies(model, cfg) else None
+    return FusedMLPStep(model, optimizer, cfg.train.precision) if isinstance(model, MLP) and applies(model, cfg) \
+        else None
 

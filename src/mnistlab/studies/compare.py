@@ -284,7 +284,9 @@ def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu",
 
     The test set is the first run's data (``data_dir`` where it moved), checked against the SHA-256 each
     run recorded: runs trained on other data are refused."""
-    probs, labels, ds = None, None, None
+    probs: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    ds = None
     for path in run_dirs:
         model, cfg = checkpoint.load_best_model(path, device)
         if ds is None:
@@ -297,6 +299,7 @@ def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu",
                                     f"test set")
         p = predict_proba(model, x, 2000)
         probs = p if probs is None else probs + p
+    assert probs is not None and labels is not None  # run_dirs is not empty (the CLI asks for at least one)
     return 100.0 * (probs.argmax(1) == labels).float().mean().item()
 
 

@@ -39,6 +39,7 @@ from ..core.runs import umask
 if TYPE_CHECKING:
     from ..core.config import Config
     from ..core.data import Dataset
+    from ..core.observers import EpochObserver
     from ..output.tracking import Trackers
 
 # a task whose worker or node dies is retried this many times (Ray's own retry of system failures)
@@ -294,7 +295,7 @@ class EpochProgress:
 
         from ..core.experiment import format_row
 
-        self.queue = Queue(actor_options={"num_cpus": 0})  # takes no CPU a run could use
+        self.queue: Any = Queue(actor_options={"num_cpus": 0})  # takes no CPU a run could use; None once gone
         self.log, self.line = log, line or format_row
 
     def sender(self, title: str) -> "_EpochSender":
@@ -372,14 +373,15 @@ class TaskWaiter:
 class RunTask:
     """One run of a study for :class:`TaskLoop`: its config, the directory its files go to, and the title
     that names it in log lines, epoch lines and trackers (e.g. ``plain/seed123``, ``trial 4``). ``key`` is
-    the caller's handle on it (a study's job, a search's trial); ``on_epoch`` runs on the worker after each
-    epoch (picklable; it may raise :class:`~mnistlab.core.experiment.StopRun`)."""
+    the caller's handle on it (a study's job, a search's trial); ``observer`` watches the run on the worker
+    (an :class:`~mnistlab.core.observers.EpochObserver`, picklable, such as a search's pruning hook; its
+    ``epoch`` may raise :class:`~mnistlab.core.experiment.StopRun`)."""
 
     cfg: Config
     path: Path
     title: str
     key: Any = None
-    on_epoch: Callable[[dict[str, Any]], None] | None = None
+    observer: EpochObserver | None = None
 
 
 @dataclass
@@ -413,7 +415,7 @@ class TaskLoop:
         from ..core import config
 
         sender = self.progress.sender(task.title) if self.progress is not None else None
-        ref = self._task.remote(config.to_dict(task.cfg), self._data, self.options.threads(), task.on_epoch, sender)
+        ref = self._task.remote(config.to_dict(task.cfg), self._data, self.options.threads(), task.observer, sender)
         self.pending[ref] = task
 
     def next(self) -> FinishedRun:

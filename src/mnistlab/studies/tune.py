@@ -228,6 +228,7 @@ class PruningHook:
         return {**self.__dict__, "trial": None}  # the live trial stays on the driver
 
     def _remote_trial(self) -> Any:
+        assert self.proxy is not None and self.options is not None  # a hook made for a Ray worker has both
         optuna = _optuna()
         storage = optuna.storages.GrpcStorageProxy(host=self.proxy[0], port=self.proxy[1])
         study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.options.make_pruner(),
