@@ -20,6 +20,7 @@ avx512_bf16, avx512, avx2), since the figures differ by kind; a section not reru
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -40,8 +41,14 @@ def timed_process(cmd: list[str]) -> dict:
     a child forked from this driver would count the driver's memory as its own peak)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as rss:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}")
@@ -54,18 +61,49 @@ def section_reproduce(epochs: int, device: str) -> dict:
     dev = ["--device", device]
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
-            "report_script": [sys.executable, "benchmarks/report_pipeline.py", "--epochs", str(epochs), "--json",
-                              f"{tmp}/report.json"],
-            "mnistlab_fp32": [sys.executable, "-m", "mnistlab", "reproduce", "--quiet", "--epochs", str(epochs),
-                              "--out", f"{tmp}/fp32", *dev],
-            "mnistlab_bf16": [sys.executable, "-m", "mnistlab", "reproduce", "--quiet", "--epochs", str(epochs),
-                              "--precision", "bf16", "--out", f"{tmp}/bf16", *dev],
+            "report_script": [
+                sys.executable,
+                "benchmarks/report_pipeline.py",
+                "--epochs",
+                str(epochs),
+                "--json",
+                f"{tmp}/report.json",
+            ],
+            "mnistlab_fp32": [
+                sys.executable,
+                "-m",
+                "mnistlab",
+                "reproduce",
+                "--quiet",
+                "--epochs",
+                str(epochs),
+                "--out",
+                f"{tmp}/fp32",
+                *dev,
+            ],
+            "mnistlab_bf16": [
+                sys.executable,
+                "-m",
+                "mnistlab",
+                "reproduce",
+                "--quiet",
+                "--epochs",
+                str(epochs),
+                "--precision",
+                "bf16",
+                "--out",
+                f"{tmp}/bf16",
+                *dev,
+            ],
         }
         for name, cmd in runs.items():
             print(f"[reproduce] {name} ...", flush=True)
             r = timed_process(cmd)
-            rows = json.loads(Path(f"{tmp}/report.json").read_text()) if name == "report_script" else \
-                json.loads(Path(f"{tmp}/{name.split('_')[1]}/metrics.json").read_text())
+            rows = (
+                json.loads(Path(f"{tmp}/report.json").read_text())
+                if name == "report_script"
+                else json.loads(Path(f"{tmp}/{name.split('_')[1]}/metrics.json").read_text())
+            )
             r.update(final_val_acc=rows[-1]["val_acc"], final_test_acc=rows[-1]["test_acc"])
             r.pop("output")
             res[name] = r
@@ -80,7 +118,7 @@ def _seconds(fns: dict, reps: int, passes: int = 5) -> dict[str, float]:
     """Seconds per call of each function: ``passes`` rounds, the functions taking turns within each (so a
     slow spell of a shared machine hits all of them), the lower quartile of the rounds."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for name, fn in fns.items():
+    for fn in fns.values():
         fn()  # warm-up: oneDNN/MKL kernel selection, first-touch allocations
     for _ in range(passes):
         for name, fn in fns.items():
@@ -103,7 +141,7 @@ def section_roofline() -> dict:
     mats = {name: torch.rand(n, n).to(dtype) for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"))}
     peak = _seconds({name: (lambda a=a: a @ a) for name, a in mats.items()}, 5)
     for name, t in peak.items():
-        res[f"peak_matmul_gflops_{name}"] = round(2 * n ** 3 / t / 1e9, 1)
+        res[f"peak_matmul_gflops_{name}"] = round(2 * n**3 / t / 1e9, 1)
     # FLOPs of one step of the report's MLP (B = 100): forward, weight gradients, hidden-layer gradient
     b, dims = 100, [(784, 1024), (1024, 10)]
     flops = sum(2 * b * i * o for i, o in dims) * 2 + 2 * b * 1024 * 10
@@ -129,14 +167,17 @@ def section_roofline() -> dict:
 
     steps = {
         "autograd_fp32": autograd,
-        "fused_fp32": lambda s=fused.FusedMLPStep(trainer.model, trainer.optimizer, "fp32"): s(x, y),
-        "fused_bf16": lambda s=fused.FusedMLPStep(trainer.model, trainer.optimizer, "bf16"): s(x, y),
+        "fused_fp32": functools.partial(fused.FusedMLPStep(trainer.model, trainer.optimizer, "fp32"), x, y),
+        "fused_bf16": functools.partial(fused.FusedMLPStep(trainer.model, trainer.optimizer, "bf16"), x, y),
         "gemms_only_fp32": gemms,
     }
     for name, t in _seconds(steps, 100).items():
         g_s = flops / t / 1e9
-        res[f"step_{name}"] = {"gflops": round(g_s, 1), "fraction_of_peak": round(g_s / res[f"peak_matmul_gflops_{name[-4:]}"], 3),
-                               "ms_per_step": round(t * 1e3, 3)}
+        res[f"step_{name}"] = {
+            "gflops": round(g_s, 1),
+            "fraction_of_peak": round(g_s / res[f"peak_matmul_gflops_{name[-4:]}"], 3),
+            "ms_per_step": round(t * 1e3, 3),
+        }
     res["step_flops"] = flops
     return res
 
@@ -153,8 +194,12 @@ TARGET_S, TARGET_MEAN, TARGET_MIN = 4.0, 99.0, 98.9  # issue 23: <= 4 s of train
 
 
 def _summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 3), "std": round(statistics.stdev(values), 3) if len(values) > 1
-            else 0.0, "min": round(min(values), 3), "max": round(max(values), 3)}
+    return {
+        "mean": round(statistics.mean(values), 3),
+        "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0,
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
 
 
 def section_speedrun(seeds: int, device: str, recipes: list[str]) -> dict:
@@ -166,23 +211,57 @@ def section_speedrun(seeds: int, device: str, recipes: list[str]) -> dict:
         for seed in range(FINAL_SEEDS, FINAL_SEEDS + seeds):
             for name in recipes:
                 out = f"{tmp}/{name}{seed}"
-                r = timed_process([sys.executable, "-m", "mnistlab", "train", "--config", SPEEDRUN_CONFIGS[name],
-                                   "--seed", str(seed), "--quiet", "--out", out, "--device", device])
+                r = timed_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mnistlab",
+                        "train",
+                        "--config",
+                        SPEEDRUN_CONFIGS[name],
+                        "--seed",
+                        str(seed),
+                        "--quiet",
+                        "--out",
+                        out,
+                        "--device",
+                        device,
+                    ]
+                )
                 info = json.loads(Path(out, "run.json").read_text())
-                rows[name].append({"seed": seed, "train_s": info["train_seconds"], "wall_s": r["wall_s"],
-                                   "test_acc": info["summary"]["final_test_acc"],
-                                   "precision": info["config"]["train"]["precision"]})
+                rows[name].append(
+                    {
+                        "seed": seed,
+                        "train_s": info["train_seconds"],
+                        "wall_s": r["wall_s"],
+                        "test_acc": info["summary"]["final_test_acc"],
+                        "precision": info["config"]["train"]["precision"],
+                    }
+                )
                 print(f"[speedrun] {name} {rows[name][-1]}", flush=True)
-    res: dict = {name: {"config": SPEEDRUN_CONFIGS[name], "runs": r, "train_s": _summary([x["train_s"] for x in r]),
-                        "wall_s": _summary([x["wall_s"] for x in r]), "test_acc": _summary([x["test_acc"] for x in r]),
-                        "precision": sorted({x["precision"] for x in r})}
-                 for name, r in rows.items()}
+    res: dict = {
+        name: {
+            "config": SPEEDRUN_CONFIGS[name],
+            "runs": r,
+            "train_s": _summary([x["train_s"] for x in r]),
+            "wall_s": _summary([x["wall_s"] for x in r]),
+            "test_acc": _summary([x["test_acc"] for x in r]),
+            "precision": sorted({x["precision"] for x in r}),
+        }
+        for name, r in rows.items()
+    }
     if "speedrun" in res:
         s = res["speedrun"]
-        res["speedup_train_s"] = {name: round(res[name]["train_s"]["mean"] / s["train_s"]["mean"], 2)
-                                  for name in recipes if name != "speedrun"}
-        res["target_met"] = bool(s["train_s"]["mean"] <= TARGET_S and s["test_acc"]["mean"] >= TARGET_MEAN
-                                 and s["test_acc"]["min"] >= TARGET_MIN)
+        res["speedup_train_s"] = {
+            name: round(res[name]["train_s"]["mean"] / s["train_s"]["mean"], 2)
+            for name in recipes
+            if name != "speedrun"
+        }
+        res["target_met"] = bool(
+            s["train_s"]["mean"] <= TARGET_S
+            and s["test_acc"]["mean"] >= TARGET_MEAN
+            and s["test_acc"]["min"] >= TARGET_MIN
+        )
     return res
 
 
@@ -193,25 +272,46 @@ def _measured_on(r: dict) -> list[str]:
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# mnistlab speed benchmark on a CPU of kind: {res['kind_label']}", "",
-             "Command: `python benchmarks/bench.py` (sections: reproduce, roofline, speedrun); each section names "
-             "its own command, machine and date.", "", *([f"**Note:** {res['note']}", ""] if res.get("note") else [])]
+    lines = [
+        f"# mnistlab speed benchmark on a CPU of kind: {res['kind_label']}",
+        "",
+        "Command: `python benchmarks/bench.py` (sections: reproduce, roofline, speedrun); each section names "
+        "its own command, machine and date.",
+        "",
+        *([f"**Note:** {res['note']}", ""] if res.get("note") else []),
+    ]
     if "reproduce" in res:
         r = res["reproduce"]
-        lines += ["## The report's experiment, end to end", "", *_measured_on(r),"| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name, label in (("report_script", "report's script (per-sample DataLoader)"),
-                            ("mnistlab_fp32", "`mnistlab reproduce` fp32"),
-                            ("mnistlab_bf16", "`mnistlab reproduce --precision bf16`")):
+        lines += [
+            "## The report's experiment, end to end",
+            "",
+            *_measured_on(r),
+            "| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, label in (
+            ("report_script", "report's script (per-sample DataLoader)"),
+            ("mnistlab_fp32", "`mnistlab reproduce` fp32"),
+            ("mnistlab_bf16", "`mnistlab reproduce --precision bf16`"),
+        ):
             x = r[name]
-            lines.append(f"| {label} | {x['wall_s']} | {x.get('speedup_vs_report', 1.0)}x | {x['peak_rss_mib']} | "
-                         f"{x['final_val_acc']:.2f} | {x['final_test_acc']:.2f} |")
+            lines.append(
+                f"| {label} | {x['wall_s']} | {x.get('speedup_vs_report', 1.0)}x | {x['peak_rss_mib']} | "
+                f"{x['final_val_acc']:.2f} | {x['final_test_acc']:.2f} |"
+            )
         lines.append("")
     if "roofline" in res:
         r = res["roofline"]
-        lines += ["## Training step against the matrix-multiply peak", "", *_measured_on(r), f"Matmul peak (2048x2048): fp32 {r['peak_matmul_gflops_fp32']} GFLOP/s, "
-                  f"bf16 {r['peak_matmul_gflops_bf16']} GFLOP/s.", "",
-                  "| training step (B=100) | ms/step | GFLOP/s | fraction of peak |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "## Training step against the matrix-multiply peak",
+            "",
+            *_measured_on(r),
+            f"Matmul peak (2048x2048): fp32 {r['peak_matmul_gflops_fp32']} GFLOP/s, "
+            f"bf16 {r['peak_matmul_gflops_bf16']} GFLOP/s.",
+            "",
+            "| training step (B=100) | ms/step | GFLOP/s | fraction of peak |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for name in ("autograd_fp32", "fused_fp32", "fused_bf16", "gemms_only_fp32"):
             if f"step_{name}" not in r:
                 continue
@@ -222,25 +322,41 @@ def markdown(res: dict) -> str:
         r = res["speedrun"]
         names = [n for n in SPEEDRUN_CONFIGS if n in r]
         n = len(r[names[0]]["runs"])
-        lines += ["## Speed recipes", "", *_measured_on(r), f"{n} seeds each ({r[names[0]]['runs'][0]['seed']}, ...: not "
-                  "the seeds that chose the recipe), in turn. Training time: every training step; not process start, "
-                  "imports, data loading or evaluation, which the wall column includes.", "",
-                  "| recipe | precision | train s (mean ± std) | process wall s (mean) | test acc % (mean ± std) | "
-                  "min test acc % |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "## Speed recipes",
+            "",
+            *_measured_on(r),
+            f"{n} seeds each ({r[names[0]]['runs'][0]['seed']}, ...: not "
+            "the seeds that chose the recipe), in turn. Training time: every training step; not process start, "
+            "imports, data loading or evaluation, which the wall column includes.",
+            "",
+            "| recipe | precision | train s (mean ± std) | process wall s (mean) | test acc % (mean ± std) | "
+            "min test acc % |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
         for name in names:
             x = r[name]
-            lines.append(f"| `{x['config']}` | {'/'.join(x.get('precision', ['?']))} | {x['train_s']['mean']:.2f} ± "
-                         f"{x['train_s']['std']:.2f} | {x['wall_s']['mean']:.2f} | {x['test_acc']['mean']:.3f} ± "
-                         f"{x['test_acc']['std']:.3f} | {x['test_acc']['min']:.2f} |")
+            lines.append(
+                f"| `{x['config']}` | {'/'.join(x.get('precision', ['?']))} | {x['train_s']['mean']:.2f} ± "
+                f"{x['train_s']['std']:.2f} | {x['wall_s']['mean']:.2f} | {x['test_acc']['mean']:.3f} ± "
+                f"{x['test_acc']['std']:.3f} | {x['test_acc']['min']:.2f} |"
+            )
         speedup = r.get("speedup_train_s")
         if isinstance(speedup, dict) and speedup:
-            lines += ["", "Speed-up of `speedrun.toml` in training time: " +
-                      ", ".join(f"{v}x over {k}" for k, v in speedup.items()) + "."]
+            lines += [
+                "",
+                "Speed-up of `speedrun.toml` in training time: "
+                + ", ".join(f"{v}x over {k}" for k, v in speedup.items())
+                + ".",
+            ]
         elif speedup:
             lines += ["", f"Speed-up in training time: {speedup}x."]
         if "target_met" in r:
-            lines += ["", f"Target (<= {TARGET_S:g} s mean training, >= {TARGET_MEAN:g}% mean test accuracy, min >= "
-                      f"{TARGET_MIN:g}%): **{'met' if r['target_met'] else 'not met'}** on this machine."]
+            lines += [
+                "",
+                f"Target (<= {TARGET_S:g} s mean training, >= {TARGET_MEAN:g}% mean test accuracy, min >= "
+                f"{TARGET_MIN:g}%): **{'met' if r['target_met'] else 'not met'}** on this machine.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -250,16 +366,31 @@ def main() -> None:
     parser.add_argument("--sections", default="reproduce,roofline,speedrun")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=10, help="seeds per recipe in the speedrun section")
-    parser.add_argument("--recipes", default="speedrun,previous", help="speedrun section: which of "
-                        f"{', '.join(SPEEDRUN_CONFIGS)} (experiments/speedrun*.toml)")
+    parser.add_argument(
+        "--recipes",
+        default="speedrun,previous",
+        help=f"speedrun section: which of {', '.join(SPEEDRUN_CONFIGS)} (experiments/speedrun*.toml)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--device", default="cpu", help="device for mnistlab's runs (the report's script picks "
-                        "cuda when available, as it did)")
-    parser.add_argument("--threads", type=int, default=0, help="threads for every run (OMP_NUM_THREADS; 0: torch's "
-                        "default, all cores). 1 gives steadier ratios on a busy shared machine; the figures that "
-                        "count are measured with the default on a quiet one")
-    parser.add_argument("--name", default="", help="results file name without extension (default: bench_KIND, "
-                        "KIND being this CPU's kind from mnistlab.core.hardware: amx, avx512_bf16, avx512, avx2)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="device for mnistlab's runs (the report's script picks cuda when available, as it did)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for every run (OMP_NUM_THREADS; 0: torch's "
+        "default, all cores). 1 gives steadier ratios on a busy shared machine; the figures that "
+        "count are measured with the default on a quiet one",
+    )
+    parser.add_argument(
+        "--name",
+        default="",
+        help="results file name without extension (default: bench_KIND, "
+        "KIND being this CPU's kind from mnistlab.core.hardware: amx, avx512_bf16, avx512, avx2)",
+    )
     args = parser.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the runs' processes inherit it
@@ -269,10 +400,17 @@ def main() -> None:
     desc = hardware.describe(args.device)
     kind = desc["cpu"]["kind"]
     # every section records the machine it ran on: sections not rerun keep their own, with their results
-    here = {"machine": hardware.summary(desc), "hardware": desc, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "device": args.device, "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:])}
+    here = {
+        "machine": hardware.summary(desc),
+        "hardware": desc,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": args.device,
+        "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+    }
     sections = args.sections.split(",")
-    name = args.name or f"bench_{kind}{f'_{args.threads}t' if args.threads else ''}"  # one results file per kind of CPU: figures differ by kind
+    name = (
+        args.name or f"bench_{kind}{f'_{args.threads}t' if args.threads else ''}"
+    )  # one results file per kind of CPU: figures differ by kind
     previous = args.out / f"{name}.json"
     res: dict = json.loads(previous.read_text()) if previous.is_file() else {}
     res.update(kind=kind, kind_label=hardware.KINDS[kind])

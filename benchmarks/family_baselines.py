@@ -29,8 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mnistlab.core import datasets, hardware  # noqa: E402
 from mnistlab.cli import main as mnistlab  # noqa: E402
+from mnistlab.core import datasets, hardware  # noqa: E402
 from mnistlab.core.runs import study_run_dir  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 
@@ -60,8 +60,18 @@ def _available(name: str) -> str | None:
 def _study(name: str, recipe: str, args: argparse.Namespace) -> Path:
     config, extra = RECIPES[recipe]
     out = args.out / name / recipe
-    cmd = ["compare", str(ROOT / config), "--seeds", str(args.seeds), "--dataset", name, "--out", str(out),
-           "--quiet", *extra]
+    cmd = [
+        "compare",
+        str(ROOT / config),
+        "--seeds",
+        str(args.seeds),
+        "--dataset",
+        name,
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.epochs:
@@ -79,8 +89,21 @@ def _qmnist(study: Path, split: str, out: Path) -> float | None:
     for row in doc["rows"]:
         for run in doc["runs"][row["name"]]:
             ev = out / f"{row['name']}-seed{run['seed']}-{split}"
-            if mnistlab(["evaluate", str(study_run_dir(study, row["name"], run["seed"])), "--dataset", "qmnist",
-                         "--split", split, "--out", str(ev)]) != 0:
+            if (
+                mnistlab(
+                    [
+                        "evaluate",
+                        str(study_run_dir(study, row["name"], run["seed"])),
+                        "--dataset",
+                        "qmnist",
+                        "--split",
+                        split,
+                        "--out",
+                        str(ev),
+                    ]
+                )
+                != 0
+            ):
                 return None
             (summary,) = [json.loads(p.read_text()) for p in ev.glob("*/summary.json")]
             accs.append(summary["accuracy"])
@@ -110,19 +133,37 @@ def main() -> None:
             doc = json.loads((study / "compare.json").read_text())
             rows += [{"dataset": name, "recipe": recipe, **r} for r in doc["rows"]]
             if name == "mnist" and "qmnist" in names and _available("qmnist") is None:
-                qmnist[recipe] = {s: _qmnist(study, s, args.out / "qmnist-eval" / recipe) for s in ("test10k", "test50k")}
-    table = ["| dataset | recipe | seeds | test acc % at best-val epoch (mean ± std) | best epoch | epochs | parameters |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                qmnist[recipe] = {
+                    s: _qmnist(study, s, args.out / "qmnist-eval" / recipe) for s in ("test10k", "test50k")
+                }
+    table = [
+        "| dataset | recipe | seeds | test acc % at best-val epoch (mean ± std) | best epoch | epochs | parameters |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        table.append(f"| {r['dataset']} | {r['config']} | {r['seeds']} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} "
-                     f"| {r['best_epoch_mean']} | {r['epochs']} | {r['parameters']:,} |")
-    lines = ["# Baselines across the MNIST family", "", "```sh", "python " + " ".join(
-        [str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]]), "```", "",
-        f"Machine: {hardware.summary()}; {torch.get_num_threads()} torch threads, Python "
-        f"{platform.python_version()}.", "", *table, ""]
+        table.append(
+            f"| {r['dataset']} | {r['config']} | {r['seeds']} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} "
+            f"| {r['best_epoch_mean']} | {r['epochs']} | {r['parameters']:,} |"
+        )
+    lines = [
+        "# Baselines across the MNIST family",
+        "",
+        "```sh",
+        "python " + " ".join([str(Path(sys.argv[0]).as_posix()), *sys.argv[1:]]),
+        "```",
+        "",
+        f"Machine: {hardware.summary()}; {torch.get_num_threads()} torch threads, Python {platform.python_version()}.",
+        "",
+        *table,
+        "",
+    ]
     if qmnist:
-        lines += ["MNIST runs on QMNIST's test sets (mean over seeds):", "",
-                  "| recipe | QMNIST test10k % | QMNIST test50k % |", "| --- | ---: | ---: |"]
+        lines += [
+            "MNIST runs on QMNIST's test sets (mean over seeds):",
+            "",
+            "| recipe | QMNIST test10k % | QMNIST test50k % |",
+            "| --- | ---: | ---: |",
+        ]
         lines += [f"| {k} | {v['test10k']:.2f} | {v['test50k']:.2f} |" for k, v in qmnist.items()] + [""]
     for name, reason in missing.items():
         lines.append(f"- **{name}: not measured** — its data could not be had here: {reason}")
@@ -130,8 +171,9 @@ def main() -> None:
     lines += [f"- {k}: {v}" for k, v in PUBLISHED.items()]
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "baselines.md").write_text("\n".join(lines) + "\n")
-    (args.results / "baselines.json").write_text(json.dumps({"rows": rows, "qmnist": qmnist, "missing": missing,
-                                                             "argv": sys.argv}, indent=1) + "\n")
+    (args.results / "baselines.json").write_text(
+        json.dumps({"rows": rows, "qmnist": qmnist, "missing": missing, "argv": sys.argv}, indent=1) + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -35,9 +35,14 @@ def run(cmd: list[str], out: Path) -> dict:
         return {"failed": proc.returncode}
     info = json.loads((out / "run.json").read_text())
     rows = json.loads((out / "metrics.json").read_text())
-    res = {"wall_s": round(wall, 2), "train_s": info["train_seconds"],
-           "epoch_s": [round(r["seconds"], 3) for r in rows], "final_test_acc": rows[-1]["test_acc"],
-           "final_val_acc": rows[-1].get("val_acc"), "device": info["environment"].get("device")}
+    res = {
+        "wall_s": round(wall, 2),
+        "train_s": info["train_seconds"],
+        "epoch_s": [round(r["seconds"], 3) for r in rows],
+        "final_test_acc": rows[-1]["test_acc"],
+        "final_val_acc": rows[-1].get("val_acc"),
+        "device": info["environment"].get("device"),
+    }
     verdict = [line for line in proc.stdout.splitlines() if "the report" in line]
     if verdict:
         res["verdict"] = verdict[0]
@@ -46,6 +51,7 @@ def run(cmd: list[str], out: Path) -> dict:
 
 def section_reproduce(tmp: Path, device: str, epochs: int) -> dict:
     from mnistlab.core.metrics import compare_with_report, report_table
+
     runs = {
         "fp32_graphs": ["reproduce"],
         "fp32_eager": ["train", "--config", "experiments/seed.toml", "--set", "train.cuda_graphs=false"],
@@ -54,8 +60,9 @@ def section_reproduce(tmp: Path, device: str, epochs: int) -> dict:
     res = {}
     for name, args in runs.items():
         out = tmp / name
-        res[name] = r = run([*MNISTLAB, *args, "--device", device, "--epochs", str(epochs), "--quiet",
-                             "--out", str(out)], out)
+        res[name] = r = run(
+            [*MNISTLAB, *args, "--device", device, "--epochs", str(epochs), "--quiet", "--out", str(out)], out
+        )
         if "failed" not in r and epochs == 30:
             gap = compare_with_report(json.loads((out / "metrics.json").read_text()), report_table())
             r.update(max_val_gap=round(gap["max_val_acc_diff"], 3), max_loss_gap=gap["max_train_loss_diff"])
@@ -67,35 +74,61 @@ def section_speedrun(tmp: Path, seeds: int, device: str, cfg: str = "experiments
     rows = []
     for seed in range(seeds):
         out = tmp / f"speedrun{seed}"
-        r = run([*MNISTLAB, "train", "--config", cfg, "--device", device, "--seed", str(seed),
-                 "--quiet", "--out", str(out)], out)
+        r = run(
+            [
+                *MNISTLAB,
+                "train",
+                "--config",
+                cfg,
+                "--device",
+                device,
+                "--seed",
+                str(seed),
+                "--quiet",
+                "--out",
+                str(out),
+            ],
+            out,
+        )
         r["seed"], r["config"] = seed, cfg
         rows.append(r)
         print(f"[speedrun] {r}", flush=True)
     ok = [r for r in rows if "failed" not in r]
     if not ok:
         return {"runs": rows}
-    return {"runs": rows, "mean_train_s": round(statistics.mean(r["train_s"] for r in ok), 3),
-            "mean_test_acc": round(statistics.mean(r["final_test_acc"] for r in ok), 3),
-            "min_test_acc": min(r["final_test_acc"] for r in ok)}
+    return {
+        "runs": rows,
+        "mean_train_s": round(statistics.mean(r["train_s"] for r in ok), 3),
+        "mean_test_acc": round(statistics.mean(r["final_test_acc"] for r in ok), 3),
+        "min_test_acc": min(r["final_test_acc"] for r in ok),
+    }
 
 
 def markdown(res: dict) -> str:
-    lines = [f"GPU: {res['gpu']}; torch {res['torch']}; {res['date']}.", "",
-             *([f"Machine: {res['machine']}.", ""] if "machine" in res else []),
-             "| run (30 epochs, report config) | process wall s | training s | per-epoch s (2nd-last) | "
-             "final test % | max val gap to report |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"GPU: {res['gpu']}; torch {res['torch']}; {res['date']}.",
+        "",
+        *([f"Machine: {res['machine']}.", ""] if "machine" in res else []),
+        "| run (30 epochs, report config) | process wall s | training s | per-epoch s (2nd-last) | "
+        "final test % | max val gap to report |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, r in res.get("reproduce", {}).items():
         if "failed" in r:
             lines.append(f"| {name} | failed ({r['failed']}) | | | | |")
             continue
-        lines.append(f"| {name} | {r['wall_s']} | {r['train_s']} | {statistics.median(r['epoch_s'][1:] or r['epoch_s'])} | "
-                     f"{r['final_test_acc']:.2f} | {r.get('max_val_gap', float('nan')):.3f} |")
+        lines.append(
+            f"| {name} | {r['wall_s']} | {r['train_s']} | {statistics.median(r['epoch_s'][1:] or r['epoch_s'])} | "
+            f"{r['final_test_acc']:.2f} | {r.get('max_val_gap', float('nan')):.3f} |"
+        )
     s = res.get("speedrun")
     if s and "mean_train_s" in s:
-        lines += ["", f"Speedrun (`{s['runs'][0]['config']}`, {len(s['runs'])} seeds): mean training time "
-                  f"{s['mean_train_s']} s (capture included), mean test accuracy {s['mean_test_acc']}% "
-                  f"(min {s['min_test_acc']}%)."]
+        lines += [
+            "",
+            f"Speedrun (`{s['runs'][0]['config']}`, {len(s['runs'])} seeds): mean training time "
+            f"{s['mean_train_s']} s (capture included), mean test accuracy {s['mean_test_acc']}% "
+            f"(min {s['min_test_acc']}%).",
+        ]
     return "\n".join(lines)
 
 
@@ -114,8 +147,13 @@ def main() -> None:
     from mnistlab.core import hardware
 
     desc = hardware.describe(args.device)
-    res: dict = {"gpu": gpu, "torch": torch.__version__, "machine": hardware.summary(desc), "hardware": desc,
-                 "date": time.strftime("%Y-%m-%d %H:%M")}
+    res: dict = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "machine": hardware.summary(desc),
+        "hardware": desc,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if "reproduce" in args.sections:
             res["reproduce"] = section_reproduce(Path(tmp), args.device, args.epochs)

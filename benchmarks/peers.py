@@ -18,7 +18,8 @@ Jobs:
 
   - ``mnistlab``: ``mnistlab train --config experiments/speedrun.toml``,
   - ``fastest``: a CPU port of the fastest public recipe we know (the study "Training a NN to 99% accuracy
-    on MNIST in 0.76 seconds", tuomaso/train_mnist_fast on GitHub, notebook 8_Final_00s76: conv 5x5 (24) -> max-pool -> ReLU -> conv 3x3 (32) -> max-pool -> ReLU -> 256 -> 10, Adam lr
+    on MNIST in 0.76 seconds", tuomaso/train_mnist_fast on GitHub, notebook 8_Final_00s76: conv 5x5 (24) ->
+    max-pool -> ReLU -> conv 3x3 (32) -> max-pool -> ReLU -> 256 -> 10, Adam lr
     0.01 with betas (0.7, 0.9) and a one-cycle schedule, batch 256, one epoch on normalised images shuffled
     once; 99.04% mean test accuracy over 30 seeds, 0.76 s on a laptop GPU), in plain PyTorch.
 
@@ -70,8 +71,15 @@ def _lower_quartile(xs: list[float]) -> float:
 
 
 def _result(tool: str, epochs: list[dict], versions: dict, **extra) -> dict:
-    return {"tool": tool, "epochs": epochs, "train_s": sum(e["train_s"] for e in epochs), "versions": versions,
-            "final_val_acc": epochs[-1].get("val_acc"), "final_test_acc": epochs[-1]["test_acc"], **extra}
+    return {
+        "tool": tool,
+        "epochs": epochs,
+        "train_s": sum(e["train_s"] for e in epochs),
+        "versions": versions,
+        "final_val_acc": epochs[-1].get("val_acc"),
+        "final_test_acc": epochs[-1]["test_acc"],
+        **extra,
+    }
 
 
 def worker_torch(d, epochs: int, seed: int) -> dict:
@@ -96,13 +104,19 @@ def worker_torch(d, epochs: int, seed: int) -> dict:
         start = time.perf_counter()
         perm = torch.randperm(len(xtr))
         for i in range(len(xtr) // 100):
-            idx = perm[i * 100:(i + 1) * 100]
+            idx = perm[i * 100 : (i + 1) * 100]
             loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-        rows.append({"epoch": epoch + 1, "train_s": time.perf_counter() - start, "val_acc": accuracy(xva, yva),
-                     "test_acc": accuracy(xte, yte)})
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "train_s": time.perf_counter() - start,
+                "val_acc": accuracy(xva, yva),
+                "test_acc": accuracy(xte, yte),
+            }
+        )
     return _result("torch", rows, {"torch": torch.__version__}, threads=torch.get_num_threads())
 
 
@@ -115,10 +129,14 @@ def _jax_mlp(seed: int):
     k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
 
     def uniform(k, shape, fan_in):
-        return jax.random.uniform(k, shape, jnp.float32, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+        return jax.random.uniform(k, shape, jnp.float32, -1 / fan_in**0.5, 1 / fan_in**0.5)
 
-    params = {"w1": uniform(k1, (784, 1024), 784), "b1": uniform(k2, (1024,), 784),
-              "w2": uniform(k3, (1024, 10), 1024), "b2": uniform(k4, (10,), 1024)}
+    params = {
+        "w1": uniform(k1, (784, 1024), 784),
+        "b1": uniform(k2, (1024,), 784),
+        "w2": uniform(k3, (1024, 10), 1024),
+        "b2": uniform(k4, (10,), 1024),
+    }
 
     def logits(p, x):
         return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
@@ -141,8 +159,10 @@ def worker_jax(d, epochs: int, seed: int, scan: bool) -> dict:
     import optax
 
     xtr, ytr = jnp.asarray(d["x_train"]), jnp.asarray(d["y_train"].astype(np.int32))
-    evals = {"val": (jnp.asarray(d["x_val"]), jnp.asarray(d["y_val"].astype(np.int32))),
-             "test": (jnp.asarray(d["x_test"]), jnp.asarray(d["y_test"].astype(np.int32)))}
+    evals = {
+        "val": (jnp.asarray(d["x_val"]), jnp.asarray(d["y_val"].astype(np.int32))),
+        "test": (jnp.asarray(d["x_test"]), jnp.asarray(d["y_test"].astype(np.int32))),
+    }
     params, loss_fn, correct = _jax_mlp(seed)
     opt = optax.sgd(0.1)
     opt_state = opt.init(params)
@@ -158,7 +178,7 @@ def worker_jax(d, epochs: int, seed: int, scan: bool) -> dict:
 
     @jax.jit
     def epoch_scan(p, s, perm):
-        (p, s), losses = jax.lax.scan(step, (p, s), perm[:steps * b].reshape(steps, b))
+        (p, s), losses = jax.lax.scan(step, (p, s), perm[: steps * b].reshape(steps, b))
         return p, s, losses.mean()
 
     rng = np.random.default_rng(seed)
@@ -167,17 +187,21 @@ def worker_jax(d, epochs: int, seed: int, scan: bool) -> dict:
         start = time.perf_counter()
         perm = jnp.asarray(rng.permutation(len(d["x_train"])).astype(np.int32))
         if scan:
-            params, opt_state, loss = epoch_scan(params, opt_state, perm)
+            params, opt_state, _ = epoch_scan(params, opt_state, perm)
         else:
             for i in range(steps):
-                (params, opt_state), loss = jit_step(params, opt_state, perm[i * b:(i + 1) * b])
+                (params, opt_state), _loss = jit_step(params, opt_state, perm[i * b : (i + 1) * b])
         jax.block_until_ready(params)
         row = {"epoch": epoch + 1, "train_s": time.perf_counter() - start}
         for name, (x, y) in evals.items():
             row[f"{name}_acc"] = 100.0 * int(correct(params, x, y)) / len(y)
         rows.append(row)
-    return _result("jax_scan" if scan else "jax_step", rows, {"jax": jax.__version__, "optax": optax.__version__},
-                   devices=str(jax.devices()))
+    return _result(
+        "jax_scan" if scan else "jax_step",
+        rows,
+        {"jax": jax.__version__, "optax": optax.__version__},
+        devices=str(jax.devices()),
+    )
 
 
 def worker_keras(d, epochs: int, seed: int) -> dict:
@@ -186,10 +210,12 @@ def worker_keras(d, epochs: int, seed: int) -> dict:
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024, activation="relu"),
-                              keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(10)])
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     rows: list[dict] = []
 
     class Clock(keras.callbacks.Callback):
@@ -204,15 +230,31 @@ def worker_keras(d, epochs: int, seed: int) -> dict:
 
         def on_epoch_end(self, epoch, logs=None):
             _, test_acc = model.evaluate(d["x_test"], d["y_test"], batch_size=2000, verbose=0)
-            rows.append({"epoch": epoch + 1, "train_s": self.trained, "val_acc": 100.0 * logs["val_accuracy"],
-                         "test_acc": 100.0 * test_acc})
+            rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_s": self.trained,
+                    "val_acc": 100.0 * logs["val_accuracy"],
+                    "test_acc": 100.0 * test_acc,
+                }
+            )
 
-    model.fit(d["x_train"], d["y_train"], batch_size=100, epochs=epochs, shuffle=True, verbose=0,
-              validation_data=(d["x_val"], d["y_val"]), validation_batch_size=2000, callbacks=[Clock()])
+    model.fit(
+        d["x_train"],
+        d["y_train"],
+        batch_size=100,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+        validation_data=(d["x_val"], d["y_val"]),
+        validation_batch_size=2000,
+        callbacks=[Clock()],
+    )
     import jax
 
-    return _result("keras_jax", rows, {"keras": keras.__version__, "jax": jax.__version__},
-                   backend=keras.backend.backend())
+    return _result(
+        "keras_jax", rows, {"keras": keras.__version__, "jax": jax.__version__}, backend=keras.backend.backend()
+    )
 
 
 def worker_sklearn(d, epochs: int, seed: int) -> dict:
@@ -221,16 +263,30 @@ def worker_sklearn(d, epochs: int, seed: int) -> dict:
     import sklearn
     from sklearn.neural_network import MLPClassifier
 
-    clf = MLPClassifier(hidden_layer_sizes=(1024,), activation="relu", solver="sgd", learning_rate_init=0.1,
-                        momentum=0.0, nesterovs_momentum=False, alpha=0.0, batch_size=100, shuffle=True,
-                        random_state=seed)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(1024,),
+        activation="relu",
+        solver="sgd",
+        learning_rate_init=0.1,
+        momentum=0.0,
+        nesterovs_momentum=False,
+        alpha=0.0,
+        batch_size=100,
+        shuffle=True,
+        random_state=seed,
+    )
     rows = []
     for epoch in range(epochs):
         start = time.perf_counter()
         clf.partial_fit(d["x_train"], d["y_train"], classes=np.arange(10))
-        rows.append({"epoch": epoch + 1, "train_s": time.perf_counter() - start,
-                     "val_acc": 100.0 * clf.score(d["x_val"], d["y_val"]),
-                     "test_acc": 100.0 * clf.score(d["x_test"], d["y_test"])})
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "train_s": time.perf_counter() - start,
+                "val_acc": 100.0 * clf.score(d["x_val"], d["y_val"]),
+                "test_acc": 100.0 * clf.score(d["x_test"], d["y_test"]),
+            }
+        )
     return _result("sklearn", rows, {"scikit-learn": sklearn.__version__, "numpy": np.__version__})
 
 
@@ -267,7 +323,7 @@ def worker_fastest(d, epochs: int, seed: int) -> dict:
         model.train()
         start = time.perf_counter()
         for i in range(steps):
-            loss = F.cross_entropy(model(x[i * b:(i + 1) * b]), y[i * b:(i + 1) * b])
+            loss = F.cross_entropy(model(x[i * b : (i + 1) * b]), y[i * b : (i + 1) * b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -275,15 +331,26 @@ def worker_fastest(d, epochs: int, seed: int) -> dict:
         trained = time.perf_counter() - start
         model.eval()
         with torch.no_grad():
-            acc = 100.0 * sum((model(xte[i:i + 2000]).argmax(1) == yte[i:i + 2000]).sum().item()
-                              for i in range(0, len(xte), 2000)) / len(yte)
+            acc = (
+                100.0
+                * sum(
+                    (model(xte[i : i + 2000]).argmax(1) == yte[i : i + 2000]).sum().item()
+                    for i in range(0, len(xte), 2000)
+                )
+                / len(yte)
+            )
         rows.append({"epoch": epoch + 1, "train_s": trained, "test_acc": acc})
     return _result("fastest", rows, {"torch": torch.__version__}, threads=torch.get_num_threads())
 
 
-WORKERS = {"torch": worker_torch, "jax_step": lambda d, e, s: worker_jax(d, e, s, False),
-           "jax_scan": lambda d, e, s: worker_jax(d, e, s, True), "keras_jax": worker_keras,
-           "sklearn": worker_sklearn, "fastest": worker_fastest}
+WORKERS = {
+    "torch": worker_torch,
+    "jax_step": lambda d, e, s: worker_jax(d, e, s, False),
+    "jax_scan": lambda d, e, s: worker_jax(d, e, s, True),
+    "keras_jax": worker_keras,
+    "sklearn": worker_sklearn,
+    "fastest": worker_fastest,
+}
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -311,8 +378,12 @@ def write_data(path: Path, job: str) -> None:
     arrays = {"x_test": data.to_float(ds.test_images).reshape(-1, 784).numpy(), "y_test": ds.test_labels.numpy()}
     if job == "report":
         train_idx, val_idx = data.split_indices(len(x), 0.1, torch.Generator().manual_seed(123))
-        arrays.update(x_train=x[train_idx.numpy()], y_train=y[train_idx.numpy()], x_val=x[val_idx.numpy()],
-                      y_val=y[val_idx.numpy()])
+        arrays.update(
+            x_train=x[train_idx.numpy()],
+            y_train=y[train_idx.numpy()],
+            x_val=x[val_idx.numpy()],
+            y_val=y[val_idx.numpy()],
+        )
     else:
         arrays.update(x_train=x, y_train=y)
     np.savez(path, **arrays)
@@ -345,9 +416,16 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
     memory is not counted) and its output; a failure stops the benchmark."""
     with tempfile.NamedTemporaryFile(suffix=".json") as rss:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=thread_env(), check=False, preexec_fn=pin_to_one_cpu if THREADS == 1 else None)
+        proc = subprocess.run(
+            [sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=thread_env(),
+            check=False,
+            preexec_fn=pin_to_one_cpu if THREADS == 1 else None,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"peers: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
@@ -356,18 +434,40 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
 
 def run_mnistlab(tmp: Path, job: str, epochs: int, seed: int) -> dict:
     out = tmp / f"mnistlab_{job}_{seed}_{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "mnistlab", "train", "--quiet", "--out", str(out), "--seed", str(seed),
-           "--device", "cpu", *(["--threads", str(THREADS)] if THREADS else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "train",
+        "--quiet",
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        *(["--threads", str(THREADS)] if THREADS else []),
+    ]
     cmd += ["--config", "experiments/speedrun.toml"] if job == "speed" else ["--epochs", str(epochs)]
     wall, rss, _ = timed(cmd)
     info = json.loads((out / "run.json").read_text())
-    rows = [{"epoch": r["epoch"], "train_s": r["seconds"], "val_acc": r.get("val_acc"), "test_acc": r["test_acc"]}
-            for r in json.loads((out / "metrics.json").read_text())]
+    rows = [
+        {"epoch": r["epoch"], "train_s": r["seconds"], "val_acc": r.get("val_acc"), "test_acc": r["test_acc"]}
+        for r in json.loads((out / "metrics.json").read_text())
+    ]
     import torch
 
-    return {**_result("mnistlab", rows, {"torch": torch.__version__, "mnistlab": info["environment"]["mnistlab"]},
-                      precision=info["config"]["train"]["precision"], config=info["config"]["name"]),
-            "wall_s": wall, "peak_rss_mib": rss}
+    return {
+        **_result(
+            "mnistlab",
+            rows,
+            {"torch": torch.__version__, "mnistlab": info["environment"]["mnistlab"]},
+            precision=info["config"]["train"]["precision"],
+            config=info["config"]["name"],
+        ),
+        "wall_s": wall,
+        "peak_rss_mib": rss,
+    }
 
 
 def run_tool(tool: str, tmp: Path, job: str, epochs: int, seed: int, peers_python: str) -> dict:
@@ -375,8 +475,22 @@ def run_tool(tool: str, tmp: Path, job: str, epochs: int, seed: int, peers_pytho
         return run_mnistlab(tmp, job, epochs, seed)
     python = sys.executable if tool in TORCH_TOOLS else peers_python
     out = tmp / f"{tool}_{job}_{seed}.json"
-    wall, rss, _ = timed([python, __file__, "--worker", tool, "--data", str(tmp / f"{job}.npz"), "--epochs",
-                          str(epochs), "--seed", str(seed), "--json", str(out)])
+    wall, rss, _ = timed(
+        [
+            python,
+            __file__,
+            "--worker",
+            tool,
+            "--data",
+            str(tmp / f"{job}.npz"),
+            "--epochs",
+            str(epochs),
+            "--seed",
+            str(seed),
+            "--json",
+            str(out),
+        ]
+    )
     return {**json.loads(out.read_text()), "wall_s": wall, "peak_rss_mib": rss}
 
 
@@ -385,74 +499,118 @@ def summarize(runs: list[dict]) -> dict:
     more), mean training time, wall time and peak memory, and accuracies."""
     steady = [e["train_s"] for r in runs for e in (r["epochs"][1:] or r["epochs"])]
     tests = [r["final_test_acc"] for r in runs]
-    return {"epoch_s_lq": round(_lower_quartile(steady), 4), "train_s_mean": round(statistics.mean(r["train_s"] for r in runs), 3),
-            "train_s_min": round(min(r["train_s"] for r in runs), 3),
-            "train_s_std": round(statistics.stdev([r["train_s"] for r in runs]), 3) if len(runs) > 1 else 0.0,
-            "wall_s_mean": round(statistics.mean(r["wall_s"] for r in runs), 2),
-            "peak_rss_mib": round(max(r["peak_rss_mib"] for r in runs), 1),
-            "test_acc_mean": round(statistics.mean(tests), 3), "test_acc_min": round(min(tests), 2),
-            "at_99": sum(t >= 99.0 for t in tests), "runs": len(runs),
-            "val_acc_mean": round(statistics.mean(r["final_val_acc"] for r in runs), 3)
-            if all(r.get("final_val_acc") is not None for r in runs) else None}
+    return {
+        "epoch_s_lq": round(_lower_quartile(steady), 4),
+        "train_s_mean": round(statistics.mean(r["train_s"] for r in runs), 3),
+        "train_s_min": round(min(r["train_s"] for r in runs), 3),
+        "train_s_std": round(statistics.stdev([r["train_s"] for r in runs]), 3) if len(runs) > 1 else 0.0,
+        "wall_s_mean": round(statistics.mean(r["wall_s"] for r in runs), 2),
+        "peak_rss_mib": round(max(r["peak_rss_mib"] for r in runs), 1),
+        "test_acc_mean": round(statistics.mean(tests), 3),
+        "test_acc_min": round(min(tests), 2),
+        "at_99": sum(t >= 99.0 for t in tests),
+        "runs": len(runs),
+        "val_acc_mean": round(statistics.mean(r["final_val_acc"] for r in runs), 3)
+        if all(r.get("final_val_acc") is not None for r in runs)
+        else None,
+    }
 
 
 def markdown(res: dict) -> str:
-    lines = [f"# mnistlab beside its peers{' (quick check, not a measurement)' if res['quick'] else ''}", "",
-             f"Machine: {res['machine']}. Threads per tool: {res.get('threads', 'default')}.", "",
-             f"Command: `{res['command']}`; {res['date']}. Versions: {res['versions']}.", "",
-             *([f"**Note:** {res['note']}", ""] if res.get("note") else [])]
+    lines = [
+        f"# mnistlab beside its peers{' (quick check, not a measurement)' if res['quick'] else ''}",
+        "",
+        f"Machine: {res['machine']}. Threads per tool: {res.get('threads', 'default')}.",
+        "",
+        f"Command: `{res['command']}`; {res['date']}. Versions: {res['versions']}.",
+        "",
+        *([f"**Note:** {res['note']}", ""] if res.get("note") else []),
+    ]
     if "report" in res:
         r = res["report"]
-        lines += [f"## The report's experiment ({r['epochs']} epochs, {r['passes']} passes, tools interleaved)", "",
-                  "Per-epoch training time: lower quartile over the epochs after the first, all passes. Training "
-                  "time: all epochs' training steps (the first epoch holds JAX's and Keras's compiling). Wall: the "
-                  f"whole process (imports, data, {r['epochs']} evaluations of validation and test).", "",
-                  "| tool | epoch s (LQ) | vs mnistlab | train s (mean) | wall s (mean) | peak RSS MiB | "
-                  "final val % | final test % |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## The report's experiment ({r['epochs']} epochs, {r['passes']} passes, tools interleaved)",
+            "",
+            "Per-epoch training time: lower quartile over the epochs after the first, all passes. Training "
+            "time: all epochs' training steps (the first epoch holds JAX's and Keras's compiling). Wall: the "
+            f"whole process (imports, data, {r['epochs']} evaluations of validation and test).",
+            "",
+            "| tool | epoch s (LQ) | vs mnistlab | train s (mean) | wall s (mean) | peak RSS MiB | "
+            "final val % | final test % |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         base = r["summary"]["mnistlab"]["epoch_s_lq"]
         for tool, s in r["summary"].items():
-            lines.append(f"| {tool} | {s['epoch_s_lq']:.3f} | {s['epoch_s_lq'] / base:.2f}x | {s['train_s_mean']:.2f} | "
-                         f"{s['wall_s_mean']:.2f} | {s['peak_rss_mib']:.0f} | {s['val_acc_mean']:.2f} | "
-                         f"{s['test_acc_mean']:.2f} |")
+            lines.append(
+                f"| {tool} | {s['epoch_s_lq']:.3f} | {s['epoch_s_lq'] / base:.2f}x | {s['train_s_mean']:.2f} | "
+                f"{s['wall_s_mean']:.2f} | {s['peak_rss_mib']:.0f} | {s['val_acc_mean']:.2f} | "
+                f"{s['test_acc_mean']:.2f} |"
+            )
         peers = {t: s for t, s in r["summary"].items() if t != "mnistlab"}
         if peers:
             best = min(peers, key=lambda t: peers[t]["epoch_s_lq"])
-            lines += ["", f"Fastest peer: {best}; mnistlab is {peers[best]['epoch_s_lq'] / base:.2f}x faster per "
-                      f"epoch (goal: 1.2x).", ""]
+            lines += [
+                "",
+                f"Fastest peer: {best}; mnistlab is {peers[best]['epoch_s_lq'] / base:.2f}x faster per "
+                f"epoch (goal: 1.2x).",
+                "",
+            ]
     if "speed" in res:
         r = res["speed"]
-        lines += [f"## Time to 99% test accuracy ({r['seeds']} seeds each, tools interleaved)", "",
-                  "| tool | train s (mean ± std) | train s (min) | wall s (mean) | peak RSS MiB | test % (mean) | "
-                  "test % (min) | seeds >= 99% |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## Time to 99% test accuracy ({r['seeds']} seeds each, tools interleaved)",
+            "",
+            "| tool | train s (mean ± std) | train s (min) | wall s (mean) | peak RSS MiB | test % (mean) | "
+            "test % (min) | seeds >= 99% |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for tool, s in r["summary"].items():
-            lines.append(f"| {tool} | {s['train_s_mean']:.2f} ± {s['train_s_std']:.2f} | {s['train_s_min']:.2f} | "
-                         f"{s['wall_s_mean']:.2f} | {s['peak_rss_mib']:.0f} | {s['test_acc_mean']:.3f} | "
-                         f"{s['test_acc_min']:.2f} | {s['at_99']}/{s['runs']} |")
+            lines.append(
+                f"| {tool} | {s['train_s_mean']:.2f} ± {s['train_s_std']:.2f} | {s['train_s_min']:.2f} | "
+                f"{s['wall_s_mean']:.2f} | {s['peak_rss_mib']:.0f} | {s['test_acc_mean']:.3f} | "
+                f"{s['test_acc_min']:.2f} | {s['at_99']}/{s['runs']} |"
+            )
         s = r["summary"]
         if "fastest" in s and "mnistlab" in s:
-            lines += ["", f"mnistlab's recipe vs the fastest public recipe's CPU port: "
-                      f"{s['fastest']['train_s_mean'] / s['mnistlab']['train_s_mean']:.2f}x faster in mean training "
-                      f"time (goal: 1.2x at the same accuracy).", ""]
+            lines += [
+                "",
+                f"mnistlab's recipe vs the fastest public recipe's CPU port: "
+                f"{s['fastest']['train_s_mean'] / s['mnistlab']['train_s_mean']:.2f}x faster in mean training "
+                f"time (goal: 1.2x at the same accuracy).",
+                "",
+            ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", "/work/peers-venv/bin/python"),
-                    help="interpreter with benchmarks/requirements-peers.txt installed (jax, optax, keras, "
-                    "scikit-learn); default $PEERS_PYTHON or /work/peers-venv/bin/python")
+    ap.add_argument(
+        "--peers-python",
+        default=os.environ.get("PEERS_PYTHON", "/work/peers-venv/bin/python"),
+        help="interpreter with benchmarks/requirements-peers.txt installed (jax, optax, keras, "
+        "scikit-learn); default $PEERS_PYTHON or /work/peers-venv/bin/python",
+    )
     ap.add_argument("--jobs", default="report,speed", help="report, speed or both")
     ap.add_argument("--tools", default="", help="comma-separated subset of the tools (default: all)")
     ap.add_argument("--passes", type=int, default=3, help="passes over the report job's tools")
     ap.add_argument("--epochs", type=int, default=30, help="epochs of the report job")
     ap.add_argument("--seeds", type=int, default=10, help="seeds of the speed job (200, 201, ...)")
-    ap.add_argument("--quick", action="store_true", help="2 epochs, 1 pass, 1 seed: checks the script, measures "
-                    "nothing")
-    ap.add_argument("--threads", type=int, default=0, help="1: every tool pinned to one CPU with one thread (steadier "
-                    "ratios on a busy machine); 0: each tool's default, all cores (the figures that count)")
+    ap.add_argument(
+        "--quick", action="store_true", help="2 epochs, 1 pass, 1 seed: checks the script, measures nothing"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="1: every tool pinned to one CPU with one thread (steadier "
+        "ratios on a busy machine); 0: each tool's default, all cores (the figures that count)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--name", default="", help="results file name without extension (default: peers_KIND, with "
-                    "_quick and _1t where they apply)")
+    ap.add_argument(
+        "--name",
+        default="",
+        help="results file name without extension (default: peers_KIND, with _quick and _1t where they apply)",
+    )
     # worker mode (internal): one tool, one run
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -473,15 +631,21 @@ def main() -> None:
     if unknown or not set(jobs) <= {"report", "speed"}:
         ap.error(f"unknown tools or jobs: {sorted(unknown) or args.jobs}")
     if chosen - TORCH_TOOLS and not Path(args.peers_python).is_file():
-        ap.error(f"no interpreter at {args.peers_python}: create the peers' environment (see --help's text at "
-                 f"the top of benchmarks/peers.py) or pass --peers-python")
+        ap.error(
+            f"no interpreter at {args.peers_python}: create the peers' environment (see --help's text at "
+            f"the top of benchmarks/peers.py) or pass --peers-python"
+        )
 
     from mnistlab.core import hardware
 
     desc = hardware.describe("cpu")
-    res: dict = {"machine": hardware.summary(desc), "hardware": desc, "quick": args.quick,
-                 "date": time.strftime("%Y-%m-%d %H:%M"),
-                 "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:])}
+    res: dict = {
+        "machine": hardware.summary(desc),
+        "hardware": desc,
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:]),
+    }
     versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -491,28 +655,40 @@ def main() -> None:
             tools = [t for t in REPORT_TOOLS if t in chosen]
             runs: dict[str, list[dict]] = {t: [] for t in tools}
             for p in range(args.passes):
-                for tool in tools[p % len(tools):] + tools[:p % len(tools)]:  # rotate the order each pass
+                for tool in tools[p % len(tools) :] + tools[: p % len(tools)]:  # rotate the order each pass
                     r = run_tool(tool, tmp, "report", args.epochs, 123 + p, args.peers_python)
                     runs[tool].append(r)
                     versions.update(r["versions"])
-                    print(f"[report pass {p + 1}] {tool}: train {r['train_s']:.2f} s, wall {r['wall_s']:.1f} s, "
-                          f"test {r['final_test_acc']:.2f}%", flush=True)
-            res["report"] = {"epochs": args.epochs, "passes": args.passes, "runs": runs,
-                             "summary": {t: summarize(rs) for t, rs in runs.items()}}
+                    print(
+                        f"[report pass {p + 1}] {tool}: train {r['train_s']:.2f} s, wall {r['wall_s']:.1f} s, "
+                        f"test {r['final_test_acc']:.2f}%",
+                        flush=True,
+                    )
+            res["report"] = {
+                "epochs": args.epochs,
+                "passes": args.passes,
+                "runs": runs,
+                "summary": {t: summarize(rs) for t, rs in runs.items()},
+            }
         if "speed" in jobs:
             tools = [t for t in SPEED_TOOLS if t in chosen]
             runs = {t: [] for t in tools}
             for i, seed in enumerate(range(SPEED_SEEDS, SPEED_SEEDS + args.seeds)):
-                for tool in tools[i % len(tools):] + tools[:i % len(tools)]:
+                for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
                     r = run_tool(tool, tmp, "speed", 1, seed, args.peers_python)  # mnistlab: its config's epochs
                     runs[tool].append(r)
                     versions.update(r["versions"])
-                    print(f"[speed seed {seed}] {tool}: train {r['train_s']:.2f} s, test {r['final_test_acc']:.2f}%",
-                          flush=True)
+                    print(
+                        f"[speed seed {seed}] {tool}: train {r['train_s']:.2f} s, test {r['final_test_acc']:.2f}%",
+                        flush=True,
+                    )
             res["speed"] = {"seeds": args.seeds, "runs": runs, "summary": {t: summarize(rs) for t, rs in runs.items()}}
     res["versions"] = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
     res["threads"] = args.threads or "default (all cores)"
-    name = args.name or f"peers_{'quick_' if args.quick else ''}{desc['cpu']['kind']}{f'_{args.threads}t' if args.threads else ''}"
+    name = (
+        args.name
+        or f"peers_{'quick_' if args.quick else ''}{desc['cpu']['kind']}{f'_{args.threads}t' if args.threads else ''}"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)

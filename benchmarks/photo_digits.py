@@ -33,13 +33,21 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h = w = side + 2 * margin
     canvas_ink = np.zeros((h, w), np.float32)
     oy, ox = rng.integers(0, margin + 1, 2) + margin // 2
-    canvas_ink[oy:oy + side, ox:ox + side] = ink
+    canvas_ink[oy : oy + side, ox : ox + side] = ink
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     angle = rng.uniform(0, 2 * np.pi)
     light = rng.uniform(0.75, 0.95) - rng.uniform(0.15, 0.35) * (np.cos(angle) * xx + np.sin(angle) * yy)
     light -= rng.uniform(0.0, 0.2) * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2)  # vignette
-    texture = np.asarray(Image.fromarray((rng.random((h, w)) * 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(max(1.0, scale / 2))), np.float32) / 255 - 0.5
+    texture = (
+        np.asarray(
+            Image.fromarray((rng.random((h, w)) * 255).astype(np.uint8)).filter(
+                ImageFilter.GaussianBlur(max(1.0, scale / 2))
+            ),
+            np.float32,
+        )
+        / 255
+        - 0.5
+    )
     paper = np.clip(light + 0.1 * texture, 0, 1)
     ink_level = rng.uniform(0.05, 0.3)  # how dark the pen is on this paper
     photo = paper * (1 - canvas_ink) + ink_level * paper * canvas_ink
@@ -51,8 +59,11 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _train(tmp: Path, name: str, args: list[str]) -> Path:
     out = tmp / name
-    subprocess.run([sys.executable, "-m", "mnistlab", "train", "--quiet", "--out", str(out), *args], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "mnistlab", "train", "--quiet", "--out", str(out), *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 
@@ -66,8 +77,10 @@ def measure(models: dict[str, Path], n: int) -> dict:
     rng = np.random.default_rng(20261127)
     photos = [render(d, rng) for d in digits]
     noise_rng = np.random.default_rng(7)
-    junk = {"pure noise": [(noise_rng.random((300, 300)) * 255).astype(np.uint8) for _ in range(50)],
-            "blank paper, uneven light": [render(np.zeros((28, 28), np.uint8), noise_rng) for _ in range(50)]}
+    junk = {
+        "pure noise": [(noise_rng.random((300, 300)) * 255).astype(np.uint8) for _ in range(50)],
+        "blank paper, uneven light": [render(np.zeros((28, 28), np.uint8), noise_rng) for _ in range(50)],
+    }
     res: dict = {"n": n, "models": {}}
     for name, run_dir in models.items():
         clf = mnistlab.load_model(run_dir)
@@ -91,10 +104,13 @@ def measure(models: dict[str, Path], n: int) -> dict:
                 except ImageError:
                     count += 1  # refused outright ("no digit found") counts as flagged
             flagged[kind] = round(100 * count / len(imgs), 1)
-        res["models"][name] = {"clean_acc": round(100 * float((clean == labels).mean()), 2),
-                               "photo_acc": round(100 * float((np.array(preds) == labels).mean()), 2),
-                               "photo_no_digit_errors": errors, "photo_flagged_unlike": unlike,
-                               "junk_flagged_pct": flagged}
+        res["models"][name] = {
+            "clean_acc": round(100 * float((clean == labels).mean()), 2),
+            "photo_acc": round(100 * float((np.array(preds) == labels).mean()), 2),
+            "photo_no_digit_errors": errors,
+            "photo_flagged_unlike": unlike,
+            "junk_flagged_pct": flagged,
+        }
     return res
 
 
@@ -108,10 +124,11 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = {"MLP (the report's, 30 epochs)": args.mlp or _train(tmp, "mlp", ["--config", "experiments/seed.toml"]),
-                  # issue 13's recipe, the one these figures were measured with
-                  "CNN (speedrun recipe)": args.cnn or _train(tmp, "cnn",
-                                                              ["--config", "experiments/speedrun_fastcnn.toml"])}
+        models = {
+            "MLP (the report's, 30 epochs)": args.mlp or _train(tmp, "mlp", ["--config", "experiments/seed.toml"]),
+            # issue 13's recipe, the one these figures were measured with
+            "CNN (speedrun recipe)": args.cnn or _train(tmp, "cnn", ["--config", "experiments/speedrun_fastcnn.toml"]),
+        }
         res = measure(models, args.n)
     from mnistlab.core import hardware
 
@@ -121,15 +138,25 @@ def main() -> None:
     runs[args.label or "latest"] = res
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(runs, indent=1) + "\n")
-    lines = [f"# Photographed digits ({args.n} test digits rendered as photos; `python benchmarks/photo_digits.py`)", ""]
+    lines = [
+        f"# Photographed digits ({args.n} test digits rendered as photos; `python benchmarks/photo_digits.py`)",
+        "",
+    ]
     for label, r in runs.items():
-        lines += [f"## {label}", "", *([f"Machine: {r['machine']}.", ""] if "machine" in r else []), "| model | clean 28x28 test acc % | photo acc % | refused as no digit | "
-                  "flagged unlike a digit | pure noise flagged % | blank paper flagged % |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## {label}",
+            "",
+            *([f"Machine: {r['machine']}.", ""] if "machine" in r else []),
+            "| model | clean 28x28 test acc % | photo acc % | refused as no digit | "
+            "flagged unlike a digit | pure noise flagged % | blank paper flagged % |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name, m in r["models"].items():
             j = m["junk_flagged_pct"]
-            lines.append(f"| {name} | {m['clean_acc']} | {m['photo_acc']} | {m['photo_no_digit_errors']} | "
-                         f"{m['photo_flagged_unlike']} | {j['pure noise']} | {j['blank paper, uneven light']} |")
+            lines.append(
+                f"| {name} | {m['clean_acc']} | {m['photo_acc']} | {m['photo_no_digit_errors']} | "
+                f"{m['photo_flagged_unlike']} | {j['pure noise']} | {j['blank paper, uneven light']} |"
+            )
         lines.append("")
     (args.out / "photo_digits.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import write_mnist_dir  # noqa: E402
-
 from mnistlab.core import checks, config, data, hardware  # noqa: E402
-from mnistlab.studies.ray_executor import RayOptions  # noqa: E402
 from mnistlab.studies.compare import run_study, run_study_ray  # noqa: E402
+from mnistlab.studies.ray_executor import RayOptions  # noqa: E402
 
 
 def main() -> None:
@@ -41,9 +40,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_dir = write_mnist_dir(tmp / "data", data.load(), 2000, 500)
-        cfg = checks.set_values(config.Config(name="tiny"), {"data.dir": str(data_dir), "model.hidden": [16],
-                                                               "train.epochs": 2, "train.threads": 1})
-        quiet = lambda msg: None  # noqa: E731
+        cfg = checks.set_values(
+            config.Config(name="tiny"),
+            {"data.dir": str(data_dir), "model.hidden": [16], "train.epochs": 2, "train.threads": 1},
+        )
+        quiet = lambda msg: None
         t = time.perf_counter()
         run_study([cfg], args.runs, tmp / "seq", log=quiet)
         seq = time.perf_counter() - t
@@ -60,21 +61,30 @@ def main() -> None:
         ray.shutdown()
 
     result = {
-        "runs": args.runs, "cpus": cpus, "machine": hardware.summary(), "hardware": hardware.describe(),
-        "sequential_s": round(seq, 2), "ray_startup_s": round(startup, 2),
-        "ray_one_at_a_time_s": round(one_at_a_time, 2), "ray_one_per_cpu_s": round(concurrent, 2),
+        "runs": args.runs,
+        "cpus": cpus,
+        "machine": hardware.summary(),
+        "hardware": hardware.describe(),
+        "sequential_s": round(seq, 2),
+        "ray_startup_s": round(startup, 2),
+        "ray_one_at_a_time_s": round(one_at_a_time, 2),
+        "ray_one_per_cpu_s": round(concurrent, 2),
         "overhead_per_run_s": round((one_at_a_time - seq) / args.runs, 3),
-        "ratio_one_at_a_time": round(one_at_a_time / seq, 2), "ratio_one_per_cpu": round(concurrent / seq, 2),
+        "ratio_one_at_a_time": round(one_at_a_time / seq, 2),
+        "ratio_one_per_cpu": round(concurrent / seq, 2),
         "command": "unshare -n sh -c 'ip link set lo up && python benchmarks/ray_overhead.py'",
     }
-    md = (f"# Ray overhead per run ({args.runs} tiny runs)\n\nMachine: {result['machine']}.\n\n"
-          f"Command: `{result['command']}` (one invocation; times exclude Ray's start-up, "
-          f"{startup:.1f} s, measured apart).\n\n"
-          "| mode | wall s | vs sequential |\n| --- | ---: | ---: |\n"
-          f"| sequential (`mnistlab compare`) | {seq:.2f} | 1.00 |\n"
-          f"| Ray, one run at a time (`--cpus-per-run {cpus}`) | {one_at_a_time:.2f} | {result['ratio_one_at_a_time']:.2f} |\n"
-          f"| Ray, one run per CPU (`--cpus-per-run 1`) | {concurrent:.2f} | {result['ratio_one_per_cpu']:.2f} |\n\n"
-          f"Overhead per run, one at a time: {result['overhead_per_run_s']:.3f} s.\n")
+    md = (
+        f"# Ray overhead per run ({args.runs} tiny runs)\n\nMachine: {result['machine']}.\n\n"
+        f"Command: `{result['command']}` (one invocation; times exclude Ray's start-up, "
+        f"{startup:.1f} s, measured apart).\n\n"
+        "| mode | wall s | vs sequential |\n| --- | ---: | ---: |\n"
+        f"| sequential (`mnistlab compare`) | {seq:.2f} | 1.00 |\n"
+        f"| Ray, one run at a time (`--cpus-per-run {cpus}`) | {one_at_a_time:.2f} | "
+        f"{result['ratio_one_at_a_time']:.2f} |\n"
+        f"| Ray, one run per CPU (`--cpus-per-run 1`) | {concurrent:.2f} | {result['ratio_one_per_cpu']:.2f} |\n\n"
+        f"Overhead per run, one at a time: {result['overhead_per_run_s']:.3f} s.\n"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ray_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "ray_overhead.md").write_text(md)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from mnistlab.core import checks, config, data
 from mnistlab.analysis import evaluate as ev
+from mnistlab.core import checks, config, data
 from mnistlab.core.models import build_model
 from mnistlab.core.train import Trainer
 
@@ -27,8 +27,9 @@ EPOCH_CONFIGS = ["mlp_best", "mlp_noise", "mlp_noise_ema", "mlp_vat", "mlp_fgsm"
 
 
 def epochs(ds: data.Dataset, steps: int = 40, rounds: int = 3) -> None:
-    trainers = {n: Trainer(checks.load_config(EXPERIMENTS / f"{n}.toml"), ds, torch.device("cpu"))
-                for n in EPOCH_CONFIGS}
+    trainers = {
+        n: Trainer(checks.load_config(EXPERIMENTS / f"{n}.toml"), ds, torch.device("cpu")) for n in EPOCH_CONFIGS
+    }
     best = dict.fromkeys(trainers, float("inf"))
     for rnd in range(rounds):
         for name, tr in trainers.items():
@@ -37,19 +38,23 @@ def epochs(ds: data.Dataset, steps: int = 40, rounds: int = 3) -> None:
             order = tr.train_idx[torch.randperm(len(tr.train_idx), generator=torch.Generator().manual_seed(rnd))]
             start = time.perf_counter()
             for s in range(steps):
-                tr._step(order[s * b:(s + 1) * b])
+                tr._step(order[s * b : (s + 1) * b])
                 if tr.ema is not None:
                     tr.ema.update_parameters(tr.model)
             best[name] = min(best[name], (time.perf_counter() - start) / steps)
     for name, tr in trainers.items():
-        print(f"{name}: {1000 * best[name]:.1f} ms/step x {tr.steps_per_epoch} steps = "
-              f"{best[name] * tr.steps_per_epoch:.1f} s/epoch, {best[name] / best['mlp_best']:.2f} x mlp_best")
+        print(
+            f"{name}: {1000 * best[name]:.1f} ms/step x {tr.steps_per_epoch} steps = "
+            f"{best[name] * tr.steps_per_epoch:.1f} s/epoch, {best[name] / best['mlp_best']:.2f} x mlp_best"
+        )
 
 
 def attacks(ds: data.Dataset, images: int = 200) -> None:
     x, y = data.to_float(ds.test_images[:images]), ds.test_labels[:images]
-    nets = {"2 x 1024 MLP": ["model.hidden=[1024, 1024]"],
-            "cnn_best's CNN (width 32)": ["model.arch='cnn'", "model.width=32", "model.normalize=true"]}
+    nets = {
+        "2 x 1024 MLP": ["model.hidden=[1024, 1024]"],
+        "cnn_best's CNN (width 32)": ["model.arch='cnn'", "model.width=32", "model.normalize=true"],
+    }
     for name, overrides in nets.items():
         cfg = checks.set_values(config.Config(), checks.parse_overrides(overrides))
         model = build_model(cfg.model, torch.Generator().manual_seed(0)).eval()

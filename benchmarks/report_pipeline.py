@@ -79,10 +79,19 @@ def run_report_script(epochs: int = 30, log=print) -> list[dict]:
         with torch.no_grad():
             val_accuracy = (torch.argmax(model(val_X), 1) == val_Y).float().mean() * 100
             test_accuracy = (torch.argmax(model(test_X), 1) == test_Y).float().mean() * 100
-        rows.append({"epoch": epoch + 1, "train_loss": float(avg_cost), "val_acc": float(val_accuracy),
-                     "test_acc": float(test_accuracy), "seconds": time.perf_counter() - start})
-        log(f"report  epoch {epoch + 1:3d}  cost {float(avg_cost):.9f}  val_acc {float(val_accuracy):.3f}  "
-            f"test_acc {float(test_accuracy):.3f}")
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(avg_cost),
+                "val_acc": float(val_accuracy),
+                "test_acc": float(test_accuracy),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        log(
+            f"report  epoch {epoch + 1:3d}  cost {float(avg_cost):.9f}  val_acc {float(val_accuracy):.3f}  "
+            f"test_acc {float(test_accuracy):.3f}"
+        )
     return rows
 
 
@@ -97,4 +106,5 @@ if __name__ == "__main__":
     if args.json:
         import json
         from pathlib import Path
+
         Path(args.json).write_text(json.dumps(rows))

@@ -75,12 +75,23 @@ def main() -> None:
     for spec, (cfg, tr) in trainers.items():
         q = lower_quartile(times[spec])
         total = tr.total_steps
-        rows.append({"config": spec, "precision": cfg.train.precision, "batch": cfg.train.batch_size, "steps": total,
-                     "ms_per_step": round(q * 1e3, 3), "ratio": round(q / first, 3),
-                     "projected_train_s": round(q * total, 2), "all_ms": [round(t * 1e3, 3) for t in times[spec]]})
+        rows.append(
+            {
+                "config": spec,
+                "precision": cfg.train.precision,
+                "batch": cfg.train.batch_size,
+                "steps": total,
+                "ms_per_step": round(q * 1e3, 3),
+                "ratio": round(q / first, 3),
+                "projected_train_s": round(q * total, 2),
+                "all_ms": [round(t * 1e3, 3) for t in times[spec]],
+            }
+        )
         r = rows[-1]
-        print(f"| `{spec}` | {r['precision']} | {r['batch']} | {total} | {r['ms_per_step']} | {r['ratio']} | "
-              f"{r['projected_train_s']} |")
+        print(
+            f"| `{spec}` | {r['precision']} | {r['batch']} | {total} | {r['ms_per_step']} | {r['ratio']} | "
+            f"{r['projected_train_s']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"machine": hardware.describe(), "rows": rows}, indent=1) + "\n")
     sys.stdout.flush()

@@ -22,8 +22,9 @@ def idx_bytes(arr: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
-def write_mnist_dir(directory: Path, ds: data.Dataset, n_train: int, n_test: int, compress: bool = True,
-                    layout: str = "flat") -> Path:
+def write_mnist_dir(
+    directory: Path, ds: data.Dataset, n_train: int, n_test: int, compress: bool = True, layout: str = "flat"
+) -> Path:
     """Write the first n_train/n_test samples of ``ds`` as the four MNIST files."""
     target = directory / "MNIST" / "raw" if layout == "torchvision" else directory
     target.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,7 @@ def small_mnist_dir(tmp_path_factory, mnist) -> Path:
 def trained_run(tmp_path_factory) -> Path:
     """A usable model: the report's MLP with 256 hidden units, 2 epochs on the full bundled MNIST (~96%)."""
     from mnistlab.cli import main
+
     out = tmp_path_factory.mktemp("trained") / "run"
     assert main(["train", "--hidden", "256", "--epochs", "2", "--quiet", "--out", str(out)]) == 0
     return out
@@ -66,6 +68,7 @@ def interrupt_at_epoch(monkeypatch, n: int) -> None:
     """Make the n-th call of Trainer.train_epoch (counted across trainers) raise KeyboardInterrupt,
     as Ctrl-C would; ``monkeypatch.undo()`` restores training."""
     from mnistlab.core import train
+
     real, calls = train.Trainer.train_epoch, {"n": 0}
 
     def interrupting(self, *a, **k):
@@ -73,6 +76,7 @@ def interrupt_at_epoch(monkeypatch, n: int) -> None:
         if calls["n"] == n:
             raise KeyboardInterrupt
         return real(self, *a, **k)
+
     monkeypatch.setattr(train.Trainer, "train_epoch", interrupting)
 
 
@@ -101,13 +105,15 @@ def modules_after(*commands: list[str]) -> list[set[str]]:
     import subprocess
     import sys
 
-    code = ("import json, sys\nfrom mnistlab.cli import main\nloaded = []\n"
-            f"for argv in {commands!r}:\n"
-            "    code = main(argv)\n"
-            "    if code != 0:\n"
-            "        sys.exit(f'mnistlab {argv[0]} exited {code}')\n"
-            "    loaded.append(sorted(sys.modules))\n"
-            "print(json.dumps(loaded))\n")
+    code = (
+        "import json, sys\nfrom mnistlab.cli import main\nloaded = []\n"
+        f"for argv in {commands!r}:\n"
+        "    code = main(argv)\n"
+        "    if code != 0:\n"
+        "        sys.exit(f'mnistlab {argv[0]} exited {code}')\n"
+        "    loaded.append(sorted(sys.modules))\n"
+        "print(json.dumps(loaded))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return [set(names) for names in json.loads(proc.stdout.splitlines()[-1])]

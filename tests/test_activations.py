@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab.core import data
 from mnistlab.analysis import activations
 from mnistlab.cli import main
+from mnistlab.core import data
 
 
 def test_activation_derivatives_match_their_formulas():
@@ -61,19 +61,41 @@ def test_activations_command(small_mnist_dir, tmp_path, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def short_run(small_mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report_run") / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "6", "--hidden", "32", "--quiet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "6",
+                "--hidden",
+                "32",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
-SECTIONS = {"en": ["1. Data and validation split", "2. Activation functions",
-                   "3. The multilayer perceptron and backpropagation", "4. Training and evaluation"],
-            "ko": ["1. 데이터와 검증 세트 분할", "2. 활성화 함수", "3. 다층 퍼셉트론과 역전파", "4. 학습과 평가"]}
+SECTIONS = {
+    "en": [
+        "1. Data and validation split",
+        "2. Activation functions",
+        "3. The multilayer perceptron and backpropagation",
+        "4. Training and evaluation",
+    ],
+    "ko": ["1. 데이터와 검증 세트 분할", "2. 활성화 함수", "3. 다층 퍼셉트론과 역전파", "4. 학습과 평가"],
+}
 
 
 @pytest.mark.parametrize("lang", ["en", "ko"])
 def test_report_renders_every_section(short_run, tmp_path, lang):
     import warnings
+
     out = tmp_path / lang
     with warnings.catch_warnings():  # a figure text in a font without its letters would warn (and show boxes)
         warnings.filterwarnings("error", message=".*[Gg]lyph.*missing")
@@ -104,19 +126,43 @@ def test_report_html_refers_to_no_external_resource(short_run, tmp_path):
 
 def test_report_with_compare_and_activations(short_run, small_mnist_dir, tmp_path, monkeypatch):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'name = "tiny"\nlabel = "Tiny MLP"\n[data]\ndir = "{small_mnist_dir}"\n[model]\nhidden = [8]\n'
-                   f'[train]\nepochs = 1\n')
+    cfg.write_text(
+        f'name = "tiny"\nlabel = "Tiny MLP"\n[data]\ndir = "{small_mnist_dir}"\n[model]\nhidden = [8]\n'
+        f"[train]\nepochs = 1\n"
+    )
     assert main(["compare", str(cfg), "--seeds", "2", "--out", str(tmp_path / "study"), "--quiet"]) == 0
     act = tmp_path / "act"
     act.mkdir()
-    (act / "activations.json").write_text(json.dumps({
-        "epochs": 1, "depth": 8, "width": 256,
-        "dead_relu": {"relu, lr 0.1 (report)": {"dead_fraction": [0.0, 0.01], "final_val_acc": 95.0}},
-        "gradients": {"sigmoid": {"init": [1e-7, 1.0], "trained": [1e-6, 1.0], "val_acc": [11.0]},
-                      "relu": {"init": [1e-3, 1e-2], "trained": [1e-3, 1e-2], "val_acc": [95.0]}}}))
+    (act / "activations.json").write_text(
+        json.dumps(
+            {
+                "epochs": 1,
+                "depth": 8,
+                "width": 256,
+                "dead_relu": {"relu, lr 0.1 (report)": {"dead_fraction": [0.0, 0.01], "final_val_acc": 95.0}},
+                "gradients": {
+                    "sigmoid": {"init": [1e-7, 1.0], "trained": [1e-6, 1.0], "val_acc": [11.0]},
+                    "relu": {"init": [1e-3, 1e-2], "trained": [1e-3, 1e-2], "val_acc": [95.0]},
+                },
+            }
+        )
+    )
     out = tmp_path / "rep"
-    assert main(["report", str(short_run), "--out", str(out), "--compare", str(tmp_path / "study"),
-                 "--activations", str(act)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(short_run),
+                "--out",
+                str(out),
+                "--compare",
+                str(tmp_path / "study"),
+                "--activations",
+                str(act),
+            ]
+        )
+        == 0
+    )
     md = (out / "report.md").read_text()
     assert "## 5. Doing better than the report's MLP" in md and "| Tiny MLP | 2 |" in md
     assert "relu, lr 0.1 (report): 1.0%" in md and "1.0e-07" in md
@@ -132,8 +178,10 @@ def test_report_html_escapes_labels_and_inlines_only_its_own_figures(short_run, 
     secret.write_bytes(b"\x89PNG not for the report")
     label = f'<script>alert(1)</script><img src="{secret}" onerror="x()"> [click](javascript:alert(2)) ![s]({secret})'
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f"name = \"tiny\"\nlabel = '{label}'\n[data]\ndir = \"{small_mnist_dir}\"\n[model]\nhidden = [8]\n"
-                   f"[train]\nepochs = 1\n")
+    cfg.write_text(
+        f'name = "tiny"\nlabel = \'{label}\'\n[data]\ndir = "{small_mnist_dir}"\n[model]\nhidden = [8]\n'
+        f"[train]\nepochs = 1\n"
+    )
     assert main(["compare", str(cfg), "--seeds", "1", "--out", str(tmp_path / "study"), "--quiet"]) == 0
     out = tmp_path / "rep"
     assert main(["report", str(short_run), "--out", str(out), "--compare", str(tmp_path / "study")]) == 0

@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 
-from mnistlab.core import adversarial, checkpoint, checks, config, data
+from conftest import tiny_trained
 from mnistlab.analysis import evaluate as ev
 from mnistlab.cli import main
+from mnistlab.core import adversarial, checkpoint, checks, config, data
 from mnistlab.core.metrics import loss_and_accuracy
 from mnistlab.core.models import build_model
-
-from conftest import tiny_trained
 
 NETS = {"mlp": ["model.hidden=[64]"], "cnn": ["model.arch='fastcnn'", "model.width=4"]}
 
@@ -63,9 +62,31 @@ def test_pgd_takes_madrys_steps_from_a_random_start(net):
 def noisy_ema_run(small_mnist_dir, tmp_path_factory):
     """A run whose training is random (dropout, noise) and whose saved weights are an EMA."""
     out = tmp_path_factory.mktemp("adv") / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "32", "--quiet",
-                 "--set", "model.dropout=0.3", "--set", "model.noise_std=0.3", "--set", "regularize.ema=true",
-                 "--set", "regularize.ema_decay=0.9", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--hidden",
+                "32",
+                "--quiet",
+                "--set",
+                "model.dropout=0.3",
+                "--set",
+                "model.noise_std=0.3",
+                "--set",
+                "regularize.ema=true",
+                "--set",
+                "regularize.ema_decay=0.9",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -83,8 +104,9 @@ def test_evaluate_attacks_the_saved_model_in_eval_mode(noisy_ema_run, small_mnis
     ds = data.load(small_mnist_dir)
     _, clean = loss_and_accuracy(model, data.to_float(ds.test_images[:100]), ds.test_labels[:100])
     assert summary["adversarial"]["fgsm"][0][1] == pytest.approx(clean, abs=1e-3)
-    assert summary["accuracy"] == pytest.approx(json.loads((noisy_ema_run / "run.json").read_text())
-                                                ["summary"]["test_acc_at_best_val"], abs=1e-3)
+    assert summary["accuracy"] == pytest.approx(
+        json.loads((noisy_ema_run / "run.json").read_text())["summary"]["test_acc_at_best_val"], abs=1e-3
+    )
     # no dropout or noise in the attacks: the same numbers again, and from the oracle model too
     again = ev.attack_curves(model, data.to_float(ds.test_images[:100]), ds.test_labels[:100])
     assert {k: [[e, round(a, 3)] for e, a in v] for k, v in again.items()} == summary["adversarial"]
@@ -102,8 +124,9 @@ def test_attack_images_zero_skips_and_negative_is_refused(noisy_ema_run, tmp_pat
 
 def test_several_runs_and_the_report_show_the_attacks(noisy_ema_run, tmp_path):
     ev_dir = tmp_path / "ev"
-    assert main(["evaluate", str(noisy_ema_run), str(noisy_ema_run), "--out", str(ev_dir),
-                 "--attack-images", "50"]) == 0
+    assert (
+        main(["evaluate", str(noisy_ema_run), str(noisy_ema_run), "--out", str(ev_dir), "--attack-images", "50"]) == 0
+    )
     table = (ev_dir / "adversarial.md").read_text()
     assert "| FGSM 0.1 % |" in table and table.count("| mlp | 50 |") == 2 and (ev_dir / "adversarial.png").is_file()
     summary = json.loads(next(ev_dir.glob("*/summary.json")).read_text())

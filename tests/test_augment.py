@@ -1,13 +1,15 @@
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnistlab.core import augment, checks, config, data
 
 
 def _cfg(kind, **kw):
-    return checks.set_values(config.Config(), checks.parse_overrides([f"data.augment='{kind}'"] +
-                                  [f"data.{k}={v}" for k, v in kw.items()])).data
+    return checks.set_values(
+        config.Config(), checks.parse_overrides([f"data.augment='{kind}'"] + [f"data.{k}={v}" for k, v in kw.items()])
+    ).data
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,13 @@ def test_pure_shift_moves_ink_by_whole_pixels(batch):
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31), shift=st.floats(0, 4), rot=st.floats(0, 30), scale=st.floats(0, 0.3),
-       alpha=st.floats(0, 40))
+@given(
+    seed=st.integers(0, 2**31),
+    shift=st.floats(0, 4),
+    rot=st.floats(0, 30),
+    scale=st.floats(0, 0.3),
+    alpha=st.floats(0, 40),
+)
 def test_range_property(batch, seed, shift, rot, scale, alpha):
     c = _cfg("affine+elastic", max_shift=shift, max_rotation=rot, max_scale=scale, elastic_alpha=alpha)
     out = augment.augment(batch[:8], c, torch.Generator().manual_seed(seed))
@@ -65,7 +72,10 @@ def test_range_property(batch, seed, shift, rot, scale, alpha):
 def test_training_with_augmentation_keeps_labels(mnist):
     """Labels are never touched: the trainer feeds augmented images with the original labels."""
     from mnistlab.core.train import Trainer
-    cfg = checks.set_values(config.Config(), checks.parse_overrides(["data.augment='affine'", "train.epochs=1", "model.hidden=[16]"]))
+
+    cfg = checks.set_values(
+        config.Config(), checks.parse_overrides(["data.augment='affine'", "train.epochs=1", "model.hidden=[16]"])
+    )
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     seen = []
     tr._update = lambda x, y: (seen.append(y.clone()), torch.zeros(()))[1]
@@ -75,6 +85,7 @@ def test_training_with_augmentation_keeps_labels(mnist):
 
 def test_smoothing_matrix_equals_separable_gaussian_convolution():
     import torch.nn.functional as F
+
     d = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     k = augment._gaussian_kernel(4.0, torch.device("cpu"))
     r = (len(k) - 1) // 2

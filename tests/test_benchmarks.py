@@ -13,8 +13,9 @@ import peers  # noqa: E402
 
 
 def test_peers_help_names_every_tool():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--help"], capture_output=True,
-                       text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--help"], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 0
     for tool in ("--peers-python", "--quick", "--threads"):
         assert tool in r.stdout
@@ -24,11 +25,17 @@ def _tiny(n: int = 1500) -> dict:
     from mnistlab.core import data
 
     ds = data.load()
-    x = data.to_float(ds.train_images[:n + 500]).reshape(-1, 784).numpy()
-    y = ds.train_labels[:n + 500].numpy()
+    x = data.to_float(ds.train_images[: n + 500]).reshape(-1, 784).numpy()
+    y = ds.train_labels[: n + 500].numpy()
     xt = data.to_float(ds.test_images[:500]).reshape(-1, 784).numpy()
-    return {"x_train": x[:n], "y_train": y[:n], "x_val": x[n:], "y_val": y[n:], "x_test": xt,
-            "y_test": ds.test_labels[:500].numpy()}
+    return {
+        "x_train": x[:n],
+        "y_train": y[:n],
+        "x_val": x[n:],
+        "y_val": y[n:],
+        "x_test": xt,
+        "y_test": ds.test_labels[:500].numpy(),
+    }
 
 
 def test_torch_peers_train_and_report_each_epoch():
@@ -42,24 +49,46 @@ def test_torch_peers_train_and_report_each_epoch():
 def test_peak_rss_is_the_commands_own_not_the_launchers(tmp_path):
     """A driver holding 400 MB launches a small command: the command's peak must not include the driver's."""
     out = tmp_path / "rss.json"
-    driver = (f"import numpy, subprocess, sys; big = numpy.ones(50_000_000); subprocess.run([sys.executable, '-S', "
-              f"{str(ROOT / 'benchmarks' / 'peak_rss.py')!r}, {str(out)!r}, '--', sys.executable, '-S', '-c', 'pass'], "
-              f"check=True)")
+    driver = (
+        f"import numpy, subprocess, sys; big = numpy.ones(50_000_000); subprocess.run([sys.executable, '-S', "
+        f"{str(ROOT / 'benchmarks' / 'peak_rss.py')!r}, {str(out)!r}, '--', sys.executable, '-S', '-c', 'pass'], "
+        f"check=True)"
+    )
     subprocess.run([sys.executable, "-c", driver], check=True)
     r = json.loads(out.read_text())
     assert r["returncode"] == 0 and r["peak_rss_mib"] < 100
 
 
 def test_bench_tables_name_the_machine_of_each_section():
-    res = {"kind": "avx512", "kind_label": "AVX-512, no AMX, no AVX512-BF16",
-           "roofline": {"machine": "CPU A", "device": "cpu", "date": "d1", "peak_matmul_gflops_fp32": 1.0,
-                        "peak_matmul_gflops_bf16": 1.0,
-                        "step_fused_fp32": {"ms_per_step": 2.0, "gflops": 1.0, "fraction_of_peak": 0.5}},
-           "speedrun": {"machine": "CPU B", "device": "cpu", "date": "d2",
-                        **{name: {"config": f"{name}.toml", "precision": ["fp32"],
-                                  "runs": [{"seed": 100}], "train_s": {"mean": 3.0, "std": 0.1},
-                                  "wall_s": {"mean": 6.0}, "test_acc": {"mean": 99.1, "std": 0.05, "min": 99.0}}
-                           for name in ("speedrun", "previous")},
-                        "speedup_train_s": {"previous": 2.0}, "target_met": True}}
+    res = {
+        "kind": "avx512",
+        "kind_label": "AVX-512, no AMX, no AVX512-BF16",
+        "roofline": {
+            "machine": "CPU A",
+            "device": "cpu",
+            "date": "d1",
+            "peak_matmul_gflops_fp32": 1.0,
+            "peak_matmul_gflops_bf16": 1.0,
+            "step_fused_fp32": {"ms_per_step": 2.0, "gflops": 1.0, "fraction_of_peak": 0.5},
+        },
+        "speedrun": {
+            "machine": "CPU B",
+            "device": "cpu",
+            "date": "d2",
+            **{
+                name: {
+                    "config": f"{name}.toml",
+                    "precision": ["fp32"],
+                    "runs": [{"seed": 100}],
+                    "train_s": {"mean": 3.0, "std": 0.1},
+                    "wall_s": {"mean": 6.0},
+                    "test_acc": {"mean": 99.1, "std": 0.05, "min": 99.0},
+                }
+                for name in ("speedrun", "previous")
+            },
+            "speedup_train_s": {"previous": 2.0},
+            "target_met": True,
+        },
+    }
     md = bench.markdown(res)
     assert "Measured on: CPU A" in md and "Measured on: CPU B" in md and "**met**" in md

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from mnistlab.cli import main
-
 from conftest import interrupt_at_epoch
+from mnistlab.cli import main
 
 
 def run_cli(*argv):
@@ -46,8 +45,11 @@ def test_same_seed_same_numbers(small_mnist_dir, tmp_path):
         assert _train(small_mnist_dir, tmp_path / name, "--hidden", "32") == 0
 
     def numbers(run):  # every epoch's row without its timings
-        return [{k: v for k, v in row.items() if "seconds" not in k}
-                for row in csv.DictReader((tmp_path / run / "metrics.csv").open())]
+        return [
+            {k: v for k, v in row.items() if "seconds" not in k}
+            for row in csv.DictReader((tmp_path / run / "metrics.csv").open())
+        ]
+
     assert len(numbers("a")) == 2 and numbers("a") == numbers("b")
 
 
@@ -64,16 +66,19 @@ def test_refuses_to_overwrite_a_run(small_mnist_dir, tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["environment"]["seed"] == 5
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--epochs", "0"], "'train.epochs' = 0 is invalid"),
-    (["train", "--activation", "swish"], "'model.activation' = 'swish' is unknown"),
-    (["train", "--set", "model.hiden=[3]"], "unknown config key 'model.hiden'"),
-    (["train", "--lr", "abc"], "'optim.lr' must be a number"),
-    (["train", "--config", "/nonexistent.toml"], "cannot read config file"),
-    (["train", "--data-dir", "/nonexistent"], "does not exist"),
-    (["train", "--bogus"], "unrecognized arguments"),
-    (["plot", "/nonexistent"], "not a run directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "0"], "'train.epochs' = 0 is invalid"),
+        (["train", "--activation", "swish"], "'model.activation' = 'swish' is unknown"),
+        (["train", "--set", "model.hiden=[3]"], "unknown config key 'model.hiden'"),
+        (["train", "--lr", "abc"], "'optim.lr' must be a number"),
+        (["train", "--config", "/nonexistent.toml"], "cannot read config file"),
+        (["train", "--data-dir", "/nonexistent"], "does not exist"),
+        (["train", "--bogus"], "unrecognized arguments"),
+        (["plot", "/nonexistent"], "not a run directory"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     out = tmp_path / "run"
     code = run_cli(*argv, *(["--out", out] if argv[0] == "train" else []))
@@ -115,10 +120,27 @@ def test_ctrl_c_on_a_real_process(small_mnist_dir, tmp_path):
     kept, files consistent. The child gets SIGINT's default handling back (a test run started in the
     background inherits it ignored), and the test waits for progress, not for a fixed time."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--data-dir", str(small_mnist_dir),
-                             "--epochs", "1000", "--hidden", "16", "--quiet", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnistlab",
+            "train",
+            "--data-dir",
+            str(small_mnist_dir),
+            "--epochs",
+            "1000",
+            "--hidden",
+            "16",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 300  # generous for a busy machine; the loop ends at the first epoch
         while proc.poll() is None and time.time() < deadline:
@@ -141,16 +163,25 @@ def test_ctrl_c_on_a_real_process(small_mnist_dir, tmp_path):
 
 
 def test_python_dash_m_and_version():
-    r = subprocess.run([sys.executable, "-m", "mnistlab", "--version"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONWARNINGS": "error"})
+    r = subprocess.run(
+        [sys.executable, "-m", "mnistlab", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
     assert r.returncode == 0 and r.stdout.startswith("mnistlab ")
 
 
 def test_bf16_falls_back_with_a_message_without_hardware_support(small_mnist_dir, tmp_path, monkeypatch, capsys):
     from mnistlab.core import experiment
+
     monkeypatch.setattr(experiment, "bf16_supported", lambda device: False)
     out = tmp_path / "run"
-    assert run_cli("train", "--data-dir", small_mnist_dir, "--epochs", 1, "--hidden", 8, "--precision", "bf16",
-                   "--out", out) == 0
+    assert (
+        run_cli(
+            "train", "--data-dir", small_mnist_dir, "--epochs", 1, "--hidden", 8, "--precision", "bf16", "--out", out
+        )
+        == 0
+    )
     assert "no bf16 support; falling back to fp32" in capsys.readouterr().out
     assert json.loads((out / "run.json").read_text())["config"]["train"]["precision"] == "fp32"

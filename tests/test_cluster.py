@@ -28,10 +28,10 @@ def _can_unshare() -> bool:
 @pytest.mark.skipif(not _can_unshare(), reason="needs root for `unshare -n` (a loopback-only network namespace)")
 def test_ray_cluster_tests_in_a_loopback_only_namespace():
     env = {**os.environ, "MNISTLAB_NETNS": "1", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = (f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider "
-           f"{ROOT / 'tests' / 'netns'}")
-    proc = subprocess.run(["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    cmd = f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider {ROOT / 'tests' / 'netns'}"
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], tail

@@ -5,15 +5,16 @@ import json
 
 import pytest
 
+from conftest import interrupt_at_epoch
 from mnistlab.cli import main
 from mnistlab.core.runs import study_run_dir
 
-from conftest import interrupt_at_epoch
-
 
 def _config(path, name, small_mnist_dir, extra=""):
-    path.write_text(f'name = "{name}"\nlabel = "{name} label"\n[data]\ndir = "{small_mnist_dir}"\n'
-                    f'[model]\nhidden = [16]\n[train]\nepochs = 2\n{extra}')
+    path.write_text(
+        f'name = "{name}"\nlabel = "{name} label"\n[data]\ndir = "{small_mnist_dir}"\n'
+        f"[model]\nhidden = [16]\n[train]\nepochs = 2\n{extra}"
+    )
     return path
 
 
@@ -66,11 +67,14 @@ def test_compare_rejects_duplicate_names(small_mnist_dir, tmp_path, capsys):
     assert "distinct names" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, message", [
-    ('[model]\narch = "cnn"\ninput_dropout = 0.2\n', "'model.input_dropout' is an MLP option"),
-    ('[optim]\nschedule = "exponential"\n', "'optim.schedule' = 'exponential' is unknown"),
-    ('[data]\naugment = "mixup"\n', "'data.augment' = 'mixup' is unknown"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('[model]\narch = "cnn"\ninput_dropout = 0.2\n', "'model.input_dropout' is an MLP option"),
+        ('[optim]\nschedule = "exponential"\n', "'optim.schedule' = 'exponential' is unknown"),
+        ('[data]\naugment = "mixup"\n', "'data.augment' = 'mixup' is unknown"),
+    ],
+)
 def test_bad_study_configs(tmp_path, capsys, extra, message):
     p = tmp_path / "bad.toml"
     p.write_text(extra)
@@ -82,8 +86,25 @@ def test_ensemble_command(small_mnist_dir, tmp_path, capsys):
     dirs = []
     for seed in (1, 2):
         out = tmp_path / f"r{seed}"
-        assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "16", "--seed",
-                     str(seed), "--quiet", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data-dir",
+                    str(small_mnist_dir),
+                    "--epochs",
+                    "1",
+                    "--hidden",
+                    "16",
+                    "--seed",
+                    str(seed),
+                    "--quiet",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         dirs.append(str(out))
     capsys.readouterr()
     assert main(["ensemble", *dirs]) == 0
@@ -93,8 +114,23 @@ def test_ensemble_command(small_mnist_dir, tmp_path, capsys):
 def test_final_model_mode(small_mnist_dir, tmp_path, capsys):
     """`mnistlab final RUN_DIR`: train + validation, for the epoch count validation chose."""
     run = tmp_path / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "4", "--hidden", "16", "--quiet",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "4",
+                "--hidden",
+                "16",
+                "--quiet",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     best = json.loads((run / "run.json").read_text())["summary"]["best_epoch"]
     out = tmp_path / "final"
     assert main(["final", str(run), "--out", str(out), "--quiet"]) == 0
@@ -122,6 +158,7 @@ def test_compare_refuses_a_stale_run_of_a_changed_config(small_mnist_dir, tmp_pa
 def test_a_run_made_before_a_config_key_existed_still_compares():
     from mnistlab.core import config
     from mnistlab.studies.compare import _comparable
+
     cfg = config.to_dict(config.Config())
     older = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "cuda_graphs"}}
     assert _comparable(older) == _comparable(cfg)
@@ -130,7 +167,8 @@ def test_a_run_made_before_a_config_key_existed_still_compares():
 
 def test_convergence_is_given_as_a_spread_over_seeds():
     from mnistlab.studies.compare import StudyRow, _converged
-    row = lambda epochs: StudyRow("x", "x", [{"convergence_epoch": e} for e in epochs], 1)  # noqa: E731
+
+    row = lambda epochs: StudyRow("x", "x", [{"convergence_epoch": e} for e in epochs], 1)
     assert _converged(row([21, 15, 19])) == "15-21"
     assert _converged(row([17])) == "17" and _converged(row([None, None])) == "-"
 
@@ -161,20 +199,25 @@ def test_a_diverging_config_is_a_row_and_the_study_goes_on(small_mnist_dir, tmp_
 
 def test_threads_are_shown_and_a_row_that_mixes_them_is_flagged(small_mnist_dir, tmp_path, capsys):
     import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
         out = tmp_path / "study"
-        assert main(["compare", str(a), "--seeds", "1", "--epochs", "1", "--threads", "1", "--quiet",
-                     "--out", str(out)]) == 0
+        assert (
+            main(["compare", str(a), "--seeds", "1", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(out)])
+            == 0
+        )
         assert torch.get_num_threads() == 3  # a run's thread count does not leak into what runs next
     finally:
         torch.set_num_threads(before)
     assert "warning" not in capsys.readouterr().err
     assert next(csv.DictReader((out / "compare.csv").open()))["threads"] == "1"
     # a second seed made with two threads: the same config (threads do not define it), numbers not comparable
-    assert main(["compare", str(a), "--seeds", "2", "--epochs", "1", "--threads", "2", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(["compare", str(a), "--seeds", "2", "--epochs", "1", "--threads", "2", "--quiet", "--out", str(out)]) == 0
+    )
     err = capsys.readouterr().err
     assert "plain label (train.epochs=1): its runs used 1 and 2 threads" in err and err.count("\n") == 1
     assert next(csv.DictReader((out / "compare.csv").open()))["threads"] == "1, 2"
@@ -183,6 +226,7 @@ def test_threads_are_shown_and_a_row_that_mixes_them_is_flagged(small_mnist_dir,
 
 def test_an_interrupted_tensorboard_tracked_study_resumes(small_mnist_dir, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     """Cut off in a run's first epoch (no checkpoint: the run starts over, its tensorboard/ folder part of it)."""
     a = _config(tmp_path / "a.toml", "plain", small_mnist_dir)
     out = tmp_path / "study"
@@ -197,5 +241,6 @@ def test_an_interrupted_tensorboard_tracked_study_resumes(small_mnist_dir, tmp_p
         acc.Reload()
         history = json.loads((study_run_dir(out, "plain", seed) / "metrics.json").read_text())
         assert [(e.step, e.value) for e in acc.Scalars("val_acc")] == [
-            (r["epoch"], pytest.approx(r["val_acc"])) for r in history]  # each epoch once
+            (r["epoch"], pytest.approx(r["val_acc"])) for r in history
+        ]  # each epoch once
     assert len(history) == 2

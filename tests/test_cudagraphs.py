@@ -13,22 +13,46 @@ from mnistlab.core.train import Trainer
 CASES = {
     "fused": [],
     "fused-bf16-cosine": ["train.precision='bf16'", "optim.schedule='cosine'"],
-    "cnn-adam-onecycle": ["model.arch='cnn'", "model.width=4", "model.normalize=true", "optim.name='adam'",
-                          "optim.lr=0.004", "optim.schedule='onecycle'", "optim.label_smoothing=0.1"],
-    "mlp-sgd-momentum-maxnorm": ["model.hidden=[64, 32]", "optim.momentum=0.9", "optim.max_norm=2.0",
-                                 "optim.schedule='step'", "optim.step_epochs=1"],
+    "cnn-adam-onecycle": [
+        "model.arch='cnn'",
+        "model.width=4",
+        "model.normalize=true",
+        "optim.name='adam'",
+        "optim.lr=0.004",
+        "optim.schedule='onecycle'",
+        "optim.label_smoothing=0.1",
+    ],
+    "mlp-sgd-momentum-maxnorm": [
+        "model.hidden=[64, 32]",
+        "optim.momentum=0.9",
+        "optim.max_norm=2.0",
+        "optim.schedule='step'",
+        "optim.step_epochs=1",
+    ],
     # the weights' moving average is updated outside the captured step; batch norm gives it buffers to average
-    "mlp-adam-batchnorm-ema": ["model.hidden=[32]", "model.batchnorm=true", "optim.name='adam'", "optim.lr=0.002",
-                               "regularize.ema=true", "regularize.ema_decay=0.9"],
+    "mlp-adam-batchnorm-ema": [
+        "model.hidden=[32]",
+        "model.batchnorm=true",
+        "optim.name='adam'",
+        "optim.lr=0.002",
+        "regularize.ema=true",
+        "regularize.ema_decay=0.9",
+    ],
 }
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="no GPU: the CPU case covers the code"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: the CPU case covers the code")
+    ),
+]
 
 
 def _run(small_mnist_dir, overrides, graphed: bool, device: str = "cpu") -> tuple[Trainer, list[dict]]:
-    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides]))
+    cfg = checks.set_values(
+        config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "train.epochs=2", *overrides])
+    )
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device(device))
     tr.use_graphs = graphed
     return tr, tr.fit()
@@ -53,8 +77,12 @@ def test_graph_path_gives_the_plain_numbers(small_mnist_dir, overrides, device, 
 
 
 def test_warmup_is_undone(small_mnist_dir):
-    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "model.arch='cnn'",
-                                                   "model.width=4", "optim.name='adam'"]))
+    cfg = checks.set_values(
+        config.Config(),
+        checks.parse_overrides(
+            [f"data.dir='{small_mnist_dir}'", "model.arch='cnn'", "model.width=4", "optim.name='adam'"]
+        ),
+    )
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     cudagraphs.tensor_lr(tr.optimizer, tr.device)
@@ -82,17 +110,29 @@ def test_graphs_apply_only_on_a_gpu_without_host_side_draws():
     model = torch.nn.Linear(2, 2)
     assert not cudagraphs.applies(model, cfg, torch.device("cpu"))
     assert cudagraphs.applies(model, cfg, torch.device("cuda"))
-    for override in ["data.augment='affine'", "train.cuda_graphs=false", "optim.name='rmsprop'",
-                     "regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25"]:
-        assert not cudagraphs.applies(model, checks.set_values(cfg, checks.parse_overrides([override])), torch.device("cuda")), override
-    assert cudagraphs.applies(model, checks.set_values(cfg, checks.parse_overrides(["regularize.ema=true"])), torch.device("cuda"))
+    for override in [
+        "data.augment='affine'",
+        "train.cuda_graphs=false",
+        "optim.name='rmsprop'",
+        "regularize.vat_eps=2.0",
+        "regularize.fgsm_eps=0.25",
+    ]:
+        assert not cudagraphs.applies(
+            model, checks.set_values(cfg, checks.parse_overrides([override])), torch.device("cuda")
+        ), override
+    assert cudagraphs.applies(
+        model, checks.set_values(cfg, checks.parse_overrides(["regularize.ema=true"])), torch.device("cuda")
+    )
 
 
 def test_schedule_fills_the_captured_lr_tensor_in_place(small_mnist_dir):
     from mnistlab.core import data
     from mnistlab.core.train import Trainer
-    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "optim.schedule='cosine'",
-                                                   "model.hidden=[8]"]))
+
+    cfg = checks.set_values(
+        config.Config(),
+        checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "optim.schedule='cosine'", "model.hidden=[8]"]),
+    )
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     cudagraphs.tensor_lr(tr.optimizer, torch.device("cpu"))
     captured = tr.optimizer.param_groups[0]["lr"]

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import idx_bytes, write_mnist_dir
 from mnistlab.core import data
 from mnistlab.errors import DataError
-
-from conftest import idx_bytes, write_mnist_dir
 
 
 def test_bundled_mnist_is_verified_and_complete(mnist):
@@ -26,16 +25,19 @@ def test_parse_idx_roundtrip():
     np.testing.assert_array_equal(data.parse_idx(idx_bytes(arr)), arr)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda b: b[:3], "too short"),
-    (lambda b: b"\x01" + b[1:], "magic"),
-    (lambda b: b[:2] + b"\x0d" + b[3:], "magic"),  # float data, not unsigned bytes
-    (lambda b: b[:3] + b"\x07" + b[4:], "magic"),  # 7 dimensions
-    (lambda b: b[:10], "truncated IDX header"),
-    (lambda b: b[:-1], "length mismatch"),
-    (lambda b: b + b"\x00", "length mismatch"),
-    (lambda b: b[:4] + (0).to_bytes(4, "big") + b[8:], "implausible"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b[:3], "too short"),
+        (lambda b: b"\x01" + b[1:], "magic"),
+        (lambda b: b[:2] + b"\x0d" + b[3:], "magic"),  # float data, not unsigned bytes
+        (lambda b: b[:3] + b"\x07" + b[4:], "magic"),  # 7 dimensions
+        (lambda b: b[:10], "truncated IDX header"),
+        (lambda b: b[:-1], "length mismatch"),
+        (lambda b: b + b"\x00", "length mismatch"),
+        (lambda b: b[:4] + (0).to_bytes(4, "big") + b[8:], "implausible"),
+    ],
+)
 def test_parse_idx_rejects_corrupt_input(mutate, message):
     good = idx_bytes(np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(DataError, match=message):
@@ -69,7 +71,7 @@ def test_truncated_gzip_is_reported(tmp_path, mnist):
 def test_count_mismatch_between_images_and_labels(tmp_path, mnist):
     write_mnist_dir(tmp_path, mnist, 10, 10)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(9, np.uint8))))
-    with pytest.raises(DataError, match="10 images but .* 9 labels"):
+    with pytest.raises(DataError, match=r"10 images but .* 9 labels"):
         data.load(tmp_path)
 
 
@@ -133,6 +135,7 @@ def test_run_split_is_the_trainers_validation_split(mnist):
     (what `mnistlab evaluate --split val` rebuilds)."""
     from mnistlab.core import config
     from mnistlab.core.train import Trainer
+
     cfg = config.Config()
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     train_idx, val_idx, _ = data.run_split(len(mnist.train_images), cfg.data.val_fraction, cfg.train.seed)

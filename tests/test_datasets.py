@@ -27,14 +27,23 @@ import pytest
 import torch
 from PIL import Image
 
-from mnistlab.core import checkpoint, data, datasets
-from mnistlab.cli import main
-
 from conftest import idx_bytes, write_mnist_dir
+from mnistlab.cli import main
+from mnistlab.core import checkpoint, data, datasets
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 # ---------------------------------------------------------------- a local HTTP server with mirrors of every kind
@@ -57,7 +66,7 @@ class Mirrors:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 _, kind, name = self.path.split("/", 2)
                 mirrors.hits[self.path] = mirrors.hits.get(self.path, 0) + 1
                 body = mirrors.files.get(name)
@@ -74,7 +83,7 @@ class Mirrors:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if kind == "trunc":
-                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     self.close_connection = True
                     return
@@ -124,7 +133,7 @@ def toy_arrays(n_train: int = 60, n_test: int = 20, k: int = 10, seed: int = 0) 
         images = rng.integers(0, 40, (n, 28, 28), dtype=np.uint8)
         for i, c in enumerate(labels):
             r, col = divmod(int(c) % 36, 6)
-            images[i, 2 + 4 * r: 5 + 4 * r, 2 + 4 * col: 5 + 4 * col] = 255
+            images[i, 2 + 4 * r : 5 + 4 * r, 2 + 4 * col : 5 + 4 * col] = 255
         out[f"{split}-images-idx3-ubyte"], out[f"{split}-labels-idx1-ubyte"] = images, labels.astype(np.uint8)
     return out
 
@@ -138,14 +147,25 @@ def toy_spec(mirrors: Mirrors, kinds: list[str], name: str = "toy") -> datasets.
         raw = gzip.compress(idx_bytes(arrays[key]), mtime=0)
         mirrors.files[key + ".gz"] = raw
         artefacts.append(datasets.Artefact(key + ".gz", _md5(raw), len(raw)))
-    return datasets.DatasetSpec(name=name, title="toy", classes=data.DIGITS, files=files, artefacts=tuple(artefacts),
-                                mirrors=tuple(mirrors.base(k) for k in kinds), sizes=(60, 20), licence="CC0",
-                                citation="generated", homepage="-")
+    return datasets.DatasetSpec(
+        name=name,
+        title="toy",
+        classes=data.DIGITS,
+        files=files,
+        artefacts=tuple(artefacts),
+        mirrors=tuple(mirrors.base(k) for k in kinds),
+        sizes=(60, 20),
+        licence="CC0",
+        citation="generated",
+        homepage="-",
+    )
 
 
 def _cache_contents(directory: Path) -> list[str]:
     """The files a cache folder holds, but for the (empty) lock file that may stay behind."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != datasets.LOCK_FILE)
+    return sorted(
+        str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != datasets.LOCK_FILE
+    )
 
 
 # ---------------------------------------------------------------- fetching
@@ -169,16 +189,21 @@ def test_fetch_skips_failing_mirrors_and_caches_only_the_good_files(mirrors, cac
     damaged = cache / "toy" / "t10k-labels-idx1-ubyte.gz"
     damaged.write_bytes(damaged.read_bytes()[:-3])
     assert datasets.load("toy", log=lines.append).checksum == ds.checksum
-    assert mirrors.hits["/good/t10k-labels-idx1-ubyte.gz"] == 2 and mirrors.hits["/good/train-images-idx3-ubyte.gz"] == 1
+    assert (
+        mirrors.hits["/good/t10k-labels-idx1-ubyte.gz"] == 2 and mirrors.hits["/good/train-images-idx3-ubyte.gz"] == 1
+    )
 
 
-@pytest.mark.parametrize("kinds, reason", [
-    (["busy"], "HTTP 503"),
-    (["forbidden"], "HTTP 403"),
-    (["missing"], "HTTP 404"),
-    (["bad"], "checksum mismatch"),
-    (["trunc"], "cut short|checksum mismatch"),
-])
+@pytest.mark.parametrize(
+    "kinds, reason",
+    [
+        (["busy"], "HTTP 503"),
+        (["forbidden"], "HTTP 403"),
+        (["missing"], "HTTP 404"),
+        (["bad"], "checksum mismatch"),
+        (["trunc"], "cut short|checksum mismatch"),
+    ],
+)
 def test_a_bad_mirror_is_one_line_and_leaves_nothing_in_the_cache(mirrors, cache, monkeypatch, capsys, kinds, reason):
     spec = toy_spec(mirrors, kinds)
     monkeypatch.setitem(datasets.REGISTRY, "toy", spec)
@@ -187,6 +212,7 @@ def test_a_bad_mirror_is_one_line_and_leaves_nothing_in_the_cache(mirrors, cache
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "cannot fetch toy's train-images-idx3-ubyte.gz" in err and f"{mirrors.base(kinds[0])}train-images" in err
     import re
+
     assert re.search(reason, err)
     assert "download" in err and "by hand" in err and str(cache / "toy") in err
     assert _cache_contents(cache / "toy") == []  # no partial file, no staging folder
@@ -195,6 +221,7 @@ def test_a_bad_mirror_is_one_line_and_leaves_nothing_in_the_cache(mirrors, cache
 
 def test_without_a_network_the_error_names_the_urls_and_where_to_put_the_files(cache, monkeypatch, capsys):
     import socket
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
@@ -281,18 +308,33 @@ def test_registry_entries_are_complete():
         assert spec.licence and spec.citation and spec.homepage.startswith("http")
     assert datasets.get("fashion-mnist").classes == FASHION_CLASSES
     assert datasets.get("kmnist").classes[0] == "お (o)" and datasets.get("kmnist").labels_for_plots[9] == "wo"
-    assert (datasets.get("emnist-letters").n_classes, datasets.get("emnist-balanced").n_classes,
-            datasets.get("emnist-byclass").n_classes) == (26, 47, 62)
+    assert (
+        datasets.get("emnist-letters").n_classes,
+        datasets.get("emnist-balanced").n_classes,
+        datasets.get("emnist-byclass").n_classes,
+    ) == (26, 47, 62)
     # balanced: digits, 26 uppercase (15 of them merged with their lowercase), 11 lowercase of their own
     balanced = datasets.get("emnist-balanced").classes
-    assert balanced[:10] == data.DIGITS and balanced[10] == "A" and balanced[12] == "C/c" and balanced[36:] == tuple("abdefghnqrt")
+    assert (
+        balanced[:10] == data.DIGITS
+        and balanced[10] == "A"
+        and balanced[12] == "C/c"
+        and balanced[36:] == tuple("abdefghnqrt")
+    )
 
 
 def test_the_bundled_mnist_loads_offline_without_the_fetcher():
-    code = ("import sys; from mnistlab.core import datasets; ds = datasets.load('mnist'); "
-            "print(ds.checksum, ds.verified, ds.source, 'pooch' in sys.modules, 'requests' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "import sys; from mnistlab.core import datasets; ds = datasets.load('mnist'); "
+        "print(ds.checksum, ds.verified, ds.source, 'pooch' in sys.modules, 'requests' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     checksum, verified, source, pooch_loaded, requests_loaded = out.stdout.split()
     assert checksum == data.load().checksum and verified == "True" and source == "bundled"
     assert pooch_loaded == requests_loaded == "False"
@@ -345,11 +387,26 @@ def test_a_folder_of_another_dataset_than_the_config_names_is_refused(capsys, tm
     assert main(["train", "--data-dir", str(FASHION_DIR), "--quiet", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds fashion-mnist, not mnist (pass --dataset fashion-mnist)" in err
-    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(small_mnist_dir), "--quiet",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--quiet",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "fails fashion-mnist's SHA-256 check" in capsys.readouterr().err
-    assert main(["train", "--dataset", "kmnist", "--data-dir", str(FASHION_DIR), "--quiet",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--dataset", "kmnist", "--data-dir", str(FASHION_DIR), "--quiet", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "holds fashion-mnist, not kmnist" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -371,8 +428,12 @@ def test_a_run_pins_its_data(tmp_path, mnist, monkeypatch, capsys):
 
     shutil.move(work / "data", tmp_path / "moved")  # the data moved
     write_mnist_dir(work / "data", mnist, 600, 201)  # ... and other data took its place
-    commands = [["evaluate", str(run), "--out", str(tmp_path / "ev2")], ["final", str(run), "--out", str(tmp_path / "f")],
-                ["ensemble", str(run), str(run)], ["export", str(run), "--onnx", str(tmp_path / "m.onnx")]]
+    commands = [
+        ["evaluate", str(run), "--out", str(tmp_path / "ev2")],
+        ["final", str(run), "--out", str(tmp_path / "f")],
+        ["ensemble", str(run), str(run)],
+        ["export", str(run), "--onnx", str(tmp_path / "m.onnx")],
+    ]
     for cmd in commands:
         assert main([*cmd, "--quiet"] if cmd[0] == "final" else cmd) == 2, cmd
         err = capsys.readouterr().err
@@ -402,9 +463,13 @@ def _emnist_zip(splits: dict[str, tuple[dict[str, np.ndarray], int]]) -> bytes:
         for split, (arrays, offset) in splits.items():
             for part, (images_key, labels_key) in (("train", data.FILES["train"]), ("test", data.FILES["test"])):
                 stored = arrays[images_key].transpose(0, 2, 1)  # column by column
-                z.writestr(f"gzip/emnist-{split}-{part}-images-idx3-ubyte.gz", gzip.compress(idx_bytes(stored), mtime=0))
-                z.writestr(f"gzip/emnist-{split}-{part}-labels-idx1-ubyte.gz",
-                           gzip.compress(idx_bytes(arrays[labels_key] + offset), mtime=0))
+                z.writestr(
+                    f"gzip/emnist-{split}-{part}-images-idx3-ubyte.gz", gzip.compress(idx_bytes(stored), mtime=0)
+                )
+                z.writestr(
+                    f"gzip/emnist-{split}-{part}-labels-idx1-ubyte.gz",
+                    gzip.compress(idx_bytes(arrays[labels_key] + offset), mtime=0),
+                )
     return buf.getvalue()
 
 
@@ -416,9 +481,12 @@ def emnist(mirrors, cache, monkeypatch) -> dict[str, dict[str, np.ndarray]]:
     mirrors.files["gzip.zip"] = raw
     for split, a in arrays.items():
         name = f"emnist-{split}"
-        spec = dataclasses.replace(datasets.REGISTRY[name], artefacts=(datasets.Artefact("gzip.zip", _md5(raw), len(raw)),),
-                                   mirrors=(mirrors.base("busy"), mirrors.base("good")),
-                                   sizes=(len(a["train-labels-idx1-ubyte"]), len(a["t10k-labels-idx1-ubyte"])))
+        spec = dataclasses.replace(
+            datasets.REGISTRY[name],
+            artefacts=(datasets.Artefact("gzip.zip", _md5(raw), len(raw)),),
+            mirrors=(mirrors.base("busy"), mirrors.base("good")),
+            sizes=(len(a["train-labels-idx1-ubyte"]), len(a["t10k-labels-idx1-ubyte"])),
+        )
         monkeypatch.setitem(datasets.REGISTRY, name, spec)
     return arrays
 
@@ -439,16 +507,38 @@ def test_emnist_images_are_transposed_and_letters_labels_start_at_zero(emnist, m
 @pytest.mark.parametrize("split, k", [("letters", 26), ("balanced", 47)])
 def test_emnist_models_train_export_and_predict_with_their_classes(emnist, tmp_path, capsys, split, k):
     import onnx
+
     run = tmp_path / split
-    assert main(["train", "--dataset", f"emnist-{split}", "--hidden", "32", "--epochs", "3", "--batch-size", "10",
-                 "--lr", "0.05", "--quiet", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                f"emnist-{split}",
+                "--hidden",
+                "32",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "10",
+                "--lr",
+                "0.05",
+                "--quiet",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["dataset"] == f"emnist-{split}" and len(info["data"]["classes"]) == k
     onnx_path = tmp_path / f"{split}.onnx"
     assert main(["export", str(run), "--onnx", str(onnx_path)]) == 0
     model = onnx.load(str(onnx_path))
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["dataset"] == f"emnist-{split}" and json.loads(meta["classes"]) == list(datasets.get(f"emnist-{split}").classes)
+    assert meta["dataset"] == f"emnist-{split}" and json.loads(meta["classes"]) == list(
+        datasets.get(f"emnist-{split}").classes
+    )
     assert model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == k
     image = emnist[split]["t10k-images-idx3-ubyte"][0]
     Image.fromarray(image).save(tmp_path / "x.png")
@@ -462,7 +552,8 @@ def test_emnist_models_train_export_and_predict_with_their_classes(emnist, tmp_p
 
 
 def test_qmnist_labels_are_the_first_column_and_its_extra_test_digits_evaluate_mnist_runs(
-        trained_run, mnist, tmp_path, monkeypatch, capsys):
+    trained_run, mnist, tmp_path, monkeypatch, capsys
+):
     """QMNIST's files as published (labels: an N x 8 int32 table) in a --data-dir; an MNIST run is evaluated on
     its test10k / test50k subsets, a Fashion-MNIST dataset is refused for it."""
     folder = tmp_path / "qmnist"
@@ -470,26 +561,50 @@ def test_qmnist_labels_are_the_first_column_and_its_extra_test_digits_evaluate_m
     spec = datasets.get("qmnist")
     n_train, n_test = 40, 60
     rng = np.random.default_rng(0)
-    table = {"train": rng.integers(0, 3000, (n_train, 8)).astype(">i4"), "t10k": rng.integers(0, 3000, (n_test, 8)).astype(">i4")}
+    table = {
+        "train": rng.integers(0, 3000, (n_train, 8)).astype(">i4"),
+        "t10k": rng.integers(0, 3000, (n_test, 8)).astype(">i4"),
+    }
     table["train"][:, 0] = mnist.train_labels[:n_train].numpy()
     table["t10k"][:, 0] = mnist.test_labels[:n_test].numpy()
     images = {"train": mnist.train_images[:n_train].numpy(), "t10k": mnist.test_images[:n_test].numpy()}
     hashes = {}
     for split in ("train", "t10k"):
-        for key, raw in ((f"{split}-images-idx3-ubyte", idx_bytes(images[split])),
-                         (f"{split}-labels-idx1-ubyte", _idx_int(table[split]))):
+        for key, raw in (
+            (f"{split}-images-idx3-ubyte", idx_bytes(images[split])),
+            (f"{split}-labels-idx1-ubyte", _idx_int(table[split])),
+        ):
             gz = gzip.compress(raw, mtime=0)
             (folder / (spec.files[key] + ".gz")).write_bytes(gz)
             hashes[spec.files[key] + ".gz"] = _md5(gz)
-    patched = dataclasses.replace(spec, artefacts=tuple(dataclasses.replace(a, hash=hashes[a.name]) for a in spec.artefacts),
-                                  sizes=(n_train, n_test), subsets={"test10k": (0, 10), "test50k": (10, n_test)})
+    patched = dataclasses.replace(
+        spec,
+        artefacts=tuple(dataclasses.replace(a, hash=hashes[a.name]) for a in spec.artefacts),
+        sizes=(n_train, n_test),
+        subsets={"test10k": (0, 10), "test50k": (10, n_test)},
+    )
     monkeypatch.setitem(datasets.REGISTRY, "qmnist", patched)
     ds = datasets.load("qmnist", folder)
     assert torch.equal(ds.train_labels, mnist.train_labels[:n_train]) and ds.test_images.shape == (n_test, 28, 28)
 
     out = tmp_path / "ev"
-    assert main(["evaluate", str(trained_run), "--dataset", "qmnist", "--data-dir", str(folder), "--split", "test50k",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained_run),
+                "--dataset",
+                "qmnist",
+                "--data-dir",
+                str(folder),
+                "--split",
+                "test50k",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "report_mlp" / "summary.json").read_text())
     model, _ = checkpoint.load_best_model(trained_run)
     with torch.inference_mode():
@@ -515,8 +630,9 @@ def _idx_int(table: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def fashion_run(tmp_path_factory) -> Path:
     """The report's MLP trained for 2 epochs through --dataset fashion-mnist (Debian's files)."""
-    assert FASHION_DIR.is_dir(), ("Debian's dataset-fashion-mnist is needed: apt-get install dataset-fashion-mnist "
-                                  "(.ci/run does)")
+    assert FASHION_DIR.is_dir(), (
+        "Debian's dataset-fashion-mnist is needed: apt-get install dataset-fashion-mnist (.ci/run does)"
+    )
     run = tmp_path_factory.mktemp("fashion") / "run"
     assert main(["train", "--dataset", "fashion-mnist", "--epochs", "2", "--quiet", "--out", str(run)]) == 0
     return run
@@ -549,7 +665,9 @@ def test_the_reports_mlp_on_real_fashion_mnist(fashion_run, tmp_path, capsys):
     assert "most confused" in out and any(f"{a}->{b}" in out for a in FASHION_CLASSES for b in FASHION_CLASSES)
     per_class = (tmp_path / "ev" / "report_mlp" / "per_class.csv").read_text()
     assert all(name in per_class for name in FASHION_CLASSES)
-    assert main(["report", str(fashion_run), "--out", str(tmp_path / "report"), "--evaluate", str(tmp_path / "ev")]) == 0
+    assert (
+        main(["report", str(fashion_run), "--out", str(tmp_path / "report"), "--evaluate", str(tmp_path / "ev")]) == 0
+    )
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Fashion-MNIST's 60,000 training images" in md and "the 10,000 test images" in md
     pairs = next(line for line in md.splitlines() if line.startswith("Most confused pairs"))
@@ -569,11 +687,13 @@ def test_predict_frames_fashion_items_as_fashion_mnist_was_made(fashion_run, tmp
     """Fashion-MNIST's items fill the 28x28 frame (longer side 28 px): files are read that way, not with MNIST's
     20-px digit box (which read 26% of these right), as they are and as enlarged dark-on-light scans."""
     from mnistlab.deploy.predict import Classifier
+
     clf = Classifier.load(fashion_run)
     raw = gzip.decompress((FASHION_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
     images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:300]
-    labels = np.frombuffer(gzip.decompress((FASHION_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8,
-                           offset=8)[:300]
+    labels = np.frombuffer(
+        gzip.decompress((FASHION_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()), np.uint8, offset=8
+    )[:300]
     tensor_acc = float((clf.probabilities(images.astype(np.float32) / 255).argmax(1) == labels).mean())
     for variant in (lambda a: a, lambda a: np.asarray(Image.fromarray(255 - a).resize((112, 112), Image.BILINEAR))):
         files = []
@@ -581,7 +701,7 @@ def test_predict_frames_fashion_items_as_fashion_mnist_was_made(fashion_run, tmp
             buf = io.BytesIO()
             Image.fromarray(variant(a)).save(buf, format="PNG")
             files.append(buf.getvalue())
-        acc = float(np.mean([p.prediction == y for p, y in zip(clf.predict(files), labels)]))
+        acc = float(np.mean([p.prediction == y for p, y in zip(clf.predict(files), labels, strict=True)]))
         assert acc >= tensor_acc - 0.03, (acc, tensor_acc)
 
 
@@ -590,6 +710,7 @@ def test_the_web_page_and_api_speak_the_runs_classes(fashion_run, tmp_path):
     from fastapi.testclient import TestClient
 
     from mnistlab.deploy.serve import create_app
+
     client = TestClient(create_app(fashion_run))
     page = client.get("/").text
     assert "<h1>Draw: fashion-mnist</h1>" in page and "Ankle boot" in page

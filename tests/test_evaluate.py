@@ -19,8 +19,13 @@ def test_confusion_matrix_and_per_class_figures_on_a_hand_built_case():
     cm = ev.confusion_matrix(pred, true, 3)
     assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     pc = ev.per_class(cm)
-    assert pc[0] == {"class": 0, "precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
-                     "support": 3}
+    assert pc[0] == {
+        "class": 0,
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert pc[1]["precision"] == pytest.approx(0.5) and pc[1]["recall"] == pytest.approx(0.5)
     assert pc[2]["precision"] == pytest.approx(0.5) and pc[2]["recall"] == 1.0
     assert ev.most_confused(cm, 2) == [{"true": 0, "predicted": 1, "count": 1}, {"true": 1, "predicted": 2, "count": 1}]
@@ -68,19 +73,33 @@ def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, cap
     summary = json.loads((run_out / "summary.json").read_text())
     # each robustness point is the model's accuracy on the test images perturbed that much, recomputed here
     from mnistlab.core import checkpoint, data
+
     model, _ = checkpoint.load_best_model(trained_run)
     mnist = data.load()  # the run's data: the bundled MNIST
     x, y = data.to_float(mnist.test_images), mnist.test_labels
-    for kind, value, perturbed in (("shift", 3, ev.shift(x, 3)), ("rotation", 30, ev.rotate(x, 30)),
-                                   ("noise", 0.3, ev.noise(x, 0.3)), ("inverted", 1, 1 - x)):
+    for kind, value, perturbed in (
+        ("shift", 3, ev.shift(x, 3)),
+        ("rotation", 30, ev.rotate(x, 30)),
+        ("noise", 0.3, ev.noise(x, 0.3)),
+        ("inverted", 1, 1 - x),
+    ):
         with torch.inference_mode():
             acc = 100.0 * (model(perturbed).argmax(1) == y).float().mean().item()
         assert dict(summary["robustness"][kind])[value] == pytest.approx(acc, abs=1e-3), kind
     # and the plain accuracy is the run's own test accuracy at its best epoch
     info = json.loads((trained_run / "run.json").read_text())
     assert summary["accuracy"] == pytest.approx(info["summary"]["test_acc_at_best_val"], abs=0.02)
-    for f in ("confusion.png", "confusion.csv", "per_class.csv", "calibration.csv", "reliability.png",
-              "mistakes.png", "robustness.png", "robustness.csv", "first_layer.png"):
+    for f in (
+        "confusion.png",
+        "confusion.csv",
+        "per_class.csv",
+        "calibration.csv",
+        "reliability.png",
+        "mistakes.png",
+        "robustness.png",
+        "robustness.csv",
+        "first_layer.png",
+    ):
         assert (run_out / f).is_file(), f
     assert (out / "compare.md").read_text().count("| mlp |") == 2 and (out / "robustness.png").is_file()
 
@@ -89,14 +108,46 @@ def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, cap
     assert main(["evaluate", str(tmp_path / "empty")]) == 2
     assert "not a trained run directory" in capsys.readouterr().err
     other = tmp_path / "other"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "8", "--quiet",
-                 "--out", str(other)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--quiet",
+                "--out",
+                str(other),
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(trained_run), str(other), "--out", str(tmp_path / "ev2")]) == 2
     err = capsys.readouterr().err
     assert "trained on other data" in err and err.count("\n") == 1
     final = tmp_path / "final"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "8", "--quiet",
-                 "--set", "data.train_on_val=true", "--out", str(final)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--quiet",
+                "--set",
+                "data.train_on_val=true",
+                "--out",
+                str(final),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", str(final), "--split", "val", "--out", str(tmp_path / "ev3")]) == 2
     err = capsys.readouterr().err
@@ -106,8 +157,23 @@ def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, cap
 def test_validation_split_is_the_runs_own(small_mnist_dir, tmp_path):
     """--split val rebuilds the run's validation images: its accuracy equals the run's best val_acc."""
     out = tmp_path / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "2", "--hidden", "16", "--quiet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "2",
+                "--hidden",
+                "16",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     e = ev.evaluate_run(out, "val")[0]
     info = json.loads((out / "run.json").read_text())
     assert e.accuracy == pytest.approx(info["summary"]["best_val_acc"], abs=1e-6)
@@ -129,17 +195,33 @@ def test_report_gains_a_section_from_evaluate(trained_run, tmp_path, lang, title
 
 def _hand_built(robustness: dict[str, list[tuple[float, float]]] | None = None) -> ev.Evaluation:
     cm = np.array([[5, 1, 0], [0, 6, 2], [1, 0, 7]])
-    robust = robustness or {kind: [(v, 90.0 - float(v)) for v in values]
-                            for kind, (_, values, _) in ev.PERTURBATIONS.items()}
-    return ev.Evaluation(name="hand", arch="mlp", data_source="bundled MNIST", split="test", dataset="toy",
-                         class_names=["a", "b", "c"], accuracy=81.818, confusion=cm, classes=ev.per_class(cm),
-                         calibration={"ece": 0.0123, "nll": 0.456, "bins": [
-                             {"bin": 3, "low": 0.2, "high": 0.4, "count": 4, "accuracy": 0.25, "confidence": 0.3},
-                             {"bin": 14, "low": 14 / 15, "high": 1.0, "count": 18, "accuracy": 0.9, "confidence": 0.95}]},
-                         confused=ev.most_confused(cm), robustness=robust,
-                         adversarial={k: [(e, 81.8 - 100 * e * (i + 1)) for e in ev.ATTACK_EPS]
-                                      for i, k in enumerate(ev.ATTACK_LABELS)},
-                         attack_images=22, first_layer=np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5))
+    robust = robustness or {
+        kind: [(v, 90.0 - float(v)) for v in values] for kind, (_, values, _) in ev.PERTURBATIONS.items()
+    }
+    return ev.Evaluation(
+        name="hand",
+        arch="mlp",
+        data_source="bundled MNIST",
+        split="test",
+        dataset="toy",
+        class_names=["a", "b", "c"],
+        accuracy=81.818,
+        confusion=cm,
+        classes=ev.per_class(cm),
+        calibration={
+            "ece": 0.0123,
+            "nll": 0.456,
+            "bins": [
+                {"bin": 3, "low": 0.2, "high": 0.4, "count": 4, "accuracy": 0.25, "confidence": 0.3},
+                {"bin": 14, "low": 14 / 15, "high": 1.0, "count": 18, "accuracy": 0.9, "confidence": 0.95},
+            ],
+        },
+        confused=ev.most_confused(cm),
+        robustness=robust,
+        adversarial={k: [(e, 81.8 - 100 * e * (i + 1)) for e in ev.ATTACK_EPS] for i, k in enumerate(ev.ATTACK_LABELS)},
+        attack_images=22,
+        first_layer=np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5),
+    )
 
 
 def test_read_evaluation_gives_back_what_write_evaluation_wrote(tmp_path):
@@ -160,8 +242,9 @@ def test_read_evaluation_gives_back_what_write_evaluation_wrote(tmp_path):
 
 def test_robustness_headline_points_are_looked_up_by_value():
     """The table's 'shift 3 px' is the point whose value is 3, wherever it sits in the list."""
-    robust = {kind: [(v, 90.0 - float(v)) for v in reversed(values)]
-              for kind, (_, values, _) in ev.PERTURBATIONS.items()}
+    robust = {
+        kind: [(v, 90.0 - float(v)) for v in reversed(values)] for kind, (_, values, _) in ev.PERTURBATIONS.items()
+    }
     assert ev.headline_robustness(robust) == [87.0, 60.0, 89.7, 89.0]
     row = ev.compare_row(_hand_built(robust))
     assert row[-4:] == ["87.00", "60.00", "89.70", "89.00"]

@@ -5,8 +5,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from mnistlab.core import checkpoint, data
 from mnistlab.cli import main
+from mnistlab.core import checkpoint, data
 
 
 def test_export_mlp_parity_on_the_test_set(trained_run, tmp_path, capsys):
@@ -25,9 +25,29 @@ def test_export_mlp_parity_on_the_test_set(trained_run, tmp_path, capsys):
 
 def test_export_cnn_with_normalisation_inside_the_graph(small_mnist_dir, tmp_path, mnist):
     run = tmp_path / "cnn"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--arch", "cnn", "--set", "model.width=8",
-                 "--set", "model.normalize=true", "--set", "model.dropout=0.3", "--epochs", "1", "--quiet",
-                 "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--arch",
+                "cnn",
+                "--set",
+                "model.width=8",
+                "--set",
+                "model.normalize=true",
+                "--set",
+                "model.dropout=0.3",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     path = tmp_path / "cnn.onnx"
     assert main(["export", str(run), "--onnx", str(path)]) == 0
     model, _ = checkpoint.load_best_model(run)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlab.core import checks, config
 from mnistlab.cli import main
+from mnistlab.core import checks, config
 from mnistlab.core.metrics import GATE_TRAIN_LOSS, GATE_VAL_ACC, compare_with_report, report_table
 from mnistlab.core.train import Trainer
 
@@ -56,7 +56,7 @@ def test_fused_and_autograd_paths_agree(mnist):
         tr = Trainer(cfg, mnist, torch.device("cpu"))
         assert (tr.fused_step is not None) == (fast == "true")
         histories.append(tr.fit())
-    for a, b in zip(*histories):
+    for a, b in zip(*histories, strict=True):
         assert abs(a["val_acc"] - b["val_acc"]) <= 0.05 and abs(a["train_loss"] - b["train_loss"]) <= 1e-4
 
 

@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from mnistlab.studies import compare
-from mnistlab.core import checks, config, metrics
 from mnistlab.analysis import evaluate
-from mnistlab.output import plots
 from mnistlab.cli import main
+from mnistlab.core import checks, config, metrics
 from mnistlab.core.runs import CSV_COLUMNS, RunDir
+from mnistlab.output import plots
+from mnistlab.studies import compare
 from mnistlab.text import md_cell, mean_epoch, plural
 
 HEADER = ",".join(CSV_COLUMNS)
@@ -40,16 +40,19 @@ def run_copy(trained_run, tmp_path):
 # ---------------------------------------------------------------- item 6: histories
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"", "is empty"),
-    (HEADER.encode() + b"\n", "holds no epochs"),
-    (HEADER.encode() + b"\n1,0.42,0.26,92.4", "row 1 is truncated"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
-    (HEADER.encode() + b"\n1,abc,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n", "not a number"),
-    (HEADER.encode() + b"\n2,0.4,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n", "epochs must run 1, 2, 3"),
-    (HEADER.encode() + b"\n1,0.4,0.26,nan,0.25,92.8,0.1,1.0,0.1\n", "not an accuracy"),
-    (b"a,b\n1,2\n", "no valid header"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"", "is empty"),
+        (HEADER.encode() + b"\n", "holds no epochs"),
+        (HEADER.encode() + b"\n1,0.42,0.26,92.4", "row 1 is truncated"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        (HEADER.encode() + b"\n1,abc,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n", "not a number"),
+        (HEADER.encode() + b"\n2,0.4,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n", "epochs must run 1, 2, 3"),
+        (HEADER.encode() + b"\n1,0.4,0.26,nan,0.25,92.8,0.1,1.0,0.1\n", "not an accuracy"),
+        (b"a,b\n1,2\n", "no valid header"),
+    ],
+)
 def test_broken_histories_are_one_line_and_exit_2(run_copy, tmp_path, capsys, content, needle):
     assert main(["plot", str(run_copy)]) == 0  # the easy case first: the run as training wrote it
     assert main(["report", str(run_copy), "--out", str(tmp_path / "ok")]) == 0
@@ -68,10 +71,14 @@ def _diverged_history(run_dir, rows: list[str]) -> None:
 def test_a_diverged_run_is_reported_as_diverged(run_copy, tmp_path, capsys):
     """train keeps the NaN row of a run that diverged: report and plot say where it diverged, and never
     print "nan%" or "from epoch - on"."""
-    _diverged_history(run_copy, ["1,0.42,0.26,92.47,0.25,92.81,0.1,1.0,0.1", "2,0.31,0.22,93.50,0.21,93.60,0.1,1.0,0.1",
-                                 "3,nan,,,,,0.1,1.0,"])
+    _diverged_history(
+        run_copy,
+        ["1,0.42,0.26,92.47,0.25,92.81,0.1,1.0,0.1", "2,0.31,0.22,93.50,0.21,93.60,0.1,1.0,0.1", "3,nan,,,,,0.1,1.0,"],
+    )
     s = metrics.summarize(RunDir(run_copy).read_history())
-    assert s["diverged_epoch"] == 3 and s["best_epoch"] == 2 and s["best_val_acc"] == 93.5 and s["final_test_acc"] is None
+    assert (
+        s["diverged_epoch"] == 3 and s["best_epoch"] == 2 and s["best_val_acc"] == 93.5 and s["final_test_acc"] is None
+    )
     assert main(["plot", str(run_copy)]) == 0
     assert "diverged at epoch 3" in capsys.readouterr().out
     for lang, says in (("en", "Training diverged at epoch 3"), ("ko", "에폭 3에서 학습이 발산했다")):
@@ -86,8 +93,12 @@ def test_a_diverged_run_is_reported_as_diverged(run_copy, tmp_path, capsys):
 def test_a_run_that_diverged_in_its_first_epoch(small_mnist_dir, tmp_path, capsys):
     """A real divergence (lr 1e6): train exits 2 and keeps the NaN row; report and plot read the run."""
     out = tmp_path / "div"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "2", "--lr", "1e6",
-                 "--quiet", "--out", str(out)]) == 2
+    assert (
+        main(
+            ["train", "--data-dir", str(small_mnist_dir), "--epochs", "2", "--lr", "1e6", "--quiet", "--out", str(out)]
+        )
+        == 2
+    )
     assert "diverged" in capsys.readouterr().err
     history = RunDir(out).read_history()
     assert len(history) == 1 and np.isnan(history[0]["train_loss"])
@@ -130,10 +141,16 @@ def test_a_tampered_run_name_cannot_write_outside_out(run_copy, tmp_path, capsys
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
 
 
-@pytest.mark.parametrize("argv", [
-    ["evaluate", "RUN", "--out", "FILE"], ["report", "RUN", "--out", "FILE"], ["activations", "--out", "FILE"],
-    ["compare", "experiments/seed.toml", "--out", "FILE"], ["train", "--out", "FILE", "--epochs", "1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "RUN", "--out", "FILE"],
+        ["report", "RUN", "--out", "FILE"],
+        ["activations", "--out", "FILE"],
+        ["compare", "experiments/seed.toml", "--out", "FILE"],
+        ["train", "--out", "FILE", "--epochs", "1"],
+    ],
+)
 def test_out_naming_an_existing_file_is_one_line(trained_run, tmp_path, capsys, argv):
     file = tmp_path / "a_file"
     file.write_text("keep me")
@@ -160,9 +177,11 @@ def test_report_input_directories_are_checked_first(trained_run, tmp_path, capsy
 
 
 def test_importing_mnistlab_leaves_matplotlibs_backend_alone():
-    code = ("import matplotlib, sys; matplotlib.use('svg'); import mnistlab.output.plots, mnistlab.analysis.evaluate, "
-            "mnistlab.output.report, mnistlab.analysis.activations, mnistlab.core.experiment; "
-            "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
+    code = (
+        "import matplotlib, sys; matplotlib.use('svg'); import mnistlab.output.plots, mnistlab.analysis.evaluate, "
+        "mnistlab.output.report, mnistlab.analysis.activations, mnistlab.core.experiment; "
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["svg", "False"]
 
@@ -178,19 +197,25 @@ def test_text_helpers():
 
 def test_labels_with_a_pipe_or_newline_keep_tables_whole(tmp_path):
     from mnistlab.output.report import _table
+
     table = _table(["config", "acc"], [["MLP | wide\nand deep", "98.0"]])
     lines = table.strip().splitlines()
     assert len(lines) == 3 and all(len(re.findall(r"(?<!\\)\|", line)) == 3 for line in lines)
     import markdown
+
     html = markdown.markdown(table, extensions=["tables"])
     assert html.count("<td>") == 2 and "MLP | wide and deep" in html
 
 
 def test_study_labels_say_what_overrides_changed(tmp_path):
-    cfgs = compare.load_configs(["experiments/seed.toml", "experiments/mlp_dropout.toml"],
-                                {"model.hidden": [64], "train.epochs": 2, "train.threads": 1})
-    assert [c.label for c in cfgs] == ["The report's MLP (baseline) (model.hidden=[64], train.epochs=2)",
-                                       "MLP + dropout (model.hidden=[64], train.epochs=2)"]
+    cfgs = compare.load_configs(
+        ["experiments/seed.toml", "experiments/mlp_dropout.toml"],
+        {"model.hidden": [64], "train.epochs": 2, "train.threads": 1},
+    )
+    assert [c.label for c in cfgs] == [
+        "The report's MLP (baseline) (model.hidden=[64], train.epochs=2)",
+        "MLP + dropout (model.hidden=[64], train.epochs=2)",
+    ]
     # the easy case: no override that changes the experiment, no change to the label
     (plain,) = compare.load_configs(["experiments/seed.toml"], {"train.threads": 1})
     assert plain.label == "The report's MLP (baseline)"
@@ -233,8 +258,10 @@ def _captured_figures(monkeypatch) -> list:
 
 def test_robustness_figure_draws_inversion_as_bars_with_the_legend_outside(monkeypatch):
     figures = _captured_figures(monkeypatch)
-    series = [(f"run {i}", {k: [(v, 90.0 - i) for v in values] for k, (_, values, _) in evaluate.PERTURBATIONS.items()})
-              for i in range(12)]
+    series = [
+        (f"run {i}", {k: [(v, 90.0 - i) for v in values] for k, (_, values, _) in evaluate.PERTURBATIONS.items()})
+        for i in range(12)
+    ]
     evaluate.robustness_figure(series, None)
     (fig,) = figures
     axes = fig.axes

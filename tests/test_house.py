@@ -32,7 +32,7 @@ def _imports() -> dict[str, set[str]]:
                     target = ".".join(base + node.module.split("."))
                     deps |= {target} | {f"{target}.{a.name}" for a in node.names}
                 else:
-                    deps |= {".".join(base + [a.name]) for a in node.names}
+                    deps |= {".".join([*base, a.name]) for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnistlab."):
                 target = node.module.removeprefix("mnistlab.")
                 deps |= {target} | {f"{target}.{a.name}" for a in node.names}
@@ -47,10 +47,11 @@ def test_no_import_cycles():
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
         for d in sorted(graph[m]):
-            assert state.get(d) != 1, "import cycle: " + " -> ".join(path[path.index(d):] + [d])
+            assert state.get(d) != 1, "import cycle: " + " -> ".join([*path[path.index(d) :], d])
             if d not in state:
-                visit(d, path + [d])
+                visit(d, [*path, d])
         state[m] = 2
+
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
@@ -59,10 +60,12 @@ def test_no_import_cycles():
 
 def test_overrides_are_values_not_toml_text(small_mnist_dir, tmp_path):
     """A --data-dir whose name holds quotes (it used to be spliced into TOML) is taken as it is."""
-    quoted = tmp_path / "it's \"mnist\""
+    quoted = tmp_path / 'it\'s "mnist"'
     quoted.symlink_to(small_mnist_dir, target_is_directory=True)
     out = tmp_path / "run"
-    assert main(["train", "--data-dir", str(quoted), "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(["train", "--data-dir", str(quoted), "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(out)]) == 0
+    )
     assert str(quoted) in (out / "config.toml").read_text().replace("\\\\", "\\").replace('\\"', '"')
 
 
@@ -70,9 +73,9 @@ def test_readme_layout_names_every_module():
     """The README's layout section lists every module under the subpackage it lives in (a module added
     without a word in the layout fails here)."""
     readme = (SRC.parents[1] / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
-    layout = layout[layout.index("```\n") + 4:]
-    layout = layout[:layout.index("```")]
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[layout.index("```\n") + 4 :]
+    layout = layout[: layout.index("```")]
     blocks: dict[str, str] = {}  # "core" -> the text of its lines; "" -> the top-level lines
     current = ""
     for line in layout.splitlines()[1:]:  # after "src/mnistlab/"
@@ -89,14 +92,23 @@ def test_readme_layout_names_every_module():
             continue
         rel = path.relative_to(SRC)
         where = rel.parts[0] if len(rel.parts) > 1 else ""
-        assert re.search(rf"(?<![\w/]){re.escape(path.name)}", blocks.get(where, "")), \
+        assert re.search(rf"(?<![\w/]){re.escape(path.name)}", blocks.get(where, "")), (
             f"README's layout does not list {rel} under {where or 'src/mnistlab'}/"
+        )
     subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
-    assert subpackages == {k for k, text in blocks.items() if k and ".py" in text}, "README's layout and the subpackages differ"
+    assert subpackages == {k for k, text in blocks.items() if k and ".py" in text}, (
+        "README's layout and the subpackages differ"
+    )
 
 
-TRAINER_MODULES = ("mnistlab.core.train", "mnistlab.core.fused", "mnistlab.core.cudagraphs",
-                   "mnistlab.core.checkpoint", "mnistlab.core.experiment", "mnistlab.analysis.numpy_train")
+TRAINER_MODULES = (
+    "mnistlab.core.train",
+    "mnistlab.core.fused",
+    "mnistlab.core.cudagraphs",
+    "mnistlab.core.checkpoint",
+    "mnistlab.core.experiment",
+    "mnistlab.analysis.numpy_train",
+)
 
 
 def test_checking_a_config_or_a_space_imports_no_trainer():
@@ -104,6 +116,7 @@ def test_checking_a_config_or_a_space_imports_no_trainer():
     the trainer and its fast paths unimported (the check is cheap and cannot drift into training code)."""
     import subprocess
     import sys
+
     root = SRC.parents[1]
     code = (
         "import sys\n"
@@ -116,8 +129,10 @@ def test_checking_a_config_or_a_space_imports_no_trainer():
         "for path in configs:\n"
         "    checks.check(config.load(path))\n"
         "for name, base in (('mlp_noaug.toml', 'mlp_best.toml'), ('cnn.toml', 'cnn_best.toml')):\n"
-        "    assert load_space(root / 'experiments' / 'spaces' / name, checks.load_config(root / 'experiments' / base))\n"
-        f"print(sorted(set({TRAINER_MODULES!r}) & set(sys.modules)))\n")
+        "    base_cfg = checks.load_config(root / 'experiments' / base)\n"
+        "    assert load_space(root / 'experiments' / 'spaces' / name, base_cfg)\n"
+        f"print(sorted(set({TRAINER_MODULES!r}) & set(sys.modules)))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]", f"imported: {out.strip()}"
 
@@ -129,8 +144,12 @@ def test_one_validating_way_to_change_a_config():
 
     from mnistlab.core import checks, config
     from mnistlab.errors import ConfigError
+
     assert not hasattr(config, "set_values") and not hasattr(config, "apply_overrides")
-    with pytest.raises(ConfigError, match="'model.activation' = 'swish' is unknown"):
+    with pytest.raises(ConfigError, match=re.escape("'model.activation' = 'swish' is unknown")):
         checks.set_values(config.Config(), {"model.activation": "swish"})
-    assert checks.parse_overrides(["model.hidden=[8, 8]", "data.dir=/tmp/x y", "train.epochs=2"]) == \
-        {"model.hidden": [8, 8], "data.dir": "/tmp/x y", "train.epochs": 2}
+    assert checks.parse_overrides(["model.hidden=[8, 8]", "data.dir=/tmp/x y", "train.epochs=2"]) == {
+        "model.hidden": [8, 8],
+        "data.dir": "/tmp/x y",
+        "train.epochs": 2,
+    }

@@ -22,11 +22,12 @@ def test_convergence_when_still_climbing_is_late():
 
 def test_convergence_on_the_reports_table():
     from mnistlab.core.metrics import report_table
+
     val = [r["val_acc"] for r in report_table()]
     # the oracle, docs/convergence.md's rule searched forwards: the first epoch from which every validation
     # accuracy stays within 0.25 points of the mean of the last 5 epochs
     plateau = sum(val[-5:]) / 5
-    first = next(e for e in range(1, len(val) + 1) if all(abs(v - plateau) <= 0.25 for v in val[e - 1:]))
+    first = next(e for e in range(1, len(val) + 1) if all(abs(v - plateau) <= 0.25 for v in val[e - 1 :]))
     # report: "after ~25 epochs it oscillates between 97.6 and 98.1"; by the rule it is epoch 19 (epoch 18's
     # 97.73 is just below the plateau 97.99 - 0.25)
     assert first == 19
@@ -41,6 +42,7 @@ def test_evaluate_counts_correctly():
     class Fixed(torch.nn.Module):
         def forward(self, x):
             return x.flatten(1)[:, :10]  # logits = first 10 pixels
+
     x = torch.zeros(4, 1, 28, 28)
     for i, c in enumerate([3, 1, 4, 1]):
         x[i, 0, 0, c] = 10.0

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ def test_report_init_equals_the_reports_construction():
     nn.init.kaiming_uniform_(l2.weight)
     model = models.build_model(config.ModelConfig(), torch.Generator().manual_seed(123))
     got = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    for ours, theirs in zip(got, (l1, l2)):
+    for ours, theirs in zip(got, (l1, l2), strict=True):
         assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
 
 
@@ -31,16 +32,34 @@ def test_build_model_leaves_global_rng_alone():
     assert torch.equal(before, torch.get_rng_state())
 
 
-@pytest.mark.parametrize("kw, params", [
-    ({}, 784 * 1024 + 1024 + 1024 * 10 + 10),
-    ({"hidden": "[512, 256]"}, 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10),
-    ({"hidden": "[100]", "batchnorm": "true"}, 784 * 100 + 100 + 200 + 100 * 10 + 10),
-    ({"arch": '"lenet5"'}, 6 * 25 + 6 + 16 * 6 * 25 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10),
-    # 5 bias-free 3x3 convs with BatchNorm (2 per channel), a bias-free dense layer with BatchNorm, the output
-    ({"arch": '"cnn"', "width": "8"}, 9 * 8 + 16 + 9 * 8 * 8 + 16 + 9 * 8 * 16 + 32 + 9 * 16 * 16 + 32 + 9 * 16 * 32
-     + 64 + 32 * 9 * 64 + 128 + 64 * 10 + 10),
-    ({"arch": '"fastcnn"', "width": "8"}, 25 * 8 + 8 + 9 * 8 * 16 + 16 + 16 * 49 * 32 + 32 + 32 * 10 + 10),
-])
+@pytest.mark.parametrize(
+    "kw, params",
+    [
+        ({}, 784 * 1024 + 1024 + 1024 * 10 + 10),
+        ({"hidden": "[512, 256]"}, 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10),
+        ({"hidden": "[100]", "batchnorm": "true"}, 784 * 100 + 100 + 200 + 100 * 10 + 10),
+        ({"arch": '"lenet5"'}, 6 * 25 + 6 + 16 * 6 * 25 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10),
+        # 5 bias-free 3x3 convs with BatchNorm (2 per channel), a bias-free dense layer with BatchNorm, the output
+        (
+            {"arch": '"cnn"', "width": "8"},
+            9 * 8
+            + 16
+            + 9 * 8 * 8
+            + 16
+            + 9 * 8 * 16
+            + 32
+            + 9 * 16 * 16
+            + 32
+            + 9 * 16 * 32
+            + 64
+            + 32 * 9 * 64
+            + 128
+            + 64 * 10
+            + 10,
+        ),
+        ({"arch": '"fastcnn"', "width": "8"}, 25 * 8 + 8 + 9 * 8 * 16 + 16 + 16 * 49 * 32 + 32 + 32 * 10 + 10),
+    ],
+)
 def test_parameter_counts(kw, params):
     model = models.build_model(_cfg(**kw), torch.Generator().manual_seed(0))
     assert models.count_parameters(model) == params
@@ -67,6 +86,7 @@ def test_init_schemes_differ_and_are_seeded():
     def first_weight(init, seed):
         m = models.build_model(_cfg(init=f'"{init}"'), torch.Generator().manual_seed(seed))
         return m.net[1].weight
+
     assert torch.equal(first_weight("report", 5), first_weight("report", 5))
     assert not torch.equal(first_weight("report", 5), first_weight("report", 6))
     w = first_weight("report", 5)
@@ -121,6 +141,7 @@ def test_gaussian_noise_is_absent_in_eval_mode_and_has_its_std_in_training():
 def test_an_architectures_properties_come_from_its_registry_entry(monkeypatch):
     """Adding a CNN is one ARCHS entry: its ``conv`` property alone makes it channels-last and lets it take
     model.freeze_first; the options it does not list are refused by name."""
+
     class Tiny(torch.nn.Module):
         def __init__(self, k: int) -> None:
             super().__init__()
@@ -135,8 +156,8 @@ def test_an_architectures_properties_come_from_its_registry_entry(monkeypatch):
     model = models.build_model(m, torch.Generator().manual_seed(0))
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.conv.weight.requires_grad  # frozen first convolution
-    with pytest.raises(ConfigError, match="'model.width' is a CNN option"):
+    with pytest.raises(ConfigError, match=re.escape("'model.width' is a CNN option")):
         models.check(_cfg(arch='"tinycnn"', width=8))
     monkeypatch.setitem(models.ARCHS, "tinycnn", models.Arch(lambda c, k: Tiny(k), conv=False))
-    with pytest.raises(ConfigError, match="'model.freeze_first' is a CNN option"):
+    with pytest.raises(ConfigError, match=re.escape("'model.freeze_first' is a CNN option")):
         models.check(_cfg(arch='"tinycnn"', freeze_first="true"))

@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 
@@ -56,8 +55,15 @@ def test_lr_per_step_equals_torch_lambdalr(schedule):
     assert got == want
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                       ("adamw", torch.optim.AdamW), ("rmsprop", torch.optim.RMSprop)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
 def test_optimizer_registry(name, cls):
     o = _o(name=f"'{name}'", lr=0.01, weight_decay=1e-4)
     opt = optim.build_optimizer(torch.nn.Linear(2, 2), o)
@@ -87,7 +93,10 @@ def test_max_norm_holds_after_a_step():
 
 def test_max_norm_applied_in_training(mnist):
     from mnistlab.core.train import Trainer
-    cfg = checks.set_values(config.Config(), checks.parse_overrides(["model.hidden=[32]", "optim.max_norm=0.3", "train.epochs=1"]))
+
+    cfg = checks.set_values(
+        config.Config(), checks.parse_overrides(["model.hidden=[32]", "optim.max_norm=0.3", "train.epochs=1"])
+    )
     tr = Trainer(cfg, mnist, torch.device("cpu"))
     tr.steps_per_epoch = 5
     tr.train_epoch()
@@ -97,8 +106,19 @@ def test_max_norm_applied_in_training(mnist):
 def test_early_stopping(small_mnist_dir):
     from mnistlab.core import data
     from mnistlab.core.train import Trainer
-    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "model.hidden=[8]",
-                                                   "train.epochs=50", "train.patience=2", "optim.lr=1e-6"]))
+
+    cfg = checks.set_values(
+        config.Config(),
+        checks.parse_overrides(
+            [
+                f"data.dir='{small_mnist_dir}'",
+                "model.hidden=[8]",
+                "train.epochs=50",
+                "train.patience=2",
+                "optim.lr=1e-6",
+            ]
+        ),
+    )
     tr = Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
     hist = tr.fit()
     assert tr.stopped_early and len(hist) < 50

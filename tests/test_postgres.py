@@ -44,16 +44,39 @@ def postgres_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run(_as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres"),
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_postgres(str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres"),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     opts = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1"
-    subprocess.run(_as_postgres(str(bindir / "pg_ctl"), "-D", str(datadir), "-o", opts, "-w", "-t", "60",
-                                "-l", str(datadir / "log"), "start"), check=True, capture_output=True, timeout=90)
+    subprocess.run(
+        _as_postgres(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(datadir),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(datadir / "log"),
+            "start",
+        ),
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_postgres(str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres(str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"),
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -62,17 +85,38 @@ def test_two_drivers_share_one_study_with_an_exact_budget(postgres_url, tmp_path
 
     data_dir = write_mnist_dir(tmp_path / "data", mnist, 1000, 200)
     cfg = tmp_path / "base.toml"
-    cfg.write_text(f'name = "shared"\n[data]\ndir = "{data_dir}"\n[model]\nhidden = [8]\n[train]\nepochs = 2\n'
-                   f'threads = 1\n')
+    cfg.write_text(
+        f'name = "shared"\n[data]\ndir = "{data_dir}"\n[model]\nhidden = [8]\n[train]\nepochs = 2\nthreads = 1\n'
+    )
     space = tmp_path / "space.toml"
     space.write_text('[params."optim.lr"]\ntype = "float"\nlow = 0.001\nhigh = 0.5\nlog = true\n')
     trials = 10
 
     def driver(name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "mnistlab", "tune", str(cfg), "--space", str(space),
-                                 "--trials", str(trials), "--storage", postgres_url, "--pruner", "none",
-                                 "--out", str(tmp_path / name), "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mnistlab",
+                "tune",
+                str(cfg),
+                "--space",
+                str(space),
+                "--trials",
+                str(trials),
+                "--storage",
+                postgres_url,
+                "--pruner",
+                "none",
+                "--out",
+                str(tmp_path / name),
+                "--quiet",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     procs = [driver("a"), driver("b")]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 import mnistlab
-from mnistlab.deploy import predict
 from mnistlab.cli import main
+from mnistlab.deploy import predict
 
 
 def _save_as_photo(arr: np.ndarray, path, size=(300, 300), mode="RGB", invert=True, fmt=None):
@@ -43,7 +43,7 @@ def test_preprocessing_recovers_mnist_style(mnist):
     big = np.asarray(Image.fromarray(255 - arr).resize((280, 280), Image.BILINEAR), np.float32) / 255
     out = predict.mnist_style(big)
     orig = arr.astype(np.float32) / 255
-    assert out.shape == (28, 28) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (28, 28) and out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     assert np.corrcoef(out.ravel(), orig.ravel())[0, 1] > 0.98 and np.abs(out - orig).mean() < 0.03
     ys, xs = np.nonzero(out > 0.5)
     assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 == 20  # the ink's box: 20 pixels, as MNIST's
@@ -64,7 +64,7 @@ def test_polarity_and_offcentre_ink_do_not_matter():
 def test_predictions_on_real_digits_saved_as_large_inverted_images(trained_run, digit_files):
     files, labels = digit_files
     results = mnistlab.load_model(trained_run).predict([str(f) for f in files])
-    correct = sum(r.prediction == y for r, y in zip(results, labels))
+    correct = sum(r.prediction == y for r, y in zip(results, labels, strict=True))
     assert correct >= 55  # of 60 (the model is ~96% on MNIST itself)
     for r in results:
         assert abs(sum(r.probabilities) - 1) < 1e-4 and r.input.shape == (28, 28)
@@ -126,6 +126,7 @@ def test_ink_coverage_range_holds_mnist_digits(mnist):
     """The 'unlike any digit' range covers MNIST's own training digits (99.8% of them lie inside the
     measured range, which the margin widens)."""
     from mnistlab.deploy.predict import INK_COVERAGE_RANGE
+
     cov = (mnist.train_images.reshape(len(mnist.train_images), -1).float() / 255 > 0.5).float().mean(1).numpy()
     lo, hi = np.percentile(cov, [0.1, 99.9])
     assert INK_COVERAGE_RANGE[0] <= lo and hi <= INK_COVERAGE_RANGE[1]
@@ -157,6 +158,7 @@ def test_noise_is_flagged_unlike_any_digit(trained_run, mnist, tmp_path, capsys)
     digit = tmp_path / "digit.png"
     Image.fromarray(255 - mnist.test_images[0].numpy()).resize((200, 200)).save(digit)
     from mnistlab.cli import main
+
     assert main(["predict", "--model", str(trained_run), "--json", str(noise), str(digit)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["unlike_digit"] and "ink covers" in out[0]["unlike_digit"]
@@ -183,7 +185,7 @@ def test_mnist_digits_saved_as_png_are_read_as_the_tensors_are(trained_run, mnis
         Image.fromarray(255 - d).resize((side, side), Image.BILINEAR).save(scans[-1])
     for files in (as_is, scans):
         preds = clf.predict([str(f) for f in files])
-        acc = 100 * float(np.mean([p.prediction == y for p, y in zip(preds, labels)]))
+        acc = 100 * float(np.mean([p.prediction == y for p, y in zip(preds, labels, strict=True)]))
         assert abs(acc - tensor_acc) <= 0.3, (files[0].name, acc, tensor_acc)
     # as they are, the digits pass through unchanged (up to the ink level's 95th percentile scaling)
     (p,) = clf.predict([str(as_is[200])])
@@ -193,6 +195,7 @@ def test_mnist_digits_saved_as_png_are_read_as_the_tensors_are(trained_run, mnis
 def _seven(width: int, size: int = 280) -> Image.Image:
     """A "7" drawn with a marker ``width`` pixels wide, black on a white canvas."""
     from PIL import ImageDraw
+
     img = Image.new("L", (size, size), 255)
     ImageDraw.Draw(img).line([(60, 50), (220, 50), (120, 240)], fill=0, width=width, joint="curve")
     return img
@@ -209,7 +212,7 @@ def test_a_seven_drawn_with_a_fat_marker_is_a_seven(trained_run):
     xs = np.nonzero((p.input > 0.5).any(0))[0]
     column = p.input[:, xs.min() + 2]
     ys = np.nonzero(column > 0.5)[0]
-    assert ys.max() - ys.min() >= 2 and column[ys.min() + 1:ys.max()].min() > 0.9, column
+    assert ys.max() - ys.min() >= 2 and column[ys.min() + 1 : ys.max()].min() > 0.9, column
 
 
 def test_bold_mnist_digit_as_a_png_is_read_as_its_tensor(trained_run, mnist, tmp_path):
@@ -224,7 +227,7 @@ def test_bold_mnist_digit_as_a_png_is_read_as_its_tensor(trained_run, mnist, tmp
 
 def _rgba(stroke: np.ndarray, colour: int) -> np.ndarray:
     """A canvas export: strokes of ``colour`` whose coverage is the alpha channel, the rest transparent."""
-    out = np.zeros(stroke.shape + (4,), np.uint8)
+    out = np.zeros((*stroke.shape, 4), np.uint8)
     out[..., :3] = colour
     out[..., 3] = stroke
     return out
@@ -278,6 +281,7 @@ def test_every_array_layout_reads_as_the_file(trained_run, mnist, tmp_path):
     each is read as the same digit as the equivalent PNG, with the same polarity rule (a dark-on-light
     28x28 array is inverted as its file is; it used to be taken as it was)."""
     import torch
+
     clf = mnistlab.load_model(trained_run)
     for i in range(5):
         d = mnist.test_images[i].numpy()
@@ -286,10 +290,21 @@ def test_every_array_layout_reads_as_the_file(trained_run, mnist, tmp_path):
         Image.fromarray(light).save(path)
         (want,) = clf.predict([str(path)])
         rgb = np.dstack([light] * 3)
-        layouts = [light, light[None], light[..., None], rgb, np.dstack([rgb, np.full_like(light, 255)]),
-                   light.astype(np.uint16) * 257, light.astype(np.float32) / 255, light.astype(np.float64)]
-        inputs = layouts + [torch.from_numpy(a.copy()) for a in layouts if a.dtype != np.uint16] \
+        layouts = [
+            light,
+            light[None],
+            light[..., None],
+            rgb,
+            np.dstack([rgb, np.full_like(light, 255)]),
+            light.astype(np.uint16) * 257,
+            light.astype(np.float32) / 255,
+            light.astype(np.float64),
+        ]
+        inputs = (
+            layouts
+            + [torch.from_numpy(a.copy()) for a in layouts if a.dtype != np.uint16]
             + [torch.from_numpy(light.astype(np.float32) / 255).to(torch.bfloat16)]
+        )
         for k, arr in enumerate(inputs):
             (p,) = clf.predict([arr])
             assert p.prediction == want.prediction, (i, k, getattr(arr, "shape", None))
@@ -297,20 +312,23 @@ def test_every_array_layout_reads_as_the_file(trained_run, mnist, tmp_path):
         assert want.prediction == int(mnist.test_labels[i])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((2, 28, 28), np.uint8), r"shape \(2, 28, 28\)"),
-    (np.zeros((28, 28, 2), np.uint8), r"shape \(28, 28, 2\)"),
-    (np.zeros((1, 1, 28, 28), np.uint8), r"shape \(1, 1, 28, 28\)"),
-    (np.zeros((28, 28), np.complex64), "dtype complex64"),
-    (np.full((28, 28), np.nan, np.float32), "NaN"),
-    (np.full((28, 28), -3, np.int32), "0-65535"),
-    (np.full((28, 28), 300.0), r"\[0, 1\]"),
-    (np.zeros((0, 28), np.uint8), "empty"),
-    ("not an image object".split(), "cannot read a list"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 28, 28), np.uint8), r"shape \(2, 28, 28\)"),
+        (np.zeros((28, 28, 2), np.uint8), r"shape \(28, 28, 2\)"),
+        (np.zeros((1, 1, 28, 28), np.uint8), r"shape \(1, 1, 28, 28\)"),
+        (np.zeros((28, 28), np.complex64), "dtype complex64"),
+        (np.full((28, 28), np.nan, np.float32), "NaN"),
+        (np.full((28, 28), -3, np.int32), "0-65535"),
+        (np.full((28, 28), 300.0), r"\[0, 1\]"),
+        (np.zeros((0, 28), np.uint8), "empty"),
+        (["not", "an", "image", "object"], "cannot read a list"),
+    ],
+)
 def test_arrays_that_are_not_images_are_refused_by_name(bad, message):
     with pytest.raises(predict.ImageError, match=message):
-        predict.preprocess(bad if not isinstance(bad, list) else bad)
+        predict.preprocess(bad)
 
 
 def test_small_noise_is_flagged_like_large_noise(trained_run, mnist):

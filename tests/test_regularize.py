@@ -9,15 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab.core import adversarial, checkpoint, checks, config, data
+from conftest import interrupt_at_epoch, tiny_trained
 from mnistlab.cli import main
-from mnistlab.errors import ConfigError
+from mnistlab.core import adversarial, checkpoint, checks, config, data
 from mnistlab.core.metrics import loss_and_accuracy
 from mnistlab.core.models import ShiftTTA, build_model, for_inference, translate
 from mnistlab.core.optim import weight_ema
 from mnistlab.core.train import Trainer
-
-from conftest import interrupt_at_epoch, tiny_trained
+from mnistlab.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,12 @@ def tiny_net(mnist):
 
 
 def _trainer(small_mnist_dir, *overrides: str) -> Trainer:
-    cfg = checks.set_values(config.Config(), checks.parse_overrides([f"data.dir='{small_mnist_dir}'", "model.hidden=[32]",
-                                                   "model.batchnorm=true", *overrides]))
+    cfg = checks.set_values(
+        config.Config(),
+        checks.parse_overrides(
+            [f"data.dir='{small_mnist_dir}'", "model.hidden=[32]", "model.batchnorm=true", *overrides]
+        ),
+    )
     return Trainer(cfg, data.load(small_mnist_dir), torch.device("cpu"))
 
 
@@ -45,8 +48,14 @@ def test_vat_direction_raises_the_kl_more_than_random_directions(tiny_net):
     eps = 1.0
     with torch.no_grad():
         kl_vat = adversarial.kl_divergence(logp, model(x + eps * r))  # (B,)
-        kl_random = torch.stack([adversarial.kl_divergence(logp, model(x + eps * adversarial.unit_vectors(
-            torch.randn(x.shape, generator=g)))) for _ in range(10)])  # (10, B), the same norm
+        kl_random = torch.stack(
+            [
+                adversarial.kl_divergence(
+                    logp, model(x + eps * adversarial.unit_vectors(torch.randn(x.shape, generator=g)))
+                )
+                for _ in range(10)
+            ]
+        )  # (10, B), the same norm
     assert (kl_vat > kl_random.max(0).values).float().mean() > 0.9  # per image, above all ten random ones
     assert kl_vat.mean() > 20 * kl_random.mean()
 
@@ -141,8 +150,27 @@ def test_ema_follows_its_formula():
 def test_ema_weights_are_evaluated_and_saved(small_mnist_dir, tmp_path):
     """best.safetensors holds the EMA (not the raw weights), and the run's test accuracy is the EMA's."""
     out = tmp_path / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "32", "--quiet",
-                 "--set", "regularize.ema=true", "--set", "regularize.ema_decay=0.99", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--hidden",
+                "32",
+                "--quiet",
+                "--set",
+                "regularize.ema=true",
+                "--set",
+                "regularize.ema_decay=0.99",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     state = checkpoint.load_tensors(out / "checkpoint.safetensors")
     best = checkpoint.load_tensors(out / "best.safetensors")
     for k, v in best.items():
@@ -189,8 +217,25 @@ def test_tta_runs_classify_and_export_through_the_shifts(small_mnist_dir, tmp_pa
     import onnxruntime as ort
 
     out = tmp_path / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "32", "--quiet",
-                 "--set", "regularize.tta_shifts=[[0, 0], [1, 0], [-1, 0]]", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--hidden",
+                "32",
+                "--quiet",
+                "--set",
+                "regularize.tta_shifts=[[0, 0], [1, 0], [-1, 0]]",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model, _ = checkpoint.load_best_model(out)
     assert isinstance(model, ShiftTTA) and model.shifts == [(0, 0), (1, 0), (-1, 0)]
     ds = data.load(small_mnist_dir)
@@ -207,38 +252,75 @@ def test_tta_runs_classify_and_export_through_the_shifts(small_mnist_dir, tmp_pa
 # ---------------------------------------------------------------- config and resume
 
 
-@pytest.mark.parametrize("override, message", [
-    ("regularize.vat_eps=-1.0", "regularize.vat_eps"),
-    ("regularize.vat_iterations=0", "regularize.vat_iterations"),
-    ("regularize.fgsm_alpha=1.5", "regularize.fgsm_alpha"),
-    ("regularize.ema_decay=1.1", "regularize.ema_decay"),
-    ("regularize.tta_shifts=[[1]]", "regularize.tta_shifts"),
-    ("regularize.tta_shifts=[[0, 0], [0, 0]]", "regularize.tta_shifts"),
-    ("regularize.tta_shifts=[[0, 30]]", "regularize.tta_shifts"),
-    ("regularize.vat_eps='big'", "regularize.vat_eps"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("regularize.vat_eps=-1.0", "regularize.vat_eps"),
+        ("regularize.vat_iterations=0", "regularize.vat_iterations"),
+        ("regularize.fgsm_alpha=1.5", "regularize.fgsm_alpha"),
+        ("regularize.ema_decay=1.1", "regularize.ema_decay"),
+        ("regularize.tta_shifts=[[1]]", "regularize.tta_shifts"),
+        ("regularize.tta_shifts=[[0, 0], [0, 0]]", "regularize.tta_shifts"),
+        ("regularize.tta_shifts=[[0, 30]]", "regularize.tta_shifts"),
+        ("regularize.vat_eps='big'", "regularize.vat_eps"),
+    ],
+)
 def test_bad_values_are_rejected_by_name(override, message):
     with pytest.raises(ConfigError, match=message):
         checks.set_values(config.Config(), checks.parse_overrides([override]))
 
 
 def test_the_numpy_engine_refuses_regularisers(small_mnist_dir, capsys):
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--engine", "numpy", "--quiet",
-                 "--set", "regularize.ema=true"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--engine",
+                "numpy",
+                "--quiet",
+                "--set",
+                "regularize.ema=true",
+            ]
+        )
+        == 2
+    )
     assert "regularize" in capsys.readouterr().err
 
 
-REGULARISERS = ["regularize.vat_eps=2.0", "regularize.fgsm_eps=0.25", "regularize.ema=true",
-                 "regularize.ema_decay=0.9", "regularize.tta_shifts=[[0, 0], [1, 0], [0, -1]]"]
+REGULARISERS = [
+    "regularize.vat_eps=2.0",
+    "regularize.fgsm_eps=0.25",
+    "regularize.ema=true",
+    "regularize.ema_decay=0.9",
+    "regularize.tta_shifts=[[0, 0], [1, 0], [0, -1]]",
+]
 
 
 def test_resume_with_the_regularisers_equals_uninterrupted(small_mnist_dir, tmp_path, monkeypatch):
     """VAT (its draws), FGSM, the EMA (its weights and buffers) and TTA all on in one run, with batch norm
     and dropout, so every stream and buffer is in play: the resumed run ends bit for bit where the
     uninterrupted one does."""
-    args = ["--data-dir", str(small_mnist_dir), "--epochs", "3", "--hidden", "32", "--quiet", "--set",
-            "model.batchnorm=true", "--set", "model.dropout=0.2", "--set", "optim.name='adam'",
-            "--set", "optim.lr=0.002"]
+    args = [
+        "--data-dir",
+        str(small_mnist_dir),
+        "--epochs",
+        "3",
+        "--hidden",
+        "32",
+        "--quiet",
+        "--set",
+        "model.batchnorm=true",
+        "--set",
+        "model.dropout=0.2",
+        "--set",
+        "optim.name='adam'",
+        "--set",
+        "optim.lr=0.002",
+    ]
     for key in REGULARISERS:
         args += ["--set", key]
     assert main(["train", *args, "--out", str(tmp_path / "full")]) == 0
@@ -247,8 +329,10 @@ def test_resume_with_the_regularisers_equals_uninterrupted(small_mnist_dir, tmp_
     monkeypatch.undo()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     rows = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "cut")]
-    assert rows[0] == [{**r, "seconds": rows[0][i]["seconds"], "eval_seconds": rows[0][i]["eval_seconds"]}
-                       for i, r in enumerate(rows[1])]
+    assert rows[0] == [
+        {**r, "seconds": rows[0][i]["seconds"], "eval_seconds": rows[0][i]["eval_seconds"]}
+        for i, r in enumerate(rows[1])
+    ]
     for name in ("checkpoint.safetensors", "best.safetensors"):
         a, b = (checkpoint.load_tensors(tmp_path / d / name) for d in ("full", "cut"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -56,15 +56,18 @@ def test_predict_accepts_raw_image_bodies_and_multipart_uploads(client, mnist):
     assert raw.json()["probabilities"] == multi.json()["probabilities"]
 
 
-@pytest.mark.parametrize("kwargs, status, message", [
-    ({"content": b"abc"}, 415, "no Content-Type"),
-    ({"content": b"abc", "headers": {"content-type": "text/plain"}}, 415, "unsupported Content-Type"),
-    ({"content": b"\xff\xfe not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
-    ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 400, 'string field "image"'),
-    ({"content": b"garbage", "headers": {"content-type": "image/png"}}, 400, "not an image"),
-    ({"files": {"other": ("x.png", b"abc", "image/png")}}, 400, 'file field named "image"'),
-    ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, None),
-])
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        ({"content": b"abc"}, 415, "no Content-Type"),
+        ({"content": b"abc", "headers": {"content-type": "text/plain"}}, 415, "unsupported Content-Type"),
+        ({"content": b"\xff\xfe not json", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 400, 'string field "image"'),
+        ({"content": b"garbage", "headers": {"content-type": "image/png"}}, 400, "not an image"),
+        ({"files": {"other": ("x.png", b"abc", "image/png")}}, 400, 'file field named "image"'),
+        ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400, None),
+    ],
+)
 def test_malformed_bodies_get_4xx_not_500(client, kwargs, status, message):
     r = client.post("/api/predict", **kwargs)
     assert r.status_code == status, r.text
@@ -76,6 +79,7 @@ def test_chunked_body_over_the_limit_gets_413(client):
     def chunks():
         for _ in range(serve.MAX_BODY_BYTES // 65536 + 2):
             yield b"x" * 65536
+
     r = client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"})
     assert r.status_code == 413 and "too large" in r.json()["detail"]
 
@@ -89,18 +93,21 @@ def test_predict_api(client, mnist):
     assert np.array(body["input"]).shape == (28, 28) and abs(sum(body["probabilities"]) - 1) < 1e-3
 
 
-@pytest.mark.parametrize("payload, status, message", [
-    ({"image": "%%%"}, 400, "not valid base64"),
-    ({"image": base64.b64encode(b"plain text").decode()}, 400, "not an image"),
-    ({"image": _png(np.full((50, 50), 255, np.uint8))}, 400, "no digit found"),
-    ({"image": _png(np.zeros((3000, 10), np.uint8))}, 413, "too large"),
-    ({"picture": "x"}, 400, 'string field "image"'),
-    ({"image": "data:"}, 400, "not a valid data: URL"),
-    ({"image": "data:image/png;base64"}, 400, "not a valid data: URL"),
-    ({"image": "data:image/png,abc"}, 400, "must be base64-encoded"),
-    ({"image": _png(_dots())}, 400, "no digit found"),
-    ({"image": _png(np.zeros((6300, 6300), np.uint8))}, 413, "6300x6300"),
-])
+@pytest.mark.parametrize(
+    "payload, status, message",
+    [
+        ({"image": "%%%"}, 400, "not valid base64"),
+        ({"image": base64.b64encode(b"plain text").decode()}, 400, "not an image"),
+        ({"image": _png(np.full((50, 50), 255, np.uint8))}, 400, "no digit found"),
+        ({"image": _png(np.zeros((3000, 10), np.uint8))}, 413, "too large"),
+        ({"picture": "x"}, 400, 'string field "image"'),
+        ({"image": "data:"}, 400, "not a valid data: URL"),
+        ({"image": "data:image/png;base64"}, 400, "not a valid data: URL"),
+        ({"image": "data:image/png,abc"}, 400, "must be base64-encoded"),
+        ({"image": _png(_dots())}, 400, "no digit found"),
+        ({"image": _png(np.zeros((6300, 6300), np.uint8))}, 413, "6300x6300"),
+    ],
+)
 def test_bad_requests_get_4xx(client, payload, status, message):
     r = client.post("/api/predict", json=payload)
     assert r.status_code == status
@@ -109,8 +116,11 @@ def test_bad_requests_get_4xx(client, payload, status, message):
 
 
 def test_body_size_limit(client):
-    r = client.post("/api/predict", content=b"{" + b" " * (serve.MAX_BODY_BYTES + 10) + b"}",
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/predict",
+        content=b"{" + b" " * (serve.MAX_BODY_BYTES + 10) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and "too large" in r.json()["detail"]
 
 
@@ -130,6 +140,7 @@ def test_openapi_describes_the_api(client):
 
 def test_cli_binds_to_loopback_by_default(trained_run, monkeypatch):
     from mnistlab.cli import main
+
     seen = {}
     monkeypatch.setattr(serve, "serve", lambda run_dir, host, port: seen.update(host=host, port=port))
     assert main(["serve", "--model", str(trained_run)]) == 0
@@ -139,29 +150,44 @@ def test_cli_binds_to_loopback_by_default(trained_run, monkeypatch):
 def test_serve_on_a_busy_port_is_one_line(trained_run):
     import subprocess
     import sys
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "mnistlab", "serve", "--model", str(trained_run), "--port",
-                            str(port)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "mnistlab", "serve", "--model", str(trained_run), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def server_url(trained_run):
     import uvicorn
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(serve.create_app(trained_run), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(serve.create_app(trained_run), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -175,11 +201,19 @@ def server_url(trained_run):
 def test_slow_clients_are_cut_off(trained_run):
     """A body that never arrives gets 408; headers that never end get the connection closed."""
     import uvicorn
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(serve.create_app(trained_run, body_timeout=1.0), host="127.0.0.1",
-                                           port=port, log_level="warning", http=serve.header_timeout_protocol(1.0)))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            serve.create_app(trained_run, body_timeout=1.0),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            http=serve.header_timeout_protocol(1.0),
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -187,8 +221,10 @@ def test_slow_clients_are_cut_off(trained_run):
         time.sleep(0.05)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as c:
-            c.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                      b"Content-Length: 1000\r\n\r\n" + b"x" * 10)  # 10 of 1,000 bytes, then silence
+            c.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"x" * 10
+            )  # 10 of 1,000 bytes, then silence
             start = time.time()
             reply = c.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in reply
@@ -216,8 +252,10 @@ SHAPES = {  # strokes on the 280x280 pad
 def test_draw_a_digit_in_headless_chromium(server_url):
     """Drives the real page with the mouse in Debian's Chromium (installed by .ci/run) and reads the answer."""
     from playwright.sync_api import sync_playwright
-    assert shutil.which("chromium") or __import__("os").path.exists(CHROMIUM), \
+
+    assert shutil.which("chromium") or __import__("os").path.exists(CHROMIUM), (
         "Debian's chromium is needed for the browser test: apt-get install chromium"
+    )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
@@ -251,11 +289,16 @@ def test_serve_command_runs_a_server(trained_run):
     import subprocess
     import sys
     import urllib.request
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "--model", str(trained_run), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistlab", "serve", "--model", str(trained_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, health = time.time() + 60, None
         while time.time() < deadline and proc.poll() is None:
@@ -276,6 +319,7 @@ def test_canvas_export_of_white_strokes_on_transparent_is_read(client):
     """A canvas exported with white strokes on a transparent background (the strokes live in the alpha
     channel) was a 400 "no digit found"; it reads as the same digit as black strokes on white."""
     from PIL import ImageDraw
+
     pad = Image.new("L", (280, 280), 0)
     ImageDraw.Draw(pad).line([(70, 50), (210, 50), (120, 240)], fill=255, width=22, joint="curve")
     rgba = np.zeros((280, 280, 4), np.uint8)

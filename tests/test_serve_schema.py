@@ -21,7 +21,8 @@ def api_schema(trained_run):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = SchemathesisConfig.from_str(
-            '[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "400", "413"]\n')
+            '[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "400", "413"]\n'
+        )
         return schemathesis.openapi.from_asgi("/openapi.json", serve.create_app(trained_run), config=config)
 
 
@@ -29,8 +30,10 @@ def test_api_conforms_to_its_openapi_schema(api_schema):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {op.path for op in operations} == {"/api/predict", "/api/health"}
     for op in operations:
+
         @given(case=op.as_strategy())
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case):
             case.call_and_validate()
+
         check()

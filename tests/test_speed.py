@@ -10,7 +10,9 @@ from mnistlab.errors import ConfigError
 
 def _cfg(arch: str, width: int = 8, **extra) -> config.ModelConfig:
     sets = [f"model.arch='{arch}'", f"model.width={width}", "model.init='default'"]
-    return checks.set_values(config.Config(), checks.parse_overrides(sets + [f"model.{k}={v}" for k, v in extra.items()])).model
+    return checks.set_values(
+        config.Config(), checks.parse_overrides(sets + [f"model.{k}={v}" for k, v in extra.items()])
+    ).model
 
 
 def test_speedcnn_is_fastcnn_with_its_dense_weights_read_in_channels_last_order():
@@ -18,8 +20,11 @@ def test_speedcnn_is_fastcnn_with_its_dense_weights_read_in_channels_last_order(
     order, speedcnn computes the same function."""
     fast = models.build_model(_cfg("fastcnn"), torch.Generator().manual_seed(3)).eval()
     speed = models.build_model(_cfg("speedcnn"), torch.Generator().manual_seed(3)).eval()
-    assert models.count_parameters(speed) == models.count_parameters(fast) == \
-        25 * 8 + 8 + 9 * 8 * 16 + 16 + 16 * 49 * 32 + 32 + 32 * 10 + 10
+    assert (
+        models.count_parameters(speed)
+        == models.count_parameters(fast)
+        == 25 * 8 + 8 + 9 * 8 * 16 + 16 + 16 * 49 * 32 + 32 + 32 * 10 + 10
+    )
     w = fast.classifier[1].weight  # (4w, C * 7 * 7) in CHW order
     with torch.no_grad():
         speed.classifier[0].weight.copy_(w.view(32, 16, 7, 7).permute(0, 2, 3, 1).reshape(32, -1))
@@ -43,8 +48,19 @@ def test_speedcnn_flattens_without_a_copy_and_keeps_one_memory_format_in_backwar
 
 
 def test_frozen_first_convolution_keeps_its_weights_and_the_rest_train():
-    cfg = checks.set_values(config.Config(), checks.parse_overrides(["model.arch='speedcnn'", "model.width=8", "model.init='default'",
-                                                   "model.freeze_first=true", "optim.name='adam'", "optim.lr=0.01"]))
+    cfg = checks.set_values(
+        config.Config(),
+        checks.parse_overrides(
+            [
+                "model.arch='speedcnn'",
+                "model.width=8",
+                "model.init='default'",
+                "model.freeze_first=true",
+                "optim.name='adam'",
+                "optim.lr=0.01",
+            ]
+        ),
+    )
     model = models.build_model(cfg.model, torch.Generator().manual_seed(0))
     opt = optim.build_optimizer(model, cfg.optim)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

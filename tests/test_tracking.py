@@ -17,14 +17,35 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tests")
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns: not in the checkout
     from mlflow import MlflowClient
+
     return MlflowClient()
 
 
 def test_train_tracked_in_tensorboard_and_mlflow(small_mnist_dir, tmp_path, mlflow_store):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = tmp_path / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "3", "--hidden", "16", "--quiet",
-                 "--out", str(out), "--track", "tensorboard", "--track", "mlflow"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "3",
+                "--hidden",
+                "16",
+                "--quiet",
+                "--out",
+                str(out),
+                "--track",
+                "tensorboard",
+                "--track",
+                "mlflow",
+            ]
+        )
+        == 0
+    )
     history = json.loads((out / "metrics.json").read_text())
 
     acc = EventAccumulator(str(out / "tensorboard"))
@@ -47,8 +68,10 @@ def test_train_tracked_in_tensorboard_and_mlflow(small_mnist_dir, tmp_path, mlfl
 def test_study_is_a_parent_run_with_a_child_per_run(small_mnist_dir, tmp_path, mlflow_store):
     cfg = tmp_path / "a.toml"
     cfg.write_text(f'name = "a"\n[data]\ndir = "{small_mnist_dir}"\n[model]\nhidden = [8]\n[train]\nepochs = 2\n')
-    assert main(["compare", str(cfg), "--seeds", "2", "--quiet", "--out", str(tmp_path / "study"),
-                 "--track", "mlflow"]) == 0
+    assert (
+        main(["compare", str(cfg), "--seeds", "2", "--quiet", "--out", str(tmp_path / "study"), "--track", "mlflow"])
+        == 0
+    )
     exp = mlflow_store.get_experiment_by_name("tests")
     runs = mlflow_store.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("mnistlab.kind") == "study"]
@@ -61,8 +84,23 @@ def test_study_is_a_parent_run_with_a_child_per_run(small_mnist_dir, tmp_path, m
 def test_a_tracker_that_is_not_installed_is_one_line(small_mnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mnistlab[track] were not installed
     out = tmp_path / "run"
-    assert main(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--quiet", "--out", str(out),
-                 "--track", "mlflow"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+                "--track",
+                "mlflow",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "needs MLflow: pip install 'mnistlab[track]'" in err and err.count("\n") == 1
     assert not out.exists()
@@ -70,8 +108,21 @@ def test_a_tracker_that_is_not_installed_is_one_line(small_mnist_dir, tmp_path, 
 
 def test_untracked_commands_import_no_tracker(small_mnist_dir, tmp_path):
     from conftest import modules_after
-    (loaded,) = modules_after(["train", "--data-dir", str(small_mnist_dir), "--epochs", "1", "--hidden", "8",
-                               "--quiet", "--out", str(tmp_path / "r")])
+
+    (loaded,) = modules_after(
+        [
+            "train",
+            "--data-dir",
+            str(small_mnist_dir),
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+            "--quiet",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert not {"mlflow", "tensorboard", "torch.utils.tensorboard"} & loaded
     assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "complete"  # it trained
 
@@ -81,8 +132,9 @@ def _mlflow_runs(client):
 
 
 def _train_tracked(data_dir, out, *extra):
-    return main(["train", "--data-dir", str(data_dir), "--epochs", "3", "--hidden", "16", "--quiet",
-                 "--out", str(out), *extra])
+    return main(
+        ["train", "--data-dir", str(data_dir), "--epochs", "3", "--hidden", "16", "--quiet", "--out", str(out), *extra]
+    )
 
 
 def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_events(small_mnist_dir, tmp_path, mlflow_store):
@@ -91,6 +143,7 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_events(small_mni
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from conftest import interrupt_at_epoch
+
     out = tmp_path / "run"
     with pytest.MonkeyPatch.context() as mp:  # its own: undoing it keeps the store's environment
         interrupt_at_epoch(mp, 2)
@@ -109,7 +162,8 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_events(small_mni
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("val_acc")] == [
-        (r["epoch"], pytest.approx(r["val_acc"])) for r in history]
+        (r["epoch"], pytest.approx(r["val_acc"])) for r in history
+    ]
 
 
 def test_after_kill_9_the_resumed_run_continues_the_same_mlflow_run(small_mnist_dir, tmp_path, mlflow_store):
@@ -117,11 +171,34 @@ def test_after_kill_9_the_resumed_run_continues_the_same_mlflow_run(small_mnist_
     import signal
     import subprocess
     import time
+
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--data-dir", str(small_mnist_dir),
-                             "--epochs", "40", "--hidden", "64", "--threads", "1", "--quiet", "--out", str(out),
-                             "--track", "mlflow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnistlab",
+            "train",
+            "--data-dir",
+            str(small_mnist_dir),
+            "--epochs",
+            "40",
+            "--hidden",
+            "64",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+            "--track",
+            "mlflow",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 3):
@@ -153,10 +230,12 @@ def test_overwrite_clears_the_run_and_its_trackers(small_mnist_dir, tmp_path, ml
     assert new != old and len(_mlflow_runs(mlflow_store)) == 2
 
 
-@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/a-file/mlflow.db", "postgresql://nobody@127.0.0.1:1/none",
-                                 "sqlite://"])
-def test_a_tracking_store_that_cannot_be_used_fails_before_the_run_directory(small_mnist_dir, tmp_path,
-                                                                             monkeypatch, capsys, uri):
+@pytest.mark.parametrize(
+    "uri", ["sqlite:///{tmp}/a-file/mlflow.db", "postgresql://nobody@127.0.0.1:1/none", "sqlite://"]
+)
+def test_a_tracking_store_that_cannot_be_used_fails_before_the_run_directory(
+    small_mnist_dir, tmp_path, monkeypatch, capsys, uri
+):
     (tmp_path / "a-file").write_text("not a directory")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(tmp=tmp_path))
     out = tmp_path / "run"
@@ -186,6 +265,7 @@ class _Recorder:
         self.calls.append((self.name, "epoch", row["epoch"]))
         if row["epoch"] == self.stop_at:
             from mnistlab.core.experiment import StopRun
+
             raise StopRun(f"stopped by {self.name}")
 
     def end(self, run_dir, status):
@@ -200,18 +280,30 @@ def test_a_run_calls_one_list_of_epoch_observers_in_order(small_mnist_dir, tmp_p
     from mnistlab.core.experiment import RunInterrupted, StopRun, resume, run
     from mnistlab.output.tracking import MlflowTracker, TensorBoardTracker
     from mnistlab.studies.tune import PruningHook
-    assert all(callable(getattr(cls, m, None)) for cls in (MlflowTracker, TensorBoardTracker, PruningHook)
-               for m in ("start", "epoch", "end"))  # the EpochObserver protocol
+
+    assert all(
+        callable(getattr(cls, m, None))
+        for cls in (MlflowTracker, TensorBoardTracker, PruningHook)
+        for m in ("start", "epoch", "end")
+    )  # the EpochObserver protocol
     assert all(callable(getattr(cls, "study", None)) for cls in (MlflowTracker, TensorBoardTracker))  # StudyObserver
 
-    cfg = checks.set_values(config.Config(), {"data.dir": str(small_mnist_dir), "train.epochs": 3,
-                                              "model.hidden": [8]})
+    cfg = checks.set_values(config.Config(), {"data.dir": str(small_mnist_dir), "train.epochs": 3, "model.hidden": [8]})
     calls: list = []
     with pytest.raises(StopRun, match="stopped by b"):
-        run(cfg, tmp_path / "r", log=lambda m: None,
-            observers=[_Recorder("a", calls), _Recorder("b", calls, stop_at=2)])
-    assert calls == [("a", "start", None, []), ("b", "start", None, []), ("a", "epoch", 1), ("b", "epoch", 1),
-                     ("a", "epoch", 2), ("b", "epoch", 2), ("a", "end", "stopped"), ("b", "end", "stopped")]
+        run(
+            cfg, tmp_path / "r", log=lambda m: None, observers=[_Recorder("a", calls), _Recorder("b", calls, stop_at=2)]
+        )
+    assert calls == [
+        ("a", "start", None, []),
+        ("b", "start", None, []),
+        ("a", "epoch", 1),
+        ("b", "epoch", 1),
+        ("a", "epoch", 2),
+        ("b", "epoch", 2),
+        ("a", "end", "stopped"),
+        ("b", "end", "stopped"),
+    ]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["tracking"] == {"a": {"seen": 0}, "b": {"seen": 0}}
 
     interrupt_at_epoch(monkeypatch, 2)

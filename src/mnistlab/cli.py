@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .core import config as config_mod
@@ -15,9 +17,9 @@ from .errors import MnistlabError
 from .text import plural
 
 if TYPE_CHECKING:
-    from .studies.ray_executor import RayOptions
     from .core.data import Dataset
     from .core.experiment import RunResult
+    from .studies.ray_executor import RayOptions
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,6 +34,7 @@ def _logger(quiet: bool) -> Callable[[str], None]:
     if quiet:
         return lambda msg: None
     from tqdm import tqdm
+
     return lambda msg: tqdm.write(msg, file=sys.stdout)
 
 
@@ -78,6 +81,7 @@ def check_paths(args: argparse.Namespace) -> None:
             if not path.is_dir():
                 raise MnistlabError(f"--{flag} {path} is not a directory")
 
+
 def _int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
@@ -103,14 +107,23 @@ _HELP = {
     "--hidden": "hidden widths, comma-separated (e.g. 512,512)",
     "--dataset": "mnist (bundled), fashion-mnist, kmnist, qmnist, emnist-balanced, ... (see `mnistlab datasets`)",
     "--data-dir": "a folder with the dataset's four MNIST-format files (default: the bundled, installed or "
-                  "cached copy; fetched once when missing)",
+    "cached copy; fetched once when missing)",
     "--precision": "fp32, bf16, or auto (bf16 only where the hardware runs it faster)",
     "--device": "auto, cpu, cuda or cuda:N",
     "--engine": "torch, or numpy for the from-scratch NumPy MLP",
 }
 # the overrides that studies (compare, tune) accept besides --set: what a quick small study changes
-STUDY_FLAGS = ["--epochs", "--lr", "--batch-size", "--hidden", "--dataset", "--data-dir", "--precision", "--device",
-               "--threads"]
+STUDY_FLAGS = [
+    "--epochs",
+    "--lr",
+    "--batch-size",
+    "--hidden",
+    "--dataset",
+    "--data-dir",
+    "--precision",
+    "--device",
+    "--threads",
+]
 
 
 def _add_override_options(p: argparse.ArgumentParser, overrides: Sequence[str], with_set: bool = True) -> None:
@@ -118,13 +131,18 @@ def _add_override_options(p: argparse.ArgumentParser, overrides: Sequence[str], 
         key = OVERRIDE_FLAGS[flag][0]
         p.add_argument(flag, dest=key.replace(".", "__"), metavar="X", help=_HELP.get(flag, f"set {key}"))
     if with_set:
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override any key, e.g. optim.momentum=0.9 (repeatable)")
+        p.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override any key, e.g. optim.momentum=0.9 (repeatable)"
+        )
 
 
 def _add_moved_data_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, metavar="DIR",
-                   help="where the run's data is now, when it moved (checked against the SHA-256 the run recorded)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the run's data is now, when it moved (checked against the SHA-256 the run recorded)",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser, overrides: Sequence[str], with_set: bool = False) -> None:
@@ -153,23 +171,35 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 # ---------------------------------------------------------------- commands
 
 
-def _trackers(args: argparse.Namespace):  # noqa: ANN202
+def _trackers(args: argparse.Namespace):
     from .output.tracking import Trackers
+
     return Trackers(getattr(args, "track", None))
 
 
 def _add_track_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--track", action="append", choices=["tensorboard", "mlflow"],
-                   help="follow the run(s) in TensorBoard (under the run directory) or MLflow (its default store, "
-                        "or MLFLOW_TRACKING_URI); repeatable; needs mnistlab[track]")
+    p.add_argument(
+        "--track",
+        action="append",
+        choices=["tensorboard", "mlflow"],
+        help="follow the run(s) in TensorBoard (under the run directory) or MLflow (its default store, "
+        "or MLFLOW_TRACKING_URI); repeatable; needs mnistlab[track]",
+    )
 
 
-def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace, dataset: "Dataset | None" = None) -> RunResult:
+def _run_and_report(cfg: config_mod.Config, args: argparse.Namespace, dataset: Dataset | None = None) -> RunResult:
     from .core.experiment import run
 
     log = _logger(args.quiet)
-    result = run(cfg, args.out or default_out(cfg.name), overwrite=args.overwrite, log=log,
-                 show_progress=_show_progress(args), observers=list(_trackers(args)), dataset=dataset)
+    result = run(
+        cfg,
+        args.out or default_out(cfg.name),
+        overwrite=args.overwrite,
+        log=log,
+        show_progress=_show_progress(args),
+        observers=list(_trackers(args)),
+        dataset=dataset,
+    )
     _print_summary(result)
     return result
 
@@ -179,11 +209,15 @@ def _print_summary(result: RunResult) -> None:
 
     s = result.info["summary"]
     if result.convergence is not None:
-        print(f"converged at epoch {result.convergence} (validation accuracy within ±{BAND} points of its "
-              f"last-{WINDOW}-epoch mean from then on)")
+        print(
+            f"converged at epoch {result.convergence} (validation accuracy within ±{BAND} points of its "
+            f"last-{WINDOW}-epoch mean from then on)"
+        )
     if "best_epoch" in s:
-        print(f"best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']}; "
-              f"test accuracy there {s['test_acc_at_best_val']:.3f}%; final test accuracy {s['final_test_acc']:.3f}%")
+        print(
+            f"best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']}; "
+            f"test accuracy there {s['test_acc_at_best_val']:.3f}%; final test accuracy {s['final_test_acc']:.3f}%"
+        )
     else:
         print(f"final test accuracy {s['final_test_acc']:.3f}%")
     print(f"wrote {result.run_dir.path}")
@@ -192,12 +226,17 @@ def _print_summary(result: RunResult) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         from .core.experiment import resume
-        given = [f for f in ("config", "set", "out", *(k.replace(".", "__") for k, _ in OVERRIDE_FLAGS.values()))
-                 if getattr(args, f, None)]
+
+        given = [
+            f
+            for f in ("config", "set", "out", *(k.replace(".", "__") for k, _ in OVERRIDE_FLAGS.values()))
+            if getattr(args, f, None)
+        ]
         if given or args.overwrite:
             raise MnistlabError("--resume continues a run with its own config; it takes no other run options")
-        result = resume(args.resume, log=_logger(args.quiet), show_progress=_show_progress(args),
-                        observers=list(_trackers(args)))
+        result = resume(
+            args.resume, log=_logger(args.quiet), show_progress=_show_progress(args), observers=list(_trackers(args))
+        )
         _print_summary(result)
         return 0
     from .core.checks import load_config, set_values
@@ -219,26 +258,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         gap = compare_with_report(result.history, report_table())
         verdict = "matches" if matches_report(gap) else "DIFFERS FROM"
         loss_gate = f"{GATE_TRAIN_LOSS:.0e}".replace("e-0", "e-")  # 1e-3, as the docs write it
-        print(f"{verdict} the report: largest per-epoch gap {gap['max_val_acc_diff']:.3f} points of validation "
-              f"accuracy (gate {GATE_VAL_ACC:g}), {gap['max_train_loss_diff']:.2e} of training loss "
-              f"(gate {loss_gate})")
-        print("note: the report's test column used raw 0-255 pixels; mnistlab scales test images to 0-1 "
-              "as in training (see README)")
+        print(
+            f"{verdict} the report: largest per-epoch gap {gap['max_val_acc_diff']:.3f} points of validation "
+            f"accuracy (gate {GATE_VAL_ACC:g}), {gap['max_train_loss_diff']:.2e} of training loss "
+            f"(gate {loss_gate})"
+        )
+        print(
+            "note: the report's test column used raw 0-255 pixels; mnistlab scales test images to 0-1 "
+            "as in training (see README)"
+        )
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from .core.metrics import diverged_epoch
-    from .output.plots import run_figures
     from .core.runs import RunDir
+    from .output.plots import run_figures
 
     run = RunDir(args.run_dir)
     history = run.read_history()
     name = run.read_info().get("name", "") if run.file("run.json").exists() else ""
     conv = run_figures(history, run.path, name)
     diverged = diverged_epoch(history)
-    print(f"wrote {run.file('accuracy.png')} and {run.file('loss.png')}"
-          + (f"; converged at epoch {conv}" if conv else "") + (f"; diverged at epoch {diverged}" if diverged else ""))
+    print(
+        f"wrote {run.file('accuracy.png')} and {run.file('loss.png')}"
+        + (f"; converged at epoch {conv}" if conv else "")
+        + (f"; diverged at epoch {diverged}" if diverged else "")
+    )
     return 0
 
 
@@ -250,52 +296,69 @@ def cmd_final(args: argparse.Namespace) -> int:
     cfg, best = final_config(args.run_dir, args.data_dir)
     run = RunDir(args.run_dir)
     dataset = load_for_run(run.path, run.read_config(), args.data_dir, log=_logger(args.quiet))  # the run's own data
-    print(f"final model: {cfg.name}, trained on train + validation for {plural(best, 'epoch')} (the best epoch on "
-          f"validation)")
+    print(
+        f"final model: {cfg.name}, trained on train + validation for {plural(best, 'epoch')} (the best epoch on "
+        f"validation)"
+    )
     _run_and_report(cfg, args, dataset)
     return 0
 
 
-def _ray_options(args: argparse.Namespace) -> "RayOptions | None":
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
     if args.ray is None:
         if args.cpus_per_run is not None or args.gpus_per_run is not None or args.ray_timeout is not None:
             raise MnistlabError("--cpus-per-run, --gpus-per-run and --ray-timeout need --ray")
         return None
     from .studies.ray_executor import RayOptions
-    return RayOptions(address=args.ray or None, cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
-                      gpus_per_run=args.gpus_per_run or 0.0,
-                      schedule_timeout=600.0 if args.ray_timeout is None else args.ray_timeout)
+
+    return RayOptions(
+        address=args.ray or None,
+        cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run or 0.0,
+        schedule_timeout=600.0 if args.ray_timeout is None else args.ray_timeout,
+    )
 
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run on Ray: no ADDRESS starts an embedded local Ray; auto, HOST:PORT or ray://HOST:10001 "
-                        "joins a running cluster (needs mnistlab[scale])")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray: no ADDRESS starts an embedded local Ray; auto, HOST:PORT or ray://HOST:10001 "
+        "joins a running cluster (needs mnistlab[scale])",
+    )
     p.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs each run asks Ray for (default 1)")
-    p.add_argument("--gpus-per-run", type=float, metavar="F", help="GPUs each run asks Ray for; fractions share a GPU "
-                                                                    "(default 0)")
-    p.add_argument("--ray-timeout", type=float, metavar="SECONDS",
-                   help="on a cluster: how long runs may wait for a node that offers their resources before the "
-                        "study stops (default 600)")
+    p.add_argument(
+        "--gpus-per-run", type=float, metavar="F", help="GPUs each run asks Ray for; fractions share a GPU (default 0)"
+    )
+    p.add_argument(
+        "--ray-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on a cluster: how long runs may wait for a node that offers their resources before the "
+        "study stops (default 600)",
+    )
 
 
-def _study_tracking(tracker, out: Path, kind: str):  # noqa: ANN001, ANN202 - a context manager
+def _study_tracking(tracker, out: Path, kind: str):
     """The study's tracking context, continuing the one recorded in study.json (its MLflow parent run)."""
     from contextlib import contextmanager
 
     from .core.runs import read_study, write_study
 
     @contextmanager
-    def tracking():  # noqa: ANN202
+    def tracking():
         with tracker.study(out.name, read_study(out).get("tracking")) as identity:
             write_study(out, kind, **({"tracking": identity} if identity else {}))
             yield
+
     return tracking()
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .studies import compare
     from .core.runs import check_study_dir
+    from .studies import compare
 
     if args.seeds < 1:
         raise MnistlabError("--seeds must be at least 1")
@@ -310,17 +373,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with _study_lock(out), _study_tracking(tracker, out, "compare"):
         try:
             if ray_options is None:
-                rows = compare.run_study(cfgs, args.seeds, out, log=log, show_progress=_show_progress(args),
-                                         tracker=tracker)
+                rows = compare.run_study(
+                    cfgs, args.seeds, out, log=log, show_progress=_show_progress(args), tracker=tracker
+                )
             else:
-                rows = compare.run_study_ray(cfgs, args.seeds, out, ray_options, log=log,
-                                             show_progress=_show_progress(args), tracker=tracker,
-                                             epoch_lines=not args.quiet)
+                rows = compare.run_study_ray(
+                    cfgs,
+                    args.seeds,
+                    out,
+                    ray_options,
+                    log=log,
+                    show_progress=_show_progress(args),
+                    tracker=tracker,
+                    epoch_lines=not args.quiet,
+                )
         except BaseException:
-            try:  # the table of the runs that finished, whatever stopped the study
+            # the table of the runs that finished, whatever stopped the study (its own error is not the one to report)
+            with contextlib.suppress(Exception):
                 compare.write_outputs(compare.current_rows(cfgs, args.seeds, out), out)
-            except Exception:  # noqa: BLE001 - the error that stopped the study is the one to report
-                pass
             raise
         if args.ensemble:
             compare.add_ensembles(rows, out)
@@ -343,8 +413,9 @@ def _make_dir(path: Path) -> None:
         raise MnistlabError(f"cannot create directory {path}: {e.strerror or e}") from None
 
 
-def _study_lock(out: Path):  # noqa: ANN202 - a context manager
+def _study_lock(out: Path):
     from .core.runs import study_lock
+
     return study_lock(out)
 
 
@@ -356,8 +427,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     # every option, the config and the whole space are checked before anything is written
     ray_options = _ray_options(args)
-    options = SearchOptions(sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-                            pruner_startup=args.pruner_startup, pruner_warmup=args.pruner_warmup)
+    options = SearchOptions(
+        sampler=args.sampler,
+        pruner=args.pruner,
+        seed=args.seed,
+        pruner_startup=args.pruner_startup,
+        pruner_warmup=args.pruner_warmup,
+    )
     base = load_config(args.config, _overrides(args))
     params = load_space(args.space, base)
     check_request(base, args.trials, args.storage, args.timeout)
@@ -366,24 +442,45 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tracker = _trackers(args)
     _make_dir(out)
     with _study_lock(out), _study_tracking(tracker, out, "tune"):
-        result = tune(base, params, args.trials, out, options, storage_url=args.storage, study_name=args.study_name,
-                      ray_options=ray_options, log=_logger(args.quiet), tracker=tracker,
-                      timeout_minutes=args.timeout, show_progress=_show_progress(args), epoch_lines=not args.quiet)
+        result = tune(
+            base,
+            params,
+            args.trials,
+            out,
+            options,
+            storage_url=args.storage,
+            study_name=args.study_name,
+            ray_options=ray_options,
+            log=_logger(args.quiet),
+            tracker=tracker,
+            timeout_minutes=args.timeout,
+            show_progress=_show_progress(args),
+            epoch_lines=not args.quiet,
+        )
     print((out / "trials.md").read_text(), end="")
     if result.best_toml is None:
         if result.spent:
-            print(f"mnistlab: error: no trial of {out} completed (see the table's notes), so there is no best "
-                  f"config; the budget of {args.trials} trials is spent: raise --trials to draw more, or change "
-                  "the space and use another --out", file=sys.stderr)
+            print(
+                f"mnistlab: error: no trial of {out} completed (see the table's notes), so there is no best "
+                f"config; the budget of {args.trials} trials is spent: raise --trials to draw more, or change "
+                "the space and use another --out",
+                file=sys.stderr,
+            )
         else:
-            print("mnistlab: error: no trial completed yet (stopped by --timeout); run the same command again to "
-                  "go on", file=sys.stderr)
+            print(
+                "mnistlab: error: no trial completed yet (stopped by --timeout); run the same command again to go on",
+                file=sys.stderr,
+            )
         return EXIT_USER_ERROR
-    print(f"wrote {out / 'trials.md'}, trials.csv, trials.json, history.png and {result.best_toml} "
-          f"(the best trial by validation accuracy)")
+    print(
+        f"wrote {out / 'trials.md'}, trials.csv, trials.json, history.png and {result.best_toml} "
+        f"(the best trial by validation accuracy)"
+    )
     if result.timed_out:
-        print(f"stopped by --timeout {args.timeout:g} before the budget of {args.trials} trials was spent; "
-              f"run the same command again to go on")
+        print(
+            f"stopped by --timeout {args.timeout:g} before the budget of {args.trials} trials was spent; "
+            f"run the same command again to go on"
+        )
     print(f"next, the honest test estimate over seeds: mnistlab compare {result.best_toml} --seeds 3")
     return 0
 
@@ -393,13 +490,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / "evaluate"
     attack_images = ATTACK_IMAGES if args.attack_images is None else args.attack_images
-    evals = evaluate_runs(args.run_dirs, out, args.split, log=print, attack_images=attack_images,
-                          data_dir=args.data_dir, dataset=args.dataset)
+    evals = evaluate_runs(
+        args.run_dirs,
+        out,
+        args.split,
+        log=print,
+        attack_images=attack_images,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+    )
     extra = f"; side by side in {out}: compare.md, compare.json, robustness.png" if len(evals) > 1 else ""
     if len(evals) > 1 and any(e.adversarial for e in evals):
         extra += ", adversarial.md, adversarial.png"
-    print(f"wrote {', '.join(f'{out / e.name}/' for e in evals)} (confusion, per-class, calibration, robustness, "
-          f"adversarial, mistakes, first layer){extra}")
+    print(
+        f"wrote {', '.join(f'{out / e.name}/' for e in evals)} (confusion, per-class, calibration, robustness, "
+        f"adversarial, mistakes, first layer){extra}"
+    )
     return 0
 
 
@@ -407,7 +513,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .studies.compare import ensemble_test_accuracy
 
     acc = ensemble_test_accuracy(args.run_dirs, data_dir=args.data_dir)
-    print(f"ensemble of {plural(len(args.run_dirs), 'run')} (mean softmax of best-validation models): test accuracy {acc:.2f}%")
+    print(
+        f"ensemble of {plural(len(args.run_dirs), 'run')} (mean softmax of best-validation models): "
+        f"test accuracy {acc:.2f}%"
+    )
     return 0
 
 
@@ -460,8 +569,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         results.append(pred.as_json())
         if not args.json:
-            print(f"{path}: " + ", ".join(f"{clf.classes[c]} ({p:.1%})" for c, p in pred.top(3))
-                  + (f"  [unlike any {noun}: {pred.unlike_digit}]" if pred.unlike_digit else ""))
+            print(
+                f"{path}: "
+                + ", ".join(f"{clf.classes[c]} ({p:.1%})" for c, p in pred.top(3))
+                + (f"  [unlike any {noun}: {pred.unlike_digit}]" if pred.unlike_digit else "")
+            )
     if args.json:
         print(json.dumps(results, indent=1, allow_nan=False))
     return EXIT_USER_ERROR if failed else 0
@@ -472,9 +584,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     export_onnx(args.run_dir, args.onnx)
     c = check_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)
-    print(f"wrote {args.onnx}; onnxruntime check on {c.images:,} test images: max |logit difference| "
-          f"{c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
-          f"test accuracy {c.onnx_test_acc:.2f}% (torch {c.torch_test_acc:.2f}%)")
+    print(
+        f"wrote {args.onnx}; onnxruntime check on {c.images:,} test images: max |logit difference| "
+        f"{c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
+        f"test accuracy {c.onnx_test_acc:.2f}% (torch {c.torch_test_acc:.2f}%)"
+    )
     if not c.ok:
         print("mnistlab: error: the ONNX model does not reproduce the torch model", file=sys.stderr)
         return 1
@@ -496,14 +610,28 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for name in args.fetch or []:
         spec = datasets.get(name)
         ds = datasets.load(spec.name, log=print, show_progress=not args.json and sys.stderr.isatty())
-        print(f"{spec.name}: {len(ds.train_labels):,} training and {len(ds.test_labels):,} test images, verified, "
-              f"in {ds.source} (SHA-256 {ds.checksum[:12]}...)")
+        print(
+            f"{spec.name}: {len(ds.train_labels):,} training and {len(ds.test_labels):,} test images, verified, "
+            f"in {ds.source} (SHA-256 {ds.checksum[:12]}...)"
+        )
     if args.fetch:
         return 0
-    rows = [{"name": s.name, "title": s.title, "classes": s.n_classes, "train": s.sizes[0], "test": s.sizes[1],
-             "download_bytes": s.download_bytes(), "licence": s.licence, "available": datasets.availability(s),
-             "quirks": s.quirks, "citation": s.citation, "homepage": s.homepage}
-            for s in (datasets.REGISTRY[n] for n in datasets.names())]
+    rows = [
+        {
+            "name": s.name,
+            "title": s.title,
+            "classes": s.n_classes,
+            "train": s.sizes[0],
+            "test": s.sizes[1],
+            "download_bytes": s.download_bytes(),
+            "licence": s.licence,
+            "available": datasets.availability(s),
+            "quirks": s.quirks,
+            "citation": s.citation,
+            "homepage": s.homepage,
+        }
+        for s in (datasets.REGISTRY[n] for n in datasets.names())
+    ]
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return 0
@@ -511,8 +639,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     print("| --- | ---: | ---: | --- | --- |")
     for r in rows:
         print(f"| {r['name']} | {r['classes']} | {r['train']:,} / {r['test']:,} | {r['licence']} | {r['available']} |")
-    print(f"cache: {datasets.cache_dir()} (set {datasets.CACHE_ENV} to move it); fetch ahead with "
-          f"`mnistlab datasets --fetch NAME`")
+    print(
+        f"cache: {datasets.cache_dir()} (set {datasets.CACHE_ENV} to move it); fetch ahead with "
+        f"`mnistlab datasets --fetch NAME`"
+    )
     return 0
 
 
@@ -554,21 +684,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (validation accuracy only), optionally on Ray")
     p.add_argument("config", type=Path, metavar="CONFIG", help="the base config; the space varies its keys")
-    p.add_argument("--space", type=Path, required=True, metavar="SPACE.toml", help="what to search (experiments/spaces/)")
+    p.add_argument(
+        "--space", type=Path, required=True, metavar="SPACE.toml", help="what to search (experiments/spaces/)"
+    )
     p.add_argument("--trials", type=int, required=True, metavar="N", help="finished trials the study should hold")
     p.add_argument("--out", type=Path, help="study directory (default runs/tune-NAME); rerunning resumes it")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage shared by several drivers, e.g. "
-                                                    "postgresql://user@host/db (default: SQLite in --out)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage shared by several drivers, e.g. postgresql://user@host/db (default: SQLite in --out)",
+    )
     p.add_argument("--study-name", metavar="NAME", help="the study's name in the storage (default: the config's name)")
     p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
     p.add_argument("--pruner", default="median", help="median (default), halving (successive halving) or none")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0); train.seed is the config's")
-    p.add_argument("--pruner-startup", type=int, default=5, metavar="N",
-                   help="median pruner: trials to finish before pruning starts (default 5)")
-    p.add_argument("--pruner-warmup", type=int, default=1, metavar="N",
-                   help="median pruner: epochs of a trial before it can be pruned (default 1)")
-    p.add_argument("--timeout", type=float, metavar="MINUTES",
-                   help="start no new trial after MINUTES (trials under way finish); rerunning goes on")
+    p.add_argument(
+        "--pruner-startup",
+        type=int,
+        default=5,
+        metavar="N",
+        help="median pruner: trials to finish before pruning starts (default 5)",
+    )
+    p.add_argument(
+        "--pruner-warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="median pruner: epochs of a trial before it can be pruned (default 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="MINUTES",
+        help="start no new trial after MINUTES (trials under way finish); rerunning goes on",
+    )
     p.add_argument("--quiet", "-q", action="store_true")
     _add_override_options(p, STUDY_FLAGS)
     _add_ray_options(p)
@@ -578,14 +727,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="errors, calibration, robustness and first-layer figures of trained runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, help="output directory (default runs/evaluate)")
-    p.add_argument("--split", default="test", help="the split to evaluate on: test (default), val, or a named "
-                                                   "test subset of the dataset (QMNIST: test10k, test50k)")
-    p.add_argument("--dataset", metavar="NAME", help="evaluate on this dataset's test set instead of the run's own "
-                                                     "(one made for the run's classes: qmnist for mnist runs)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="the split to evaluate on: test (default), val, or a named "
+        "test subset of the dataset (QMNIST: test10k, test50k)",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="evaluate on this dataset's test set instead of the run's own "
+        "(one made for the run's classes: qmnist for mnist runs)",
+    )
     _add_moved_data_option(p)
-    p.add_argument("--attack-images", type=int, default=None, metavar="N",
-                   help="images of the split (the first N) the FGSM and PGD attacks use (default 1000: all "
-                        "10,000 take over an hour for a CNN on one CPU thread; 0 skips the attacks)")
+    p.add_argument(
+        "--attack-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images of the split (the first N) the FGSM and PGD attacks use (default 1000: all "
+        "10,000 take over an hour for a CNN on one CPU thread; 0 skips the attacks)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="test accuracy of the mean softmax of several runs")
@@ -598,10 +760,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the registry as JSON")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("gradcheck", help="check the NumPy MLP's backprop against float64 autograd and finite differences")
-    p.add_argument("--activation", action="append", metavar="NAME",
-                   help="check only this activation (repeatable; default: each the NumPy MLP implements, "
-                        "mnistlab.core.models.BY_HAND)")
+    p = sub.add_parser(
+        "gradcheck", help="check the NumPy MLP's backprop against float64 autograd and finite differences"
+    )
+    p.add_argument(
+        "--activation",
+        action="append",
+        metavar="NAME",
+        help="check only this activation (repeatable; default: each the NumPy MLP implements, "
+        "mnistlab.core.models.BY_HAND)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_gradcheck)
 
@@ -616,8 +784,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--lang", choices=["en", "ko"], default="en")
-    p.add_argument("--compare", type=Path, action="append", metavar="STUDY_DIR",
-                   help="a `mnistlab compare` directory to include (repeatable)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        metavar="STUDY_DIR",
+        help="a `mnistlab compare` directory to include (repeatable)",
+    )
     p.add_argument("--activations", type=Path, metavar="DIR", help="a `mnistlab activations` directory to include")
     p.add_argument("--evaluate", type=Path, metavar="DIR", help="a `mnistlab evaluate` directory to include")
     p.set_defaults(func=cmd_report)
@@ -652,16 +825,20 @@ def _interrupted_message(e: KeyboardInterrupt, args: argparse.Namespace) -> str:
     again = "; run the same command again to resume the study" if study else ""
     if args.command == "tune":
         where = "from its last finished epoch" if args.ray is None else "from its start (it ran on Ray)"
-        again = (f"; trials.md and best.toml hold the finished trials; the same command continues the cut-off "
-                 f"trial under its own number and parameters, {where}")
+        again = (
+            f"; trials.md and best.toml hold the finished trials; the same command continues the cut-off "
+            f"trial under its own number and parameters, {where}"
+        )
     epochs, run_dir = getattr(e, "epochs", None), getattr(e, "run_dir", None)
     if epochs is None:
         return "interrupted" + (" (finished runs are kept)" + again if study else "")
     if epochs == 0:
-        return (f"interrupted before its first epoch finished: {run_dir} holds nothing to resume"
-                + (again if study else "; start it again with --overwrite"))
-    return (f"interrupted; {epochs} finished epoch{'s' if epochs > 1 else ''} kept in {run_dir}"
-            + (again if study else f" (continue with: mnistlab train --resume {run_dir})"))
+        return f"interrupted before its first epoch finished: {run_dir} holds nothing to resume" + (
+            again if study else "; start it again with --overwrite"
+        )
+    return f"interrupted; {epochs} finished epoch{'s' if epochs > 1 else ''} kept in {run_dir}" + (
+        again if study else f" (continue with: mnistlab train --resume {run_dir})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,9 @@ if os.environ.get("MNISTLAB_NETNS") != "1":
     pytest.skip("run by tests/test_cluster.py inside a loopback-only network namespace", allow_module_level=True)
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-from ray.util.state import list_tasks  # noqa: E402
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_tasks
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +44,18 @@ def cluster():
 
 
 def _config(path: Path, name: str, data_dir: Path, hidden: int = 16, epochs: int = 2, extra: str = "") -> Path:
-    path.write_text(f'name = "{name}"\n[data]\ndir = "{data_dir}"\n[model]\nhidden = [{hidden}]\n'
-                    f'[train]\nepochs = {epochs}\nthreads = 1\n{extra}')
+    path.write_text(
+        f'name = "{name}"\n[data]\ndir = "{data_dir}"\n[model]\nhidden = [{hidden}]\n'
+        f"[train]\nepochs = {epochs}\nthreads = 1\n{extra}"
+    )
     return path
 
 
 def _numbers(run: Path) -> list[dict]:
     """A run's per-epoch metrics without the timing columns."""
-    return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader((run / "metrics.csv").open())]
+    return [
+        {k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader((run / "metrics.csv").open())
+    ]
 
 
 def test_study_on_two_nodes_gives_the_sequential_table(cluster, small_mnist_dir, tmp_path):
@@ -65,6 +69,7 @@ def test_study_on_two_nodes_gives_the_sequential_table(cluster, small_mnist_dir,
     def rows(study):
         recs = json.loads((study / "compare.json").read_text())["rows"]
         return [{k: v for k, v in r.items() if k not in ("train_seconds_per_run", "ran_on")} for r in recs]
+
     assert rows(seq) == rows(dist)
     used = set()
     for name in ("plain", "momentum"):
@@ -83,8 +88,26 @@ def test_tune_on_ray_prunes_across_nodes(cluster, small_mnist_dir, tmp_path):
     space = tmp_path / "space.toml"
     space.write_text('[params."optim.lr"]\ntype = "float"\nlow = 0.0001\nhigh = 1.0\nlog = true\n')
     out = tmp_path / "tune"
-    assert main(["tune", str(base), "--space", str(space), "--trials", "8", "--pruner-startup", "2",
-                 "--out", str(out), "--quiet", "--ray", c.address]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(base),
+                "--space",
+                str(space),
+                "--trials",
+                "8",
+                "--pruner-startup",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--ray",
+                c.address,
+            ]
+        )
+        == 0
+    )
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert len(trials) == 8 and len({t["number"] for t in trials}) == 8
     pruned = [t for t in trials if t["state"] == "pruned"]
@@ -92,8 +115,26 @@ def test_tune_on_ray_prunes_across_nodes(cluster, small_mnist_dir, tmp_path):
     for t in trials:
         assert (out / "trials" / f"trial{t['number']:04d}" / "metrics.csv").is_file()
     # extended, the search continues its sequence: no earlier trial's parameters drawn again
-    assert main(["tune", str(base), "--space", str(space), "--trials", "10", "--pruner-startup", "2",
-                 "--out", str(out), "--quiet", "--ray", c.address]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(base),
+                "--space",
+                str(space),
+                "--trials",
+                "10",
+                "--pruner-startup",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--ray",
+                c.address,
+            ]
+        )
+        == 0
+    )
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert len(trials) == 10 and len({t["optim.lr"] for t in trials}) == 10
 
@@ -110,10 +151,26 @@ def test_driver_interrupted_then_rerun_skips_finished_runs(cluster, small_mnist_
     c, _ = cluster
     cfg = _config(tmp_path / "slow.toml", "slow", small_mnist_dir, hidden=256, epochs=25)
     out = tmp_path / "study"
-    argv = [sys.executable, "-m", "mnistlab", "compare", str(cfg), "--seeds", "4", "--out", str(out), "--ray",
-            c.address]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    argv = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "compare",
+        str(cfg),
+        "--seeds",
+        "4",
+        "--out",
+        str(out),
+        "--ray",
+        c.address,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         _wait_for(lambda: any(out.glob("slow/seed*/run.json")), 120, "a finished run")
         proc.send_signal(signal.SIGINT)
@@ -129,7 +186,9 @@ def test_driver_interrupted_then_rerun_skips_finished_runs(cluster, small_mnist_
     assert again.returncode == 0, again.stdout + again.stderr
     for name in finished:
         assert f"slow/{name}: complete, skipped" in again.stdout
-    assert sorted(p.parent for p in out.glob("slow/*/run.json")) == [study_run_dir(out, "slow", s) for s in range(123, 127)]
+    assert sorted(p.parent for p in out.glob("slow/*/run.json")) == [
+        study_run_dir(out, "slow", s) for s in range(123, 127)
+    ]
 
 
 def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_mnist_dir, tmp_path):
@@ -137,14 +196,21 @@ def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_m
     cfg = _config(tmp_path / "slow.toml", "slow", small_mnist_dir, hidden=256, epochs=25)
     out = tmp_path / "study"
     result = {}
-    driver = threading.Thread(target=lambda: result.update(code=main(
-        ["compare", str(cfg), "--seeds", "4", "--quiet", "--out", str(out), "--ray", c.address])))
+    driver = threading.Thread(
+        target=lambda: result.update(
+            code=main(["compare", str(cfg), "--seeds", "4", "--quiet", "--out", str(out), "--ray", c.address])
+        )
+    )
     driver.start()
     doomed = nodes[1]
 
     def running_on_doomed():
-        return [t for t in list_tasks(filters=[("state", "=", "RUNNING")], detail=True)
-                if t.node_id == doomed.node_id and t.name == "train_in_tempdir"]
+        return [
+            t
+            for t in list_tasks(filters=[("state", "=", "RUNNING")], detail=True)
+            if t.node_id == doomed.node_id and t.name == "train_in_tempdir"
+        ]
+
     _wait_for(running_on_doomed, 120, "a run in flight on the second node")
     c.remove_node(doomed)
     driver.join(timeout=300)
@@ -154,6 +220,7 @@ def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_m
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.old"))
     for r in runs:
         assert json.loads((out / "slow" / r / "run.json").read_text())["status"] == "complete"
+
     # Ray reports task events asynchronously: wait until both attempts of the retried run are recorded
     def attempts():
         return list_tasks(filters=[("name", "=", "train_in_tempdir")], detail=True, limit=1000)
@@ -162,14 +229,31 @@ def test_node_that_dies_mid_study_has_its_run_retried_elsewhere(cluster, small_m
         tasks = attempts()
         failed = {t.task_id for t in tasks if t.node_id == doomed.node_id and t.state == "FAILED"}
         return [t for t in tasks if t.task_id in failed and t.attempt_number > 0 and t.node_id]
+
     _wait_for(failed_and_retried, 30, "the failed attempt on the removed node and its retry")
     assert {t.node_id for t in failed_and_retried()} == {nodes[0].node_id}  # run again on the surviving node
 
 
 def _embedded(tmp_path: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cfg = _config(tmp_path / "e.toml", "e", data_dir, epochs=1)
-    return subprocess.run([sys.executable, "-m", "mnistlab", "compare", str(cfg), "--seeds", "1", "--out",
-                           str(tmp_path / "e"), "--ray", *extra], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnistlab",
+            "compare",
+            str(cfg),
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "e"),
+            "--ray",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_embedded_ray_refuses_what_it_cannot_schedule_and_runs_quietly(small_mnist_dir, tmp_path):
@@ -189,8 +273,25 @@ def test_a_request_no_node_of_a_cluster_meets_warns_then_stops(cluster, small_mn
     c, _ = cluster
     cfg = _config(tmp_path / "g.toml", "g", small_mnist_dir, epochs=1)
     start = time.monotonic()
-    assert main(["compare", str(cfg), "--seeds", "1", "--out", str(tmp_path / "g"), "--ray", c.address,
-                 "--gpus-per-run", "1", "--ray-timeout", "2"]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(cfg),
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path / "g"),
+                "--ray",
+                c.address,
+                "--gpus-per-run",
+                "1",
+                "--ray-timeout",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert time.monotonic() - start < 60
     captured = capsys.readouterr()
     assert "warning: no node of the Ray cluster offers 1 CPU + 1 GPU per run now" in captured.out

@@ -14,18 +14,19 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core import adversarial, checkpoint, data, datasets
-from ..errors import MnistlabError
 from ..core.metrics import predict_proba
 from ..core.runs import RunDir, atomic_write
+from ..errors import MnistlabError
 from ..text import md_cell
 
 N_CLASSES = 10  # MNIST's; a run's own number comes from its dataset
@@ -50,8 +51,15 @@ def per_class(cm: np.ndarray) -> list[dict[str, float]]:
         tp, predicted, actual = cm[c, c], cm[:, c].sum(), cm[c].sum()
         p = tp / predicted if predicted else 0.0
         r = tp / actual if actual else 0.0
-        out.append({"class": c, "precision": float(p), "recall": float(r),
-                    "f1": float(2 * p * r / (p + r)) if p + r else 0.0, "support": int(actual)})
+        out.append(
+            {
+                "class": c,
+                "precision": float(p),
+                "recall": float(r),
+                "f1": float(2 * p * r / (p + r)) if p + r else 0.0,
+                "support": int(actual),
+            }
+        )
     return out
 
 
@@ -76,8 +84,16 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
         if mask.any():
             acc, mean_conf = float(correct[mask].mean()), float(conf[mask].mean())
             ece += mask.mean() * abs(acc - mean_conf)
-            table.append({"bin": b, "low": float(edges[b]), "high": float(edges[b + 1]), "count": int(mask.sum()),
-                          "accuracy": acc, "confidence": mean_conf})
+            table.append(
+                {
+                    "bin": b,
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": int(mask.sum()),
+                    "accuracy": acc,
+                    "confidence": mean_conf,
+                }
+            )
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     return {"ece": float(ece), "nll": nll, "bins": table}
 
@@ -147,14 +163,17 @@ ATTACK_LABELS = {"fgsm": "FGSM", "pgd": f"PGD-{adversarial.PGD_STEPS}"}
 ATTACK_IMAGES = 1000
 
 
-def attack_curves(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  eps_values: list[float] = ATTACK_EPS) -> dict[str, list[tuple[float, float]]]:
+def attack_curves(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps_values: list[float] = ATTACK_EPS
+) -> dict[str, list[tuple[float, float]]]:
     """Accuracy in percent under each attack of :data:`adversarial.ATTACKS` at each L-inf radius:
     ``{"fgsm": [(eps, accuracy %)], "pgd": [...]}`` on (x, y), the model in eval mode. PGD is Madry et al.'s
     MNIST protocol (40 steps of 0.01 from a random start, seeded: the numbers repeat). At eps 0 every attack
     returns the images unchanged: the clean accuracy on (x, y)."""
-    return {name: [(eps, adversarial.robust_accuracy(model, x, y, name, eps, seed=PERTURB_SEED))
-                   for eps in eps_values] for name in adversarial.ATTACKS}
+    return {
+        name: [(eps, adversarial.robust_accuracy(model, x, y, name, eps, seed=PERTURB_SEED)) for eps in eps_values]
+        for name in adversarial.ATTACKS
+    }
 
 
 # ---------------------------------------------------------------- one run
@@ -179,13 +198,21 @@ class Evaluation:
     first_layer: np.ndarray | None = None  # (U, H, W) first-layer weights as images (first_layer_units)
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "arch": self.arch, "split": self.split, "data": self.data_source,
-                "dataset": self.dataset, "classes": self.class_names,
-                "accuracy": round(self.accuracy, 3), "ece": self.calibration["ece"],  # unrounded: every reader
-                "nll": self.calibration["nll"], "most_confused": self.confused,  # formats it the same way
-                "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()},
-                "adversarial": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.adversarial.items()},
-                "attack_images": self.attack_images}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "split": self.split,
+            "data": self.data_source,
+            "dataset": self.dataset,
+            "classes": self.class_names,
+            "accuracy": round(self.accuracy, 3),
+            "ece": self.calibration["ece"],  # unrounded: every reader
+            "nll": self.calibration["nll"],
+            "most_confused": self.confused,  # formats it the same way
+            "robustness": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.robustness.items()},
+            "adversarial": {k: [[v, round(a, 3)] for v, a in pts] for k, pts in self.adversarial.items()},
+            "attack_images": self.attack_images,
+        }
 
 
 def splits_of(dataset: str) -> list[str]:
@@ -200,9 +227,12 @@ def _data(run: RunDir, cfg: Any, data_dir: str | Path | None, dataset: str | Non
         return datasets.load_for_run(run.path, cfg, data_dir)
     spec = datasets.get(dataset)
     if cfg.data.dataset not in spec.evaluates:
-        raise MnistlabError(f"{run.path} was trained on {cfg.data.dataset}: its model cannot be evaluated on "
-                            f"{dataset} (" + (f"it evaluates {', '.join(spec.evaluates)} models" if spec.evaluates
-                                              else "another dataset") + ")")
+        raise MnistlabError(
+            f"{run.path} was trained on {cfg.data.dataset}: its model cannot be evaluated on "
+            f"{dataset} ("
+            + (f"it evaluates {', '.join(spec.evaluates)} models" if spec.evaluates else "another dataset")
+            + ")"
+        )
     return datasets.load(dataset, data_dir)
 
 
@@ -213,18 +243,26 @@ def _split(run: RunDir, cfg: Any, split: str, ds: data.Dataset) -> tuple[torch.T
     if split != "val":
         raise MnistlabError(f"--split must be one of {', '.join(splits_of(ds.name))} for {ds.name}, got {split!r}")
     if ds.name != cfg.data.dataset:
-        raise MnistlabError(f"--split val is the run's own validation split: it needs the run's dataset "
-                            f"{cfg.data.dataset}, not {ds.name}")
+        raise MnistlabError(
+            f"--split val is the run's own validation split: it needs the run's dataset "
+            f"{cfg.data.dataset}, not {ds.name}"
+        )
     if cfg.data.train_on_val:
-        raise MnistlabError(f"{run.path} was trained on train + validation: it has no validation split to "
-                            f"evaluate on (use --split test)")
+        raise MnistlabError(
+            f"{run.path} was trained on train + validation: it has no validation split to "
+            f"evaluate on (use --split test)"
+        )
     _, val_idx, _ = data.run_split(len(ds.train_images), cfg.data.val_fraction, cfg.train.seed)
     return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx]
 
 
-def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IMAGES,
-                 data_dir: str | Path | None = None, dataset: str | None = None) -> tuple[
-        Evaluation, torch.nn.Module, torch.Tensor, np.ndarray, np.ndarray, str]:
+def evaluate_run(
+    path: Path,
+    split: str = "test",
+    attack_images: int = ATTACK_IMAGES,
+    data_dir: str | Path | None = None,
+    dataset: str | None = None,
+) -> tuple[Evaluation, torch.nn.Module, torch.Tensor, np.ndarray, np.ndarray, str]:
     """Evaluate one run's best-validation model (in eval mode; the weight average for runs with
     ``regularize.ema``): (evaluation, model, images, labels, probabilities, data checksum). The attacks use
     the first ``attack_images`` images of the split (all when it holds fewer; 0 skips them). ``data_dir``:
@@ -251,11 +289,23 @@ def evaluate_run(path: Path, split: str = "test", attack_images: int = ATTACK_IM
     attacked = attack_curves(model, x[:n_attack], y[:n_attack]) if n_attack else {}
     source = "bundled MNIST" if ds.source == "bundled" else f"{ds.name} ({ds.source})"
     # the config's name, validated as one safe directory name (never a path out of --out)
-    ev = Evaluation(name=cfg.name, arch=cfg.model.arch, data_source=source, split=split, dataset=ds.name,
-                    class_names=list(datasets.classes_of(cfg)),
-                    accuracy=100.0 * float(np.trace(cm) / cm.sum()), calibration=calibration(probs, labels),
-                    confusion=cm, classes=per_class(cm), confused=most_confused(cm), robustness=robust,
-                    adversarial=attacked, attack_images=n_attack, first_layer=first_layer_units(model))
+    ev = Evaluation(
+        name=cfg.name,
+        arch=cfg.model.arch,
+        data_source=source,
+        split=split,
+        dataset=ds.name,
+        class_names=list(datasets.classes_of(cfg)),
+        accuracy=100.0 * float(np.trace(cm) / cm.sum()),
+        calibration=calibration(probs, labels),
+        confusion=cm,
+        classes=per_class(cm),
+        confused=most_confused(cm),
+        robustness=robust,
+        adversarial=attacked,
+        attack_images=n_attack,
+        first_layer=first_layer_units(model),
+    )
     return ev, model, x, labels, probs, checksum
 
 
@@ -276,17 +326,34 @@ def write_evaluation(ev: Evaluation, directory: Path) -> None:
     :func:`read_evaluation`."""
     d = Path(directory)
     k = len(ev.confusion)
-    atomic_write(d / "confusion.csv", _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p]) for p in range(k)}}
-                                           for t in range(k)]))
+    atomic_write(
+        d / "confusion.csv",
+        _csv([{"true": t, **{f"pred_{p}": int(ev.confusion[t, p]) for p in range(k)}} for t in range(k)]),
+    )
     atomic_write(d / "per_class.csv", _csv([{**c, "name": ev.class_names[int(c["class"])]} for c in ev.classes]))
     atomic_write(d / "calibration.csv", _csv(ev.calibration["bins"]))
-    atomic_write(d / "robustness.csv", _csv([{"perturbation": kind, "value": v, "accuracy": round(a, 3)}
-                                             for kind, pts in ev.robustness.items() for v, a in pts]))
+    atomic_write(
+        d / "robustness.csv",
+        _csv(
+            [
+                {"perturbation": kind, "value": v, "accuracy": round(a, 3)}
+                for kind, pts in ev.robustness.items()
+                for v, a in pts
+            ]
+        ),
+    )
     atomic_write(d / "summary.json", json.dumps(ev.summary(), indent=1) + "\n")
     if ev.adversarial:
-        atomic_write(d / "adversarial.csv", _csv([{"attack": kind, "eps": v, "accuracy": round(a, 3),
-                                                   "images": ev.attack_images}
-                                                  for kind, pts in ev.adversarial.items() for v, a in pts]))
+        atomic_write(
+            d / "adversarial.csv",
+            _csv(
+                [
+                    {"attack": kind, "eps": v, "accuracy": round(a, 3), "images": ev.attack_images}
+                    for kind, pts in ev.adversarial.items()
+                    for v, a in pts
+                ]
+            ),
+        )
     if ev.first_layer is not None:
         buf = io.BytesIO()
         np.save(buf, ev.first_layer)
@@ -302,8 +369,7 @@ def read_evaluation(directory: Path) -> Evaluation:
         s = json.loads((d / "summary.json").read_text())
         names = s.get("classes") or [str(c) for c in range(N_CLASSES)]  # evaluations of older versions: digits
         with (d / "confusion.csv").open() as f:
-            cm = np.array([[int(r[f"pred_{p}"]) for p in range(len(names))] for r in csv.DictReader(f)],
-                          dtype=np.int64)
+            cm = np.array([[int(r[f"pred_{p}"]) for p in range(len(names))] for r in csv.DictReader(f)], dtype=np.int64)
         with (d / "calibration.csv").open() as f:
             bins = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
         units = np.load(d / "first_layer.npy")
@@ -311,12 +377,23 @@ def read_evaluation(directory: Path) -> Evaluation:
         def points(curves: dict[str, list]) -> dict[str, list[tuple[float, float]]]:
             return {kind: [(v, a) for v, a in pts] for kind, pts in curves.items()}
 
-        return Evaluation(name=s["name"], arch=s["arch"], data_source=s.get("data", ""), split=s["split"],
-                          dataset=s.get("dataset", "mnist"), class_names=list(names), accuracy=s["accuracy"],
-                          calibration={"ece": s["ece"], "nll": s["nll"], "bins": bins}, confusion=cm,
-                          classes=per_class(cm), confused=s["most_confused"], robustness=points(s["robustness"]),
-                          adversarial=points(s.get("adversarial") or {}), attack_images=s.get("attack_images", 0),
-                          first_layer=units)
+        return Evaluation(
+            name=s["name"],
+            arch=s["arch"],
+            data_source=s.get("data", ""),
+            split=s["split"],
+            dataset=s.get("dataset", "mnist"),
+            class_names=list(names),
+            accuracy=s["accuracy"],
+            calibration={"ece": s["ece"], "nll": s["nll"], "bins": bins},
+            confusion=cm,
+            classes=per_class(cm),
+            confused=s["most_confused"],
+            robustness=points(s["robustness"]),
+            adversarial=points(s.get("adversarial") or {}),
+            attack_images=s.get("attack_images", 0),
+            first_layer=units,
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MnistlabError(f"{d} is an incomplete evaluation ({e}); run mnistlab evaluate again") from None
 
@@ -324,52 +401,85 @@ def read_evaluation(directory: Path) -> Evaluation:
 def read_evaluations(directory: Path) -> list[Evaluation]:
     """Every evaluation in a ``mnistlab evaluate`` output directory (its ``NAME/`` folders, by name)."""
     d = Path(directory)
-    found = sorted((p for p in d.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) \
-        if d.is_dir() else []
+    found = (
+        sorted((p for p in d.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name) if d.is_dir() else []
+    )
     if not found:
         raise MnistlabError(f"{d} holds no evaluation (NAME/summary.json); run mnistlab evaluate first")
     return [read_evaluation(p) for p in found]
 
 
-def confusion_figure(cm: np.ndarray, name: str, path: Path, lang: str = "en",
-                     labels: Sequence[str] | None = None) -> None:
+def confusion_figure(
+    cm: np.ndarray, name: str, path: Path, lang: str = "en", labels: Sequence[str] | None = None
+) -> None:
     """Counts and row-normalised confusion matrices side by side; ``labels``: the class names (default:
     the label numbers)."""
     from ..output.plots import language, save_figure, subplots, t
+
     k = len(cm)
     labels = [str(c) for c in range(k)] if labels is None else list(labels)
     wordy = any(len(label) > 3 for label in labels)  # names (Fashion-MNIST's), not symbols ("7", "C/c")
     with language(lang):
         side = max(5.0, 0.28 * k)  # 47 EMNIST classes need room
-        fig, axes = subplots(1, 2, figsize=(2.4 * side + (2 if wordy else 0) if k <= 20 else 2.2 * side,
-                                                side + (1.2 if wordy else 0)),
-                                 gridspec_kw={"wspace": 0.45 if wordy else 0.2})  # room for the names between
+        fig, axes = subplots(
+            1,
+            2,
+            figsize=(2.4 * side + (2 if wordy else 0) if k <= 20 else 2.2 * side, side + (1.2 if wordy else 0)),
+            gridspec_kw={"wspace": 0.45 if wordy else 0.2},
+        )  # room for the names between
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-        for ax, mat, title, fmt in ((axes[0], cm, "{}: confusion matrix, counts", "d"),
-                                    (axes[1], norm, "{}: confusion matrix, row-normalised (recall)", ".2f")):
+        for ax, mat, title, fmt in (
+            (axes[0], cm, "{}: confusion matrix, counts", "d"),
+            (axes[1], norm, "{}: confusion matrix, row-normalised (recall)", ".2f"),
+        ):
             ax.imshow(mat, cmap="Blues")
             if k <= 20:  # numbers in the cells while they can be read
                 for i in range(k):
                     for j in range(k):
-                        ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
-                                color="white" if mat[i, j] > mat.max() / 2 else "black")
-            ax.set(xlabel=t("predicted", lang), ylabel=t("true", lang), title=t(title, lang).format(name),
-                   xticks=range(k), yticks=range(k))
-            ax.set_xticklabels(labels, rotation=45 if wordy else 0, ha="right" if wordy else "center",
-                               fontsize=7 if k > 20 else None)
+                        ax.text(
+                            j,
+                            i,
+                            format(mat[i, j], fmt),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if mat[i, j] > mat.max() / 2 else "black",
+                        )
+            ax.set(
+                xlabel=t("predicted", lang),
+                ylabel=t("true", lang),
+                title=t(title, lang).format(name),
+                xticks=range(k),
+                yticks=range(k),
+            )
+            ax.set_xticklabels(
+                labels, rotation=45 if wordy else 0, ha="right" if wordy else "center", fontsize=7 if k > 20 else None
+            )
             ax.set_yticklabels(labels, fontsize=7 if k > 20 else None)
         save_figure(fig, path)
 
 
 def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path: Path, lang: str = "en") -> None:
     from ..output.plots import language, save_figure, subplots, t
+
     with language(lang):
         fig, ax = subplots(figsize=(5.5, 5))
-        ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS,
-               edgecolor="black", alpha=0.7, label=t("accuracy in the bin", lang))
+        ax.bar(
+            [(b["low"] + b["high"]) / 2 for b in bins],
+            [b["accuracy"] for b in bins],
+            width=1 / ECE_BINS,
+            edgecolor="black",
+            alpha=0.7,
+            label=t("accuracy in the bin", lang),
+        )
         ax.plot([0, 1], [0, 1], "k--", lw=1, label=t("perfect calibration", lang))
-        ax.set(xlabel=t("confidence (max probability)", lang), ylabel=t("accuracy", lang), xlim=(0, 1), ylim=(0, 1),
-               title=t("{}: reliability (ECE {})", lang).format(name, f"{ece_percent(ece)}%"))
+        ax.set(
+            xlabel=t("confidence (max probability)", lang),
+            ylabel=t("accuracy", lang),
+            xlim=(0, 1),
+            ylim=(0, 1),
+            title=t("{}: reliability (ECE {})", lang).format(name, f"{ece_percent(ece)}%"),
+        )
         ax.legend(loc="upper left")
         save_figure(fig, path)
 
@@ -377,6 +487,7 @@ def reliability_figure(bins: list[dict[str, float]], ece: float, name: str, path
 def _image_grid(n: int, cell: tuple[float, float] = (1.2, 1.2), cols: int = 8) -> tuple[Any, Any]:
     """A figure of ``n`` image cells, ``cols`` a row, axes hidden: (figure, the axes, flat)."""
     from ..output.plots import subplots
+
     rows = math.ceil(n / cols)
     fig, axes = subplots(rows, cols, figsize=(cols * cell[0], rows * cell[1]), squeeze=False)
     for ax in axes.flat:
@@ -387,13 +498,17 @@ def _image_grid(n: int, cell: tuple[float, float] = (1.2, 1.2), cols: int = 8) -
 def first_layer_figure(units: np.ndarray, name: str, path: Path, lang: str = "en") -> None:
     """(U, H, W) weight images: 28x28 per hidden unit of an MLP, or a CNN's filters."""
     from ..output.plots import language, save_figure, t
-    title = ("{}: first-layer weights of 64 hidden units (28x28 each)" if units.shape[1:] == (28, 28) else
-             "{}: first-layer filters ({})")
+
+    title = (
+        "{}: first-layer weights of 64 hidden units (28x28 each)"
+        if units.shape[1:] == (28, 28)
+        else "{}: first-layer filters ({})"
+    )
     with language(lang):
         fig, grid = _image_grid(len(units))
         axes = list(grid)
         lim = float(np.percentile(np.abs(units), 99.5)) or 1.0  # one scale for all units, so one colour bar
-        shown = [ax.imshow(u, cmap="seismic", vmin=-lim, vmax=lim) for ax, u in zip(axes, units)]
+        shown = [ax.imshow(u, cmap="seismic", vmin=-lim, vmax=lim) for ax, u in zip(axes, units, strict=False)]
         fig.colorbar(shown[0], ax=list(axes), shrink=0.6, label=t("weight", lang), extend="both")
         fig.suptitle(t(title, lang).format(name, f"{units.shape[1]}x{units.shape[2]}"))
         save_figure(fig, path)
@@ -418,8 +533,9 @@ def plot_labels(ev: Evaluation) -> list[str]:
     return ev.class_names
 
 
-def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray,
-             out: Path) -> None:
+def _figures(
+    ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.ndarray, labels: np.ndarray, out: Path
+) -> None:
     from ..output.plots import save_figure
 
     names = plot_labels(ev)
@@ -428,7 +544,7 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
     wrong = wrong[np.argsort(-probs[wrong].max(1), kind="stable")][:24]
     if len(wrong):
         fig, axes = _image_grid(len(wrong), cell=(1.4, 1.7))
-        for ax, i in zip(axes, wrong):
+        for ax, i in zip(axes, wrong, strict=False):
             ax.imshow(x[i, 0].numpy(), cmap="gray")
             ax.set_title(f"true {names[labels[i]]}\nsaid {names[probs[i].argmax()]} ({probs[i].max():.0%})", fontsize=8)
         fig.suptitle(f"{ev.name}: the most confident mistakes")
@@ -440,7 +556,7 @@ def _figures(ev: Evaluation, model: torch.nn.Module, x: torch.Tensor, probs: np.
         with torch.inference_mode():
             maps = first(x[:1])[0]  # (C, H, W) before the activation
         fig, axes = _image_grid(len(maps))
-        for ax, m in zip(axes, maps):
+        for ax, m in zip(axes, maps, strict=False):
             ax.imshow(m.float().numpy(), cmap="viridis")
         fig.suptitle(f"{ev.name}: first-layer feature maps of one test digit")
         save_figure(fig, out / "feature_maps.png")
@@ -453,26 +569,36 @@ def robustness_figure(series: list[tuple[str, dict[str, list]]], path: Path, lan
 
     styles = series_styles(len(series))
     with language(lang):
-        fig, axes = subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4), layout="constrained",
-                             sharey=True)
-        for ax, (kind, (label, values, _)) in zip(axes, PERTURBATIONS.items()):
+        fig, axes = subplots(
+            1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 4), layout="constrained", sharey=True
+        )
+        for ax, (kind, (label, _values, _)) in zip(axes, PERTURBATIONS.items(), strict=True):
             if kind == "inverted":  # a yes/no case: grouped bars, not a line through "0.5 inverted"
                 width = 0.8 / len(series)
-                for i, ((name, robust), style) in enumerate(zip(series, styles)):
-                    ax.bar([v + (i - (len(series) - 1) / 2) * width for v, _ in robust[kind]],
-                           [a for _, a in robust[kind]], width, color=style["color"])
+                for i, ((_name, robust), style) in enumerate(zip(series, styles, strict=True)):
+                    ax.bar(
+                        [v + (i - (len(series) - 1) / 2) * width for v, _ in robust[kind]],
+                        [a for _, a in robust[kind]],
+                        width,
+                        color=style["color"],
+                    )
                 ax.set_xticks([0, 1], [t("no", lang), t("yes", lang)])
                 ax.set_xlabel(t("inverted", lang))
             else:
-                for (name, robust), style in zip(series, styles):
+                for (name, robust), style in zip(series, styles, strict=True):
                     pts = robust[kind]
                     ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=name, **style)
                 ax.set_xlabel(t(label, lang))
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
         axes[0].set_ylabel(t("accuracy (%)", lang))
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=9, frameon=False,
-                   ncol=min(len(series), 3))
+        fig.legend(
+            *axes[0].get_legend_handles_labels(),
+            loc="outside lower center",
+            fontsize=9,
+            frameon=False,
+            ncol=min(len(series), 3),
+        )
         fig.suptitle(t("Robustness: accuracy under perturbations of the evaluation images", lang))
         save_figure(fig, path)
 
@@ -482,7 +608,6 @@ def ece_percent(ece: float) -> str:
     return f"{100 * ece:.2f}"
 
 
-
 def adversarial_figure(series: list[tuple[str, dict[str, list]]], images: int, path: Path, lang: str = "en") -> None:
     """Accuracy against the L-inf radius of each attack (FGSM, PGD), one line per (label, adversarial curves);
     ``images``: how many images the attacks used (named in the title)."""
@@ -490,12 +615,16 @@ def adversarial_figure(series: list[tuple[str, dict[str, list]]], images: int, p
 
     with language(lang):
         fig, axes = subplots(1, len(ATTACK_LABELS), figsize=(4.6 * len(ATTACK_LABELS), 4))
-        for ax, (kind, label) in zip(axes, ATTACK_LABELS.items()):
+        for ax, (kind, label) in zip(axes, ATTACK_LABELS.items(), strict=True):
             for name, curves in series:
                 pts = curves[kind]
                 ax.plot([v for v, _ in pts], [a for _, a in pts], marker="o", ms=3, label=name)
-            ax.set(title=label, xlabel=t("L-inf radius eps (pixels in [0, 1])", lang), ylabel=t("accuracy (%)", lang),
-                   ylim=(0, 100))
+            ax.set(
+                title=label,
+                xlabel=t("L-inf radius eps (pixels in [0, 1])", lang),
+                ylabel=t("accuracy (%)", lang),
+                ylim=(0, 100),
+            )
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8, loc="lower left")
         fig.suptitle(t("Adversarial robustness: accuracy under attack, first {} images", lang).format(f"{images:,}"))
@@ -508,16 +637,24 @@ def adversarial_row(ev: Evaluation) -> list[str]:
     section 6); points looked up by radius."""
     acc = {k: {float(v): a for v, a in pts} for k, pts in ev.adversarial.items()}
     eps = [e for e in ATTACK_EPS if e]
-    return [ev.name, ev.arch, f"{ev.attack_images:,}", f"{acc['fgsm'][0.0]:.2f}",
-            *(f"{acc[k][e]:.2f}" for k in ATTACK_LABELS for e in eps)]
+    return [
+        ev.name,
+        ev.arch,
+        f"{ev.attack_images:,}",
+        f"{acc['fgsm'][0.0]:.2f}",
+        *(f"{acc[k][e]:.2f}" for k in ATTACK_LABELS for e in eps),
+    ]
 
 
 def adversarial_table(evals: list[Evaluation]) -> str:
     """Markdown: clean accuracy and accuracy under FGSM and PGD at each radius > 0, a row per run."""
     eps = [e for e in ATTACK_EPS if e]
-    lines = ["| run | model | images | clean % | " + " | ".join(f"{ATTACK_LABELS[k]} {e} %" for k in ATTACK_LABELS
-                                                              for e in eps) + " |",
-             "| --- | --- | ---: | ---: |" + " ---: |" * (len(ATTACK_LABELS) * len(eps))]
+    lines = [
+        "| run | model | images | clean % | "
+        + " | ".join(f"{ATTACK_LABELS[k]} {e} %" for k in ATTACK_LABELS for e in eps)
+        + " |",
+        "| --- | --- | ---: | ---: |" + " ---: |" * (len(ATTACK_LABELS) * len(eps)),
+    ]
     lines += ["| " + " | ".join([md_cell(ev.name), *adversarial_row(ev)[1:]]) + " |" for ev in evals if ev.adversarial]
     return "\n".join(lines) + "\n"
 
@@ -528,15 +665,25 @@ def _log_adversarial(ev: Evaluation, total: int, log: Callable[[str], None]) -> 
         return
     acc = {k: dict(pts) for k, pts in ev.adversarial.items()}
     eps = [e for e in ATTACK_EPS if e]
-    log(f"{ev.name}: adversarial accuracy on the first {ev.attack_images:,} of {total:,} {ev.split} images "
+    log(
+        f"{ev.name}: adversarial accuracy on the first {ev.attack_images:,} of {total:,} {ev.split} images "
         f"(--attack-images to change): clean {acc['fgsm'][0.0]:.1f}%; "
-        + "; ".join(f"{ATTACK_LABELS[k]} eps {'/'.join(map(str, eps))}: "
-                    + "/".join(f"{acc[k][e]:.1f}" for e in eps) + "%" for k in ATTACK_LABELS))
+        + "; ".join(
+            f"{ATTACK_LABELS[k]} eps {'/'.join(map(str, eps))}: " + "/".join(f"{acc[k][e]:.1f}" for e in eps) + "%"
+            for k in ATTACK_LABELS
+        )
+    )
 
 
-def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callable[[str], None] = print,
-                  attack_images: int = ATTACK_IMAGES, data_dir: str | Path | None = None,
-                  dataset: str | None = None) -> list[Evaluation]:
+def evaluate_runs(
+    paths: list[Path],
+    out: Path,
+    split: str = "test",
+    log: Callable[[str], None] = print,
+    attack_images: int = ATTACK_IMAGES,
+    data_dir: str | Path | None = None,
+    dataset: str | None = None,
+) -> list[Evaluation]:
     """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot,
     and ``out/adversarial.md/.png`` side by side. The FGSM and PGD attacks use the first ``attack_images``
     images of the split (0 skips them). Runs of the same name get ``NAME_2``, ``NAME_3``... in the order given;
@@ -548,7 +695,7 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
     evals: list[Evaluation] = []
     checksum0 = None
     out.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(paths):
+    for path in paths:
         ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split, attack_images, data_dir, dataset)
         if checksum0 is None:
             checksum0 = checksum
@@ -565,14 +712,17 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         robustness_figure([(f"{ev.name} ({ev.arch})", ev.robustness)], d / "robustness.png")
         if ev.adversarial:
             adversarial_figure([(f"{ev.name} ({ev.arch})", ev.adversarial)], ev.attack_images, d / "adversarial.png")
-        log(f"{name} ({path}; {ev.arch}, {split}) -> {d}/: accuracy {ev.accuracy:.2f}%, "
+        log(
+            f"{name} ({path}; {ev.arch}, {split}) -> {d}/: accuracy {ev.accuracy:.2f}%, "
             f"ECE {ece_percent(ev.calibration['ece'])}%, "
             f"NLL {ev.calibration['nll']:.4f}; most confused "
-            + ", ".join(f"{ev.class_names[c['true']]}->{ev.class_names[c['predicted']]} ({c['count']})"
-                        for c in ev.confused[:3])
+            + ", ".join(
+                f"{ev.class_names[c['true']]}->{ev.class_names[c['predicted']]} ({c['count']})" for c in ev.confused[:3]
+            )
             + f"; shifted 3 px {robustness_at(ev.robustness, 'shift', 3):.1f}%, "
-              f"rotated 30 deg {robustness_at(ev.robustness, 'rotation', 30):.1f}%, "
-              f"inverted {robustness_at(ev.robustness, 'inverted', 1):.1f}%")
+            f"rotated 30 deg {robustness_at(ev.robustness, 'rotation', 30):.1f}%, "
+            f"inverted {robustness_at(ev.robustness, 'inverted', 1):.1f}%"
+        )
         _log_adversarial(ev, len(labels), log)
         evals.append(ev)
     if len(evals) > 1:
@@ -582,20 +732,38 @@ def evaluate_runs(paths: list[Path], out: Path, split: str = "test", log: Callab
         attacked = [e for e in evals if e.adversarial]
         if attacked:
             atomic_write(out / "adversarial.md", adversarial_table(attacked))
-            adversarial_figure([(f"{e.name} ({e.arch})", e.adversarial) for e in attacked],
-                               min(e.attack_images for e in attacked), out / "adversarial.png")
+            adversarial_figure(
+                [(f"{e.name} ({e.arch})", e.adversarial) for e in attacked],
+                min(e.attack_images for e in attacked),
+                out / "adversarial.png",
+            )
     return evals
 
 
-COMPARE_COLUMNS = ("run", "model", "accuracy %", "ECE %", "NLL", "shift 3 px %", "rotation 30° %", "noise 0.3 %",
-                   "inverted %")  # the robustness columns are the HEADLINE points
+COMPARE_COLUMNS = (
+    "run",
+    "model",
+    "accuracy %",
+    "ECE %",
+    "NLL",
+    "shift 3 px %",
+    "rotation 30° %",
+    "noise 0.3 %",
+    "inverted %",
+)  # the robustness columns are the HEADLINE points
 
 
 def compare_row(ev: Evaluation) -> list[str]:
     """One evaluation as a row of :data:`COMPARE_COLUMNS` (the evaluate command's compare.md and the report's
     section 6 table)."""
-    return [ev.name, ev.arch, f"{ev.accuracy:.2f}", ece_percent(ev.calibration["ece"]),
-            f"{ev.calibration['nll']:.4f}", *(f"{a:.2f}" for a in headline_robustness(ev.robustness))]
+    return [
+        ev.name,
+        ev.arch,
+        f"{ev.accuracy:.2f}",
+        ece_percent(ev.calibration["ece"]),
+        f"{ev.calibration['nll']:.4f}",
+        *(f"{a:.2f}" for a in headline_robustness(ev.robustness)),
+    ]
 
 
 def compare_table(evals: list[Evaluation]) -> str:

@@ -3,6 +3,7 @@ weights and batch, and against central finite differences on sampled coordinates
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,15 +37,22 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def _random_problem(sizes: list[int], batch: int, seed: int) -> tuple[list, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    weights = [(rng.uniform(-1, 1, (o, i)) * np.sqrt(6 / i), rng.uniform(-0.1, 0.1, o))
-               for i, o in zip(sizes[:-1], sizes[1:])]
+    weights = [
+        (rng.uniform(-1, 1, (o, i)) * np.sqrt(6 / i), rng.uniform(-0.1, 0.1, o)) for i, o in itertools.pairwise(sizes)
+    ]
     x = rng.uniform(0, 1, (batch, sizes[0]))
     y = rng.integers(0, sizes[-1], batch)
     return weights, x, y
 
 
-def check_activation(activation: str, sizes: list[int] | None = None, batch: int = 16, seed: int = 0,
-                     fd_samples: int = 12, eps: float = 1e-6) -> list[CheckRow]:
+def check_activation(
+    activation: str,
+    sizes: list[int] | None = None,
+    batch: int = 16,
+    seed: int = 0,
+    fd_samples: int = 12,
+    eps: float = 1e-6,
+) -> list[CheckRow]:
     """Compare the NumPy MLP's gradients for one activation with torch float64 autograd and with
     central finite differences at ``fd_samples`` random coordinates of each parameter."""
     sizes = sizes or [784, 64, 32, 10]
@@ -63,7 +71,7 @@ def check_activation(activation: str, sizes: list[int] | None = None, batch: int
 
     rng = np.random.default_rng(seed + 1)
     rows = []
-    for k, ((value, grad), tp) in enumerate(zip(net.params(), params)):
+    for k, ((value, grad), tp) in enumerate(zip(net.params(), params, strict=True)):
         assert tp.grad is not None  # every parameter is in the loss
         ref = tp.grad.numpy()
         fd_err = 0.0
@@ -87,16 +95,21 @@ def run_all(activations: list[str] | None = None, seed: int = 0) -> list[CheckRo
     :data:`mnistlab.core.models.BY_HAND`); a name it does not have is a :class:`MnistlabError`."""
     for act in activations or []:
         if act not in BY_HAND:
-            raise MnistlabError(f"--activation {act!r} is not one the NumPy MLP implements (choose from "
-                                f"{', '.join(BY_HAND)})")
+            raise MnistlabError(
+                f"--activation {act!r} is not one the NumPy MLP implements (choose from {', '.join(BY_HAND)})"
+            )
     return [row for act in (activations or BY_HAND) for row in check_activation(act, seed=seed)]
 
 
 def format_table(rows: list[CheckRow]) -> str:
-    lines = [f"{'activation':<11} {'parameter':<14} {'shape':<11} {'vs autograd':>12} {'vs finite diff':>15}  result",
-             "-" * 72]
+    lines = [
+        f"{'activation':<11} {'parameter':<14} {'shape':<11} {'vs autograd':>12} {'vs finite diff':>15}  result",
+        "-" * 72,
+    ]
     for r in rows:
-        lines.append(f"{r.activation:<11} {r.param:<14} {'x'.join(map(str, r.shape)):<11} {r.autograd_rel_err:12.2e} "
-                     f"{r.fd_rel_err:15.2e}  {'ok' if r.ok else 'FAIL'}")
+        lines.append(
+            f"{r.activation:<11} {r.param:<14} {'x'.join(map(str, r.shape)):<11} {r.autograd_rel_err:12.2e} "
+            f"{r.fd_rel_err:15.2e}  {'ok' if r.ok else 'FAIL'}"
+        )
     lines.append(f"tolerances: {AUTOGRAD_TOL:g} relative to float64 autograd, {FD_TOL:g} to central differences")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ This is the report's section 3 made runnable. For a layer ``y = f(x)`` the backw
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -93,7 +93,10 @@ class SoftmaxCrossEntropy:
 # the NumPy layer of each activation that mnistlab.core.models.ACTIVATIONS marks ``by_hand`` (and of no other:
 # tests/test_numpy_mlp.py holds the two together)
 LAYERS: dict[str, Callable[[], object]] = {
-    "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
 }
 
 
@@ -110,12 +113,18 @@ class NumpyMLP:
         self.loss_fn = SoftmaxCrossEntropy()
 
     @classmethod
-    def from_torch(cls, model, activation: str = "relu", dtype=np.float32) -> "NumpyMLP":
+    def from_torch(cls, model, activation: str = "relu", dtype=np.float32) -> NumpyMLP:
         """Copy the Linear weights of a torch MLP (same initial weights as the PyTorch run)."""
         import torch
+
         lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        return cls([(m.weight.detach().cpu().numpy().astype(dtype), m.bias.detach().cpu().numpy().astype(dtype))
-                    for m in lins], activation)
+        return cls(
+            [
+                (m.weight.detach().cpu().numpy().astype(dtype), m.bias.detach().cpu().numpy().astype(dtype))
+                for m in lins
+            ],
+            activation,
+        )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:

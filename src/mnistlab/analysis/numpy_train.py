@@ -4,15 +4,15 @@ configs it trains is checked with every config (:func:`mnistlab.core.checks.chec
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ..core import data
 from ..core.config import Config
-from .numpy_mlp import NumpyMLP
 from ..core.train import Split, Trainer
+from .numpy_mlp import NumpyMLP
 
 
 class NumpyTrainer(Trainer):
@@ -42,7 +42,7 @@ class NumpyTrainer(Trainer):
         order = self.train_idx[data.epoch_order(len(self.train_idx), self.g_data)].numpy()
         loss_sum = np.float32(0)
         for step in range(self.steps_per_epoch):
-            idx = order[step * b:(step + 1) * b]
+            idx = order[step * b : (step + 1) * b]
             loss_sum += self.net.loss_and_grads(x[idx], y[idx])
             self.net.sgd_step(lr)
             on_step()
@@ -53,7 +53,7 @@ class NumpyTrainer(Trainer):
         x, y = split.x.numpy().reshape(len(split.x), -1), split.y.numpy()
         loss_sum, correct, chunk = 0.0, 0, self.cfg.train.eval_batch_size
         for i in range(0, len(x), chunk):
-            logits = self.net.forward(x[i:i + chunk])
-            loss_sum += self.net.loss_fn.forward(logits, y[i:i + chunk]) * len(logits)
-            correct += int((logits.argmax(1) == y[i:i + chunk]).sum())
+            logits = self.net.forward(x[i : i + chunk])
+            loss_sum += self.net.loss_fn.forward(logits, y[i : i + chunk]) * len(logits)
+            correct += int((logits.argmax(1) == y[i : i + chunk]).sum())
         return loss_sum / len(x), 100.0 * correct / len(x)

@@ -9,7 +9,7 @@ regularisation stream in training, a fixed seed in evaluation), so runs and thei
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,9 @@ def kl_divergence(logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(1)
 
 
-def vat_direction(model: nn.Module, x: torch.Tensor, logp: torch.Tensor, xi: float, iterations: int,
-                  generator: torch.Generator | None) -> torch.Tensor:
+def vat_direction(
+    model: nn.Module, x: torch.Tensor, logp: torch.Tensor, xi: float, iterations: int, generator: torch.Generator | None
+) -> torch.Tensor:
     """The virtual adversarial direction: unit vectors (one per image, shaped like ``x``) approximating the
     dominant eigenvector of the Hessian of ``KL(p(y|x) || p(y|x + r))`` at r = 0.
 
@@ -67,8 +68,15 @@ def vat_direction(model: nn.Module, x: torch.Tensor, logp: torch.Tensor, xi: flo
     return unit_vectors(d)
 
 
-def vat_loss(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, eps: float, xi: float, iterations: int,
-             generator: torch.Generator | None) -> torch.Tensor:
+def vat_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    eps: float,
+    xi: float,
+    iterations: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """Virtual adversarial loss (Miyato et al. 2016, 2018):
     ``mean_i KL(p(y|x_i) || p(y|x_i + r_adv,i))`` with ``r_adv = eps * vat_direction(...)`` (L2 norm ``eps``
     per image, no clipping to [0, 1], as in the paper). ``logits`` (B, K) are the clean prediction, detached
@@ -96,8 +104,9 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return g
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-         generator: torch.Generator | None = None) -> torch.Tensor:
+def fgsm(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """FGSM attack on (x, y) at L-inf radius ``eps``: one signed-gradient step of the cross-entropy
     (Goodfellow et al. 2015). Images stay in [0, 1]. Deterministic (``generator`` is unused: one signature
     for :data:`ATTACKS`)."""
@@ -109,8 +118,15 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 PGD_STEPS, PGD_STEP_SIZE = 40, 0.01  # Madry et al. 2018, MNIST challenge: 40 steps of 0.01, random start
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = PGD_STEPS,
-        step_size: float = PGD_STEP_SIZE, generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = PGD_STEPS,
+    step_size: float = PGD_STEP_SIZE,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Projected gradient descent on the negative loss, L-inf (Madry et al. 2018, eq. 2):
     ``x_0 = clip(x + U(-eps, eps), 0, 1)``, then ``x_{t+1} = clip(Proj_{||. - x||_inf <= eps}(x_t + step_size *
     sign(grad_x CE(x_t, y))), 0, 1)``. Every image returned lies within ``eps`` of ``x`` and within [0, 1]."""
@@ -128,8 +144,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: i
 ATTACKS: dict[str, Callable[..., torch.Tensor]] = {"fgsm": fgsm, "pgd": pgd}
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float,
-                    batch_size: int = 1000, seed: int = 0) -> float:
+def robust_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float, batch_size: int = 1000, seed: int = 0
+) -> float:
     """Accuracy in percent of ``model`` (put in eval mode) on ``attack``'s images of (x, y) at radius ``eps``.
     PGD's random starts are drawn from a generator seeded with ``seed``, so the number repeats."""
     was = model.training
@@ -138,7 +155,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: 
     correct = 0
     try:
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             adv = ATTACKS[attack](model, xb, yb, eps, generator=g)
             with torch.no_grad():
                 correct += int((model(adv).argmax(1) == yb).sum())

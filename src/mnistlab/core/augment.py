@@ -8,7 +8,7 @@ Every random number comes from the generator passed in, so a seed fixes the augm
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,7 @@ def _smoothing_matrix(n: int, sigma: float, device: torch.device) -> torch.Tenso
     return F.conv1d(padded, k.view(1, 1, -1)).squeeze(1)
 
 
-def _elastic_field(b: int, h: int, w: int, cfg: DataConfig, g: torch.Generator,
-                   device: torch.device) -> torch.Tensor:
+def _elastic_field(b: int, h: int, w: int, cfg: DataConfig, g: torch.Generator, device: torch.device) -> torch.Tensor:
     """(B, H, W, 2) displacement in normalised units: uniform noise smoothed by a Gaussian, times alpha."""
     d = torch.rand(b * 2, h, w, generator=g, device=device) * 2 - 1  # (2B, H, W)
     # separable Gaussian smoothing as two small matrix products (much faster than 1-channel convolutions)

@@ -45,7 +45,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         tensors = safetensors.torch.load(raw)
         header_len = int.from_bytes(raw[:8], "little")
-        metadata = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+        metadata = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
     except (SafetensorError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise MnistlabError(f"{path} is not a valid safetensors file ({e})") from None
     return tensors, metadata
@@ -63,10 +63,10 @@ def exists(run: RunDir) -> bool:
 def save(run: RunDir, tensors: dict[str, torch.Tensor], meta: dict[str, Any], data_sha256: str) -> None:
     """Write the training state as one file (tensors and metadata together), so that a kill at any
     moment leaves the previous complete state or the new one, never parts of two."""
-    record = {"format": FORMAT, "mnistlab": __version__, "torch": torch.__version__, "data_sha256": data_sha256,
-              **meta}
-    save_tensors(run.file(CHECKPOINT), tensors, {"format": str(FORMAT), "epoch": str(meta["epoch"]),
-                                                  "meta": json.dumps(record)})
+    record = {"format": FORMAT, "mnistlab": __version__, "torch": torch.__version__, "data_sha256": data_sha256, **meta}
+    save_tensors(
+        run.file(CHECKPOINT), tensors, {"format": str(FORMAT), "epoch": str(meta["epoch"]), "meta": json.dumps(record)}
+    )
 
 
 class CheckpointError(MnistlabError):
@@ -82,8 +82,9 @@ def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
         raise CheckpointError(path, "its metadata is not an object")
     checks = {
         "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
-                                                         for r in v),
+        "history": lambda v: (
+            isinstance(v, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in v)
+        ),
         "best_val_acc": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
         "bad_epochs": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "stopped_early": lambda v: isinstance(v, bool),
@@ -105,12 +106,17 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The training state of a run directory, validated (one clear error for any problem)."""
     path = run.file(CHECKPOINT)
     if not path.is_file():
-        raise MnistlabError(f"{run.path} has no checkpoint to resume from (it stopped before its first epoch "
-                            f"finished); start it again with --overwrite")
+        raise MnistlabError(
+            f"{run.path} has no checkpoint to resume from (it stopped before its first epoch "
+            f"finished); start it again with --overwrite"
+        )
     tensors, header = _read_safetensors(path)
     if header.get("format") != str(FORMAT) or "meta" not in header:
-        raise CheckpointError(path, f"unknown checkpoint format {header.get('format')!r} (mnistlab writes format "
-                                    f"{FORMAT}, its metadata in the file's header)")
+        raise CheckpointError(
+            path,
+            f"unknown checkpoint format {header.get('format')!r} (mnistlab writes format "
+            f"{FORMAT}, its metadata in the file's header)",
+        )
     try:
         meta = json.loads(header["meta"])
     except ValueError as e:
@@ -133,8 +139,9 @@ def load(run: RunDir) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 # Non-tensor optimizer state goes to the metadata as "INDEX.KEY" scalars.
 
 
-def pack_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def pack_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A model, optimizer and generators as (tensors, optimizer scalars) in the layout above."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     scalars: dict[str, Any] = {}
@@ -148,9 +155,9 @@ def pack_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return tensors, scalars
 
 
-def unpack_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], model: torch.nn.Module,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, Any]],
-                                                dict[str, torch.Tensor]]:
+def unpack_state(
+    tensors: dict[str, torch.Tensor], scalars: dict[str, Any], model: torch.nn.Module, device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, Any]], dict[str, torch.Tensor]]:
     """(model state_dict, optimizer state by parameter index, generator states) from a checkpoint, with
     every name and shape checked against ``model``."""
     where = CHECKPOINT
@@ -164,37 +171,39 @@ def unpack_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any], mode
                 raise CheckpointError(where, f"{k} names no parameter of the model")
             idx = int(parts[1])
             if v.dim() > 0 and tuple(v.shape) != tuple(params[idx].shape):
-                raise CheckpointError(where, f"{k} has shape {tuple(v.shape)}, its parameter "
-                                             f"{tuple(params[idx].shape)}")
+                raise CheckpointError(
+                    where, f"{k} has shape {tuple(v.shape)}, its parameter {tuple(params[idx].shape)}"
+                )
             state.setdefault(idx, {})[parts[2]] = v.to(device)
     for k, v in scalars.items():
         number, _, key = k.partition(".")
         if not number.isdigit() or int(number) >= len(params):
             raise CheckpointError(where, f"optimizer scalar {k!r} names no parameter of the model")
         state.setdefault(int(number), {})[key] = v
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    rngs = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    rngs = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
     return model_state, state, rngs
 
 
-def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], prefix: str,
-                 path: str) -> None:
+def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], prefix: str, path: str) -> None:
     """Every ``prefix`` tensor of a checkpoint must exist in ``expected`` with the same shape, and all of them."""
-    got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    got = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, extra = expected.keys() - got.keys(), got.keys() - expected.keys()
     if missing or extra:
         what = f"lacks {prefix}{sorted(missing)[0]}" if missing else f"has an unexpected {prefix}{sorted(extra)[0]}"
         raise CheckpointError(Path(path), f"it {what} (a checkpoint of another model?)")
     for k, v in expected.items():
         if tuple(got[k].shape) != tuple(v.shape):
-            raise CheckpointError(Path(path), f"{prefix}{k} has shape {tuple(got[k].shape)}, the model needs {tuple(v.shape)}")
+            raise CheckpointError(
+                Path(path), f"{prefix}{k} has shape {tuple(got[k].shape)}, the model needs {tuple(v.shape)}"
+            )
 
 
 def save_weights(run: RunDir, model: torch.nn.Module, epoch: int) -> None:
     save_tensors(run.file("best.safetensors"), model.state_dict(), {"epoch": str(epoch)})
 
 
-def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, "Config"]:
+def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
     """The model of a run directory, in eval mode: its best-validation weights (best.safetensors; the moving
     average of the weights for a run with ``regularize.ema``), which must be finite (a diverged model would
     print NaN probabilities); wrapped in :class:`~mnistlab.core.models.ShiftTTA` when the run lists test-time
@@ -211,7 +220,9 @@ def load_best_model(path: str | Path, device: torch.device | str = "cpu") -> tup
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise MnistlabError(f"{run.file('best.safetensors')} does not fit the run's model: {str(e).splitlines()[0]}") from None
+        raise MnistlabError(
+            f"{run.file('best.safetensors')} does not fit the run's model: {str(e).splitlines()[0]}"
+        ) from None
     bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise MnistlabError(f"{run.file('best.safetensors')} holds non-finite weights ({bad}): the model is unusable")

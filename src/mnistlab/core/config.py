@@ -245,17 +245,25 @@ def validate(cfg: Config) -> None:
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
     # the name becomes a directory (studies, evaluations, reports): one safe path component, never "..",
     # an absolute path or a hidden file
-    check_value(re.fullmatch(r"\w[\w.-]{0,127}", cfg.name) is not None, "name", cfg.name,
-                "must be one file name of letters, digits, '_', '-' and '.', not starting with '.' or '-' "
-                "(at most 128 characters)")
+    check_value(
+        re.fullmatch(r"\w[\w.-]{0,127}", cfg.name) is not None,
+        "name",
+        cfg.name,
+        "must be one file name of letters, digits, '_', '-' and '.', not starting with '.' or '-' "
+        "(at most 128 characters)",
+    )
     check_value(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "must be between 0 and 1")
     for key in ("max_shift", "max_rotation", "max_scale", "max_shear", "elastic_alpha"):
         check_value(getattr(d, key) >= 0, f"data.{key}", getattr(d, key), "must be >= 0")
     check_value(d.elastic_sigma > 0, "data.elastic_sigma", d.elastic_sigma, "must be > 0")
     check_value(d.max_scale < 1, "data.max_scale", d.max_scale, "must be < 1")
 
-    check_value(len(m.hidden) > 0 and all(h > 0 for h in m.hidden), "model.hidden", m.hidden,
-           "must be a non-empty list of positive widths")
+    check_value(
+        len(m.hidden) > 0 and all(h > 0 for h in m.hidden),
+        "model.hidden",
+        m.hidden,
+        "must be a non-empty list of positive widths",
+    )
     check_value(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
     check_value(0.0 <= m.input_dropout < 1.0, "model.input_dropout", m.input_dropout, "must be in [0, 1)")
     check_value(m.width > 0, "model.width", m.width, "must be > 0")
@@ -264,8 +272,9 @@ def validate(cfg: Config) -> None:
     check_value(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     check_value(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
     check_value(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    check_value(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas,
-           "must be two numbers in [0, 1)")
+    check_value(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "must be two numbers in [0, 1)"
+    )
     check_value(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
     check_value(o.step_epochs > 0, "optim.step_epochs", o.step_epochs, "must be > 0")
     check_value(0 < o.gamma <= 1, "optim.gamma", o.gamma, "must be in (0, 1]")
@@ -278,13 +287,26 @@ def validate(cfg: Config) -> None:
     check_value(t.batch_size > 0, "train.batch_size", t.batch_size, "must be > 0")
     check_value(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"must be in [0, {MAX_SEED}]")
     check_choice("train.precision", t.precision, ("fp32", "bf16", "auto"))
-    check_value(re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None, "train.device", t.device,
-           "must be auto, cpu, cuda or cuda:N")
-    check_value(0 <= t.threads <= MAX_THREADS, "train.threads", t.threads, f"must be in [0, {MAX_THREADS}] (0 = torch's default)")
+    check_value(
+        re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", t.device) is not None,
+        "train.device",
+        t.device,
+        "must be auto, cpu, cuda or cuda:N",
+    )
+    check_value(
+        0 <= t.threads <= MAX_THREADS,
+        "train.threads",
+        t.threads,
+        f"must be in [0, {MAX_THREADS}] (0 = torch's default)",
+    )
     check_value(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be > 0")
     check_value(t.patience >= 0, "train.patience", t.patience, "must be >= 0 (0 = off)")
-    check_value(not (d.train_on_val and t.patience), "train.patience", t.patience,
-           "early stopping needs a validation set (data.train_on_val = true has none)")
+    check_value(
+        not (d.train_on_val and t.patience),
+        "train.patience",
+        t.patience,
+        "early stopping needs a validation set (data.train_on_val = true has none)",
+    )
     check_choice("train.engine", t.engine, ("torch", "numpy"))
 
     r = cfg.regularize
@@ -292,11 +314,20 @@ def validate(cfg: Config) -> None:
     check_value(r.vat_xi > 0, "regularize.vat_xi", r.vat_xi, "must be > 0")
     check_value(r.vat_iterations >= 1, "regularize.vat_iterations", r.vat_iterations, "must be >= 1")
     check_value(r.vat_weight >= 0, "regularize.vat_weight", r.vat_weight, "must be >= 0")
-    check_value(0 <= r.fgsm_eps <= 1, "regularize.fgsm_eps", r.fgsm_eps,
-                "must be in [0, 1] (pixels are in [0, 1]; 0 = off)")
+    check_value(
+        0 <= r.fgsm_eps <= 1, "regularize.fgsm_eps", r.fgsm_eps, "must be in [0, 1] (pixels are in [0, 1]; 0 = off)"
+    )
     check_value(0 <= r.fgsm_alpha <= 1, "regularize.fgsm_alpha", r.fgsm_alpha, "must be in [0, 1]")
     check_value(0 <= r.ema_decay <= 1, "regularize.ema_decay", r.ema_decay, "must be in [0, 1]")
-    check_value(all(len(s) == 2 and all(abs(v) < 28 for v in s) for s in r.tta_shifts), "regularize.tta_shifts",
-                r.tta_shifts, "must be a list of [dx, dy] pixel pairs, each within (-28, 28)")
-    check_value(len(r.tta_shifts) == len({tuple(s) for s in r.tta_shifts}), "regularize.tta_shifts", r.tta_shifts,
-                "must not repeat a shift")
+    check_value(
+        all(len(s) == 2 and all(abs(v) < 28 for v in s) for s in r.tta_shifts),
+        "regularize.tta_shifts",
+        r.tta_shifts,
+        "must be a list of [dx, dy] pixel pairs, each within (-28, 28)",
+    )
+    check_value(
+        len(r.tta_shifts) == len({tuple(s) for s in r.tta_shifts}),
+        "regularize.tta_shifts",
+        r.tta_shifts,
+        "must not repeat a shift",
+    )

@@ -11,7 +11,7 @@ whether it was captured. On a CPU (tests) ``replay`` runs the same body eagerly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,8 +29,16 @@ def applies(model: nn.Module, cfg: Config, device: torch.device) -> bool:
     weight EMA is updated outside the captured step, so it works with graphs."""
     dropout = any(isinstance(m, STOCHASTIC_LAYERS) for m in model.modules())
     r = cfg.regularize
-    return (cfg.train.cuda_graphs and cfg.train.fast and device.type == "cuda" and cfg.data.augment == "none"
-            and not dropout and cfg.optim.name in GRAPH_OPTIMIZERS and r.vat_eps == 0 and r.fgsm_eps == 0)
+    return (
+        cfg.train.cuda_graphs
+        and cfg.train.fast
+        and device.type == "cuda"
+        and cfg.data.augment == "none"
+        and not dropout
+        and cfg.optim.name in GRAPH_OPTIMIZERS
+        and r.vat_eps == 0
+        and r.fgsm_eps == 0
+    )
 
 
 def tensor_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -46,14 +54,21 @@ class StepGraph:
     """``body(idx)`` (a training step that adds its loss to the trainer's epoch sum) captured once;
     :meth:`run` replays it for each batch's indices."""
 
-    def __init__(self, body: Callable[[torch.Tensor], None], batch_size: int, device: torch.device,
-                 model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self,
+        body: Callable[[torch.Tensor], None],
+        batch_size: int,
+        device: torch.device,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
         self.body = body
         self.idx = torch.arange(batch_size, device=device)  # (B,) static: any valid indices for warm-up
         self.graph: torch.cuda.CUDAGraph | None = None
         saved_model = {k: v.clone() for k, v in model.state_dict().items()}
-        saved_optim = {p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)}
-                       for p, st in optimizer.state.items()}
+        saved_optim = {
+            p: {k: v.clone() for k, v in st.items() if torch.is_tensor(v)} for p, st in optimizer.state.items()
+        }
         if device.type == "cuda":
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))

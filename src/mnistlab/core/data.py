@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x0C: np.dtype(">i
 _MAX_IDX_BYTES = 1 << 30  # refuse absurd headers before allocating (EMNIST, the largest, is 0.64 GB)
 
 # A data file: a path, or (archive, member) for a file inside a zip archive (EMNIST's gzip.zip)
-Source = Union[Path, tuple[Path, str]]
+Source = Path | tuple[Path, str]
 
 
 def source_name(source: Source) -> str:
@@ -64,7 +64,7 @@ def _idx_size(head: bytes) -> int | None:
     ndim = head[3]
     if len(head) < 4 + 4 * ndim:
         return None
-    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return 4 + 4 * ndim + math.prod(dims) * _IDX_DTYPES[head[2]].itemsize
 
 
@@ -103,13 +103,13 @@ class _Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - a writable buffer
+    def readinto(self, b) -> int:
         if self.prefix:
             n = min(len(b), len(self.prefix))
             b[:n], self.prefix = self.prefix[:n], self.prefix[n:]
             return n
         chunk = self.f.read(len(b))
-        b[:len(chunk)] = chunk
+        b[: len(chunk)] = chunk
         return len(chunk)
 
 
@@ -142,19 +142,22 @@ def parse_idx(buf: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: too short to be an IDX file ({len(buf)} bytes)")
     zero, dtype_code, ndim = buf[0] << 8 | buf[1], buf[2], buf[3]
     if zero != 0 or dtype_code not in _IDX_DTYPES or not 1 <= ndim <= 3:
-        raise DataError(f"{name}: bad IDX magic number 0x{buf[:4].hex()} (expected unsigned-byte or 32-bit "
-                        f"integer data, 1-3 dims)")
+        raise DataError(
+            f"{name}: bad IDX magic number 0x{buf[:4].hex()} (expected unsigned-byte or 32-bit integer data, 1-3 dims)"
+        )
     dtype = _IDX_DTYPES[dtype_code]
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise DataError(f"{name}: truncated IDX header")
-    dims = tuple(int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     count = math.prod(dims)
     if count == 0 or count * dtype.itemsize > _MAX_IDX_BYTES:
         raise DataError(f"{name}: implausible IDX dimensions {dims}")
     if len(buf) != header + count * dtype.itemsize:
-        raise DataError(f"{name}: IDX length mismatch: dimensions {dims} need {header + count * dtype.itemsize} "
-                        f"bytes, file has {len(buf)}")
+        raise DataError(
+            f"{name}: IDX length mismatch: dimensions {dims} need {header + count * dtype.itemsize} "
+            f"bytes, file has {len(buf)}"
+        )
     return np.frombuffer(buf, dtype=dtype, offset=header).reshape(dims)
 
 
@@ -177,8 +180,9 @@ def _listing(directory: Path, limit: int = 12) -> str:
     return "it holds " + ", ".join(names[:limit]) + more
 
 
-def find_files(directory: str | Path, names: dict[str, str] | None = None,
-               subdirs: tuple[str, ...] = ("MNIST",)) -> dict[str, Path]:
+def find_files(
+    directory: str | Path, names: dict[str, str] | None = None, subdirs: tuple[str, ...] = ("MNIST",)
+) -> dict[str, Path]:
     """Locate a dataset's four files in ``directory``, by key (see ``KEYS``).
 
     ``names`` maps each key to the dataset's own file stem (default: MNIST's official names). Each is
@@ -199,8 +203,10 @@ def find_files(directory: str | Path, names: dict[str, str] | None = None,
         hit = next((c for c in candidates if c.is_file()), None)
         if hit is None:
             also = ", ".join(f"{s}/raw/" for s in subdirs)
-            raise DataError(f"data directory {directory} has no {' or '.join(variants)} (.gz or not; also looked "
-                            f"in {also}); {_listing(directory)}")
+            raise DataError(
+                f"data directory {directory} has no {' or '.join(variants)} (.gz or not; also looked "
+                f"in {also}); {_listing(directory)}"
+            )
         found[key] = hit
     return found
 
@@ -249,8 +255,9 @@ class Layout:
     label_column: int | None = None
 
 
-def _load_pair(files: dict[str, Source], images_key: str, labels_key: str, digests: dict[str, str],
-               layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_pair(
+    files: dict[str, Source], images_key: str, labels_key: str, digests: dict[str, str], layout: Layout
+) -> tuple[torch.Tensor, torch.Tensor]:
     arrays = {}
     for key in (images_key, labels_key):
         buf = read_source(files[key])
@@ -262,8 +269,9 @@ def _load_pair(files: dict[str, Source], images_key: str, labels_key: str, diges
         raise DataError(f"{img_name}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}")
     if layout.label_column is not None:
         if labels.ndim != 2 or labels.shape[1] <= layout.label_column:
-            raise DataError(f"{lab_name}: expected a label table with a column {layout.label_column}, got shape "
-                            f"{labels.shape}")
+            raise DataError(
+                f"{lab_name}: expected a label table with a column {layout.label_column}, got shape {labels.shape}"
+            )
         labels = labels[:, layout.label_column]
     elif labels.ndim != 1:
         raise DataError(f"{lab_name}: expected a 1-D label array, got shape {labels.shape}")
@@ -280,8 +288,9 @@ def _load_pair(files: dict[str, Source], images_key: str, labels_key: str, diges
     return torch.from_numpy(np.array(images, order="C")), torch.from_numpy(labels)  # copies: the buffer is read-only
 
 
-def read_dataset(files: dict[str, Source], layout: Layout = Layout(), *, source: str, name: str = "mnist",
-                 verified: bool = False) -> Dataset:
+def read_dataset(
+    files: dict[str, Source], layout: Layout = Layout(), *, source: str, name: str = "mnist", verified: bool = False
+) -> Dataset:
     """Read the four files (``files``: key -> path or zip member, see ``KEYS``) as a :class:`Dataset`.
 
     Images must be (N, 28, 28) uint8; labels are converted by ``layout``; every file is checked (IDX
@@ -290,8 +299,7 @@ def read_dataset(files: dict[str, Source], layout: Layout = Layout(), *, source:
     digests: dict[str, str] = {}
     train = _load_pair(files, *FILES["train"], digests, layout)
     test = _load_pair(files, *FILES["test"], digests, layout)
-    return Dataset(*train, *test, sha256=digests, source=source, name=name, classes=layout.classes,
-                   verified=verified)
+    return Dataset(*train, *test, sha256=digests, source=source, name=name, classes=layout.classes, verified=verified)
 
 
 def load(data_dir: str | Path | None = None) -> Dataset:
@@ -303,8 +311,10 @@ def load(data_dir: str | Path | None = None) -> Dataset:
     if bundled:
         for stem, want in MNIST_SHA256.items():
             if ds.sha256[stem] != want:
-                raise DataError(f"bundled {stem} fails its SHA-256 check (expected {want[:12]}..., "
-                                f"got {ds.sha256[stem][:12]}...): reinstall mnistlab")
+                raise DataError(
+                    f"bundled {stem} fails its SHA-256 check (expected {want[:12]}..., "
+                    f"got {ds.sha256[stem][:12]}...): reinstall mnistlab"
+                )
     return ds
 
 

@@ -24,13 +24,14 @@ import dataclasses
 import os
 import shutil
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
+from ..errors import DataError
 from . import data
 from .data import DIGITS, KEYS, Dataset, Layout, Source
-from ..errors import DataError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -72,7 +73,7 @@ class DatasetSpec:
     licence: str
     citation: str
     homepage: str
-    layout: Layout = Layout()  # quirks of the files (its classes are the spec's)
+    layout: Layout = field(default_factory=Layout)  # quirks of the files (its classes are the spec's)
     content_sha256: dict[str, str] | None = None  # SHA-256 of the decompressed files, by key, where known
     archive: str | None = None
     archive_dir: str = ""
@@ -102,26 +103,42 @@ class DatasetSpec:
 
 
 def _idx_files(prefix: str = "", labels: str = "labels-idx1-ubyte") -> dict[str, str]:
-    return {"train-images-idx3-ubyte": f"{prefix}train-images-idx3-ubyte",
-            "train-labels-idx1-ubyte": f"{prefix}train-{labels}",
-            "t10k-images-idx3-ubyte": f"{prefix}{'test' if prefix else 't10k'}-images-idx3-ubyte",
-            "t10k-labels-idx1-ubyte": f"{prefix}{'test' if prefix else 't10k'}-{labels}"}
+    return {
+        "train-images-idx3-ubyte": f"{prefix}train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte": f"{prefix}train-{labels}",
+        "t10k-images-idx3-ubyte": f"{prefix}{'test' if prefix else 't10k'}-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte": f"{prefix}{'test' if prefix else 't10k'}-{labels}",
+    }
 
 
-def _gz_artefacts(files: dict[str, str], hashes: dict[str, str], sizes: dict[str, int] | None = None) -> tuple[Artefact, ...]:
+def _gz_artefacts(
+    files: dict[str, str], hashes: dict[str, str], sizes: dict[str, int] | None = None
+) -> tuple[Artefact, ...]:
     return tuple(Artefact(files[k] + ".gz", hashes[k], (sizes or {}).get(k)) for k in KEYS)
 
 
 # ---------------------------------------------------------------- the registry
 
 _MNIST_FILES = _idx_files()
-_KMNIST_CLASSES = ("お (o)", "き (ki)", "す (su)", "つ (tsu)", "な (na)", "は (ha)", "ま (ma)", "や (ya)", "れ (re)",
-                   "を (wo)")
+_KMNIST_CLASSES = (
+    "お (o)",
+    "き (ki)",
+    "す (su)",
+    "つ (tsu)",
+    "な (na)",
+    "は (ha)",
+    "ま (ma)",
+    "や (ya)",
+    "れ (re)",
+    "を (wo)",
+)
 # EMNIST: the lowercase letters that bymerge and balanced merge into their uppercase class (shapes alike)
 _EMNIST_MERGED = set("cijklmopsuvwxyz")
-_EMNIST_BY_MERGE = (DIGITS + tuple(u if u.lower() not in _EMNIST_MERGED else f"{u}/{u.lower()}"
-                                   for u in string.ascii_uppercase)
-                    + tuple(c for c in string.ascii_lowercase if c not in _EMNIST_MERGED))
+_EMNIST_BY_MERGE = (
+    DIGITS
+    + tuple(u if u.lower() not in _EMNIST_MERGED else f"{u}/{u.lower()}" for u in string.ascii_uppercase)
+    + tuple(c for c in string.ascii_lowercase if c not in _EMNIST_MERGED)
+)
 EMNIST_SPLITS = {  # split -> (classes, label offset, training images, test images)
     "byclass": (DIGITS + tuple(string.ascii_uppercase) + tuple(string.ascii_lowercase), 0, 697_932, 116_323),
     "bymerge": (_EMNIST_BY_MERGE, 0, 697_932, 116_323),
@@ -131,8 +148,10 @@ EMNIST_SPLITS = {  # split -> (classes, label offset, training images, test imag
     "mnist": (DIGITS, 0, 60_000, 10_000),
 }
 EMNIST_ZIP = Artefact("gzip.zip", "md5:58c8d27c78d21e728a6bc7b3cc06412e", 561_753_746)
-_EMNIST_CITATION = ("G. Cohen, S. Afshar, J. Tapson and A. van Schaik, \"EMNIST: an extension of MNIST to "
-                    "handwritten letters\", arXiv:1702.05373, 2017")
+_EMNIST_CITATION = (
+    'G. Cohen, S. Afshar, J. Tapson and A. van Schaik, "EMNIST: an extension of MNIST to '
+    'handwritten letters", arXiv:1702.05373, 2017'
+)
 
 
 def _emnist(split: str) -> DatasetSpec:
@@ -143,81 +162,153 @@ def _emnist(split: str) -> DatasetSpec:
     if split in ("bymerge", "balanced"):
         quirks += "; 15 lowercase letters share their uppercase class (C/c ...)"
     return DatasetSpec(
-        name=f"emnist-{split}", title=f"EMNIST {split}", classes=classes, files=_idx_files(f"emnist-{split}-"),
-        artefacts=(EMNIST_ZIP,), archive=EMNIST_ZIP.name, archive_dir="gzip/",
+        name=f"emnist-{split}",
+        title=f"EMNIST {split}",
+        classes=classes,
+        files=_idx_files(f"emnist-{split}-"),
+        artefacts=(EMNIST_ZIP,),
+        archive=EMNIST_ZIP.name,
+        archive_dir="gzip/",
         mirrors=("https://biometrics.nist.gov/cs_links/EMNIST/", "https://www.itl.nist.gov/iaui/vip/cs_links/EMNIST/"),
-        sizes=(n_train, n_test), layout=Layout(transposed=True, label_offset=offset),
-        licence="NIST Special Database 19 terms (public data; cite the EMNIST paper)", citation=_EMNIST_CITATION,
-        homepage="https://www.nist.gov/itl/products-and-services/emnist-dataset", torchvision_dir="EMNIST",
-        quirks=quirks)
+        sizes=(n_train, n_test),
+        layout=Layout(transposed=True, label_offset=offset),
+        licence="NIST Special Database 19 terms (public data; cite the EMNIST paper)",
+        citation=_EMNIST_CITATION,
+        homepage="https://www.nist.gov/itl/products-and-services/emnist-dataset",
+        torchvision_dir="EMNIST",
+        quirks=quirks,
+    )
 
 
-REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in [
-    DatasetSpec(
-        name="mnist", title="MNIST", classes=DIGITS, files=_MNIST_FILES, bundled=True,
-        artefacts=_gz_artefacts(_MNIST_FILES, {
-            "train-images-idx3-ubyte": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte": "md5:d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte": "md5:9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte": "md5:ec29112dd5afa0611ce80d1b7f02629c"}),
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-        sizes=(60_000, 10_000), content_sha256=data.MNIST_SHA256,
-        licence="CC BY-SA 3.0", citation="Y. LeCun, C. Cortes and C. J. C. Burges, The MNIST database of "
-                                         "handwritten digits, 1998", homepage="http://yann.lecun.com/exdb/mnist/"),
-    DatasetSpec(
-        name="fashion-mnist", title="Fashion-MNIST",
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                 "Ankle boot"),
-        files=_MNIST_FILES,
-        artefacts=_gz_artefacts(_MNIST_FILES, {
-            "train-images-idx3-ubyte": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte": "md5:25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte": "md5:bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte": "md5:bb300cfdad3c16e7a12a480ee83cd310"},
-            {"train-images-idx3-ubyte": 26_421_880, "train-labels-idx1-ubyte": 29_515,
-             "t10k-images-idx3-ubyte": 4_422_102, "t10k-labels-idx1-ubyte": 5_148}),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
-        sizes=(60_000, 10_000),
-        # measured on Debian's dataset-fashion-mnist, whose .gz files are recompressed (other MD5s, same content)
-        content_sha256={
-            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
-        offline_dirs=("/usr/share/datasets/fashion-mnist",), torchvision_dir="FashionMNIST", handwriting=False,
-        licence="MIT (Zalando SE)", homepage="https://github.com/zalandoresearch/fashion-mnist",
-        citation="H. Xiao, K. Rasul and R. Vollgraf, \"Fashion-MNIST: a novel image dataset for benchmarking "
-                 "machine learning algorithms\", arXiv:1708.07747, 2017"),
-    DatasetSpec(
-        name="kmnist", title="Kuzushiji-MNIST", classes=_KMNIST_CLASSES,
-        plot_labels=tuple(c.split("(")[1].rstrip(")") for c in _KMNIST_CLASSES), files=_MNIST_FILES,
-        artefacts=_gz_artefacts(_MNIST_FILES, {
-            "train-images-idx3-ubyte": "md5:bdb82020997e1d708af4cf47b453dcf7",
-            "train-labels-idx1-ubyte": "md5:e144d726b3acfaa3e44228e80efcd344",
-            "t10k-images-idx3-ubyte": "md5:5c965bf0a639b31b8f53240b1b52f4d7",
-            "t10k-labels-idx1-ubyte": "md5:7320c461ea6c1c855c0b718fb2a4b134"}),
-        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",), sizes=(60_000, 10_000),
-        torchvision_dir="KMNIST", licence="CC BY-SA 4.0", homepage="https://github.com/rois-codh/kmnist",
-        citation="T. Clanuwat, M. Bober-Irizar, A. Kitamoto, A. Lamb, K. Yamamoto and D. Ha, \"Deep learning for "
-                 "classical Japanese literature\", arXiv:1812.01718, 2018 (\"KMNIST Dataset\" created by CODH, "
-                 "adapted from \"Kuzushiji Dataset\" created by NIJL and others, doi:10.20676/00000341)"),
-    DatasetSpec(
-        name="qmnist", title="QMNIST", classes=DIGITS, files=_idx_files("qmnist-", "labels-idx2-int"),
-        artefacts=_gz_artefacts(_idx_files("qmnist-", "labels-idx2-int"), {
-            "train-images-idx3-ubyte": "md5:ed72d4157d28c017586c42bc6afe6370",
-            "train-labels-idx1-ubyte": "md5:0058f8dd561b90ffdd0f734c6a30e5e4",
-            "t10k-images-idx3-ubyte": "md5:1394631089c404de565df7b7aeaf9412",
-            "t10k-labels-idx1-ubyte": "md5:5b5b05890a5e13444e108efe57b788aa"}),
-        mirrors=("https://raw.githubusercontent.com/facebookresearch/qmnist/master/",), sizes=(60_000, 60_000),
-        layout=Layout(label_column=0), torchvision_dir="QMNIST",
-        subsets={"test10k": (0, 10_000), "test50k": (10_000, 60_000)}, evaluates=("mnist",),
-        licence="BSD-style (Facebook, Inc.)", homepage="https://github.com/facebookresearch/qmnist",
-        citation="C. Yadav and L. Bottou, \"Cold case: the lost MNIST digits\", NeurIPS 2019, arXiv:1905.10498",
-        quirks="labels are an N x 8 int32 table, column 0 the class; test: MNIST's 10,000 (test10k) then 50,000 "
-               "lost MNIST test digits (test50k)"),
-    *(_emnist(split) for split in EMNIST_SPLITS),
-]}
+REGISTRY: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec(
+            name="mnist",
+            title="MNIST",
+            classes=DIGITS,
+            files=_MNIST_FILES,
+            bundled=True,
+            artefacts=_gz_artefacts(
+                _MNIST_FILES,
+                {
+                    "train-images-idx3-ubyte": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                    "train-labels-idx1-ubyte": "md5:d53e105ee54ea40749a09fcbcd1e9432",
+                    "t10k-images-idx3-ubyte": "md5:9fb629c4189551a2d022fa330f9573f3",
+                    "t10k-labels-idx1-ubyte": "md5:ec29112dd5afa0611ce80d1b7f02629c",
+                },
+            ),
+            mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+            sizes=(60_000, 10_000),
+            content_sha256=data.MNIST_SHA256,
+            licence="CC BY-SA 3.0",
+            citation="Y. LeCun, C. Cortes and C. J. C. Burges, The MNIST database of handwritten digits, 1998",
+            homepage="http://yann.lecun.com/exdb/mnist/",
+        ),
+        DatasetSpec(
+            name="fashion-mnist",
+            title="Fashion-MNIST",
+            classes=(
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ),
+            files=_MNIST_FILES,
+            artefacts=_gz_artefacts(
+                _MNIST_FILES,
+                {
+                    "train-images-idx3-ubyte": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                    "train-labels-idx1-ubyte": "md5:25c81989df183df01b3e8a0aad5dffbe",
+                    "t10k-images-idx3-ubyte": "md5:bef4ecab320f06d8554ea6380940ec79",
+                    "t10k-labels-idx1-ubyte": "md5:bb300cfdad3c16e7a12a480ee83cd310",
+                },
+                {
+                    "train-images-idx3-ubyte": 26_421_880,
+                    "train-labels-idx1-ubyte": 29_515,
+                    "t10k-images-idx3-ubyte": 4_422_102,
+                    "t10k-labels-idx1-ubyte": 5_148,
+                },
+            ),
+            mirrors=(
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            ),
+            sizes=(60_000, 10_000),
+            # measured on Debian's dataset-fashion-mnist, whose .gz files are recompressed (other MD5s, same content)
+            content_sha256={
+                "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            },
+            offline_dirs=("/usr/share/datasets/fashion-mnist",),
+            torchvision_dir="FashionMNIST",
+            handwriting=False,
+            licence="MIT (Zalando SE)",
+            homepage="https://github.com/zalandoresearch/fashion-mnist",
+            citation='H. Xiao, K. Rasul and R. Vollgraf, "Fashion-MNIST: a novel image dataset for benchmarking '
+            'machine learning algorithms", arXiv:1708.07747, 2017',
+        ),
+        DatasetSpec(
+            name="kmnist",
+            title="Kuzushiji-MNIST",
+            classes=_KMNIST_CLASSES,
+            plot_labels=tuple(c.split("(")[1].rstrip(")") for c in _KMNIST_CLASSES),
+            files=_MNIST_FILES,
+            artefacts=_gz_artefacts(
+                _MNIST_FILES,
+                {
+                    "train-images-idx3-ubyte": "md5:bdb82020997e1d708af4cf47b453dcf7",
+                    "train-labels-idx1-ubyte": "md5:e144d726b3acfaa3e44228e80efcd344",
+                    "t10k-images-idx3-ubyte": "md5:5c965bf0a639b31b8f53240b1b52f4d7",
+                    "t10k-labels-idx1-ubyte": "md5:7320c461ea6c1c855c0b718fb2a4b134",
+                },
+            ),
+            mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+            sizes=(60_000, 10_000),
+            torchvision_dir="KMNIST",
+            licence="CC BY-SA 4.0",
+            homepage="https://github.com/rois-codh/kmnist",
+            citation='T. Clanuwat, M. Bober-Irizar, A. Kitamoto, A. Lamb, K. Yamamoto and D. Ha, "Deep learning for '
+            'classical Japanese literature", arXiv:1812.01718, 2018 ("KMNIST Dataset" created by CODH, '
+            'adapted from "Kuzushiji Dataset" created by NIJL and others, doi:10.20676/00000341)',
+        ),
+        DatasetSpec(
+            name="qmnist",
+            title="QMNIST",
+            classes=DIGITS,
+            files=_idx_files("qmnist-", "labels-idx2-int"),
+            artefacts=_gz_artefacts(
+                _idx_files("qmnist-", "labels-idx2-int"),
+                {
+                    "train-images-idx3-ubyte": "md5:ed72d4157d28c017586c42bc6afe6370",
+                    "train-labels-idx1-ubyte": "md5:0058f8dd561b90ffdd0f734c6a30e5e4",
+                    "t10k-images-idx3-ubyte": "md5:1394631089c404de565df7b7aeaf9412",
+                    "t10k-labels-idx1-ubyte": "md5:5b5b05890a5e13444e108efe57b788aa",
+                },
+            ),
+            mirrors=("https://raw.githubusercontent.com/facebookresearch/qmnist/master/",),
+            sizes=(60_000, 60_000),
+            layout=Layout(label_column=0),
+            torchvision_dir="QMNIST",
+            subsets={"test10k": (0, 10_000), "test50k": (10_000, 60_000)},
+            evaluates=("mnist",),
+            licence="BSD-style (Facebook, Inc.)",
+            homepage="https://github.com/facebookresearch/qmnist",
+            citation='C. Yadav and L. Bottou, "Cold case: the lost MNIST digits", NeurIPS 2019, arXiv:1905.10498',
+            quirks="labels are an N x 8 int32 table, column 0 the class; test: MNIST's 10,000 (test10k) then 50,000 "
+            "lost MNIST test digits (test50k)",
+        ),
+        *(_emnist(split) for split in EMNIST_SPLITS),
+    ]
+}
 
 
 def names() -> list[str]:
@@ -235,10 +326,11 @@ def get(name: str) -> DatasetSpec:
 def check(d: Any) -> None:
     """``data.dataset`` must name a registry entry (``d`` is a DataConfig)."""
     from .config import check_choice
+
     check_choice("data.dataset", d.dataset, REGISTRY)
 
 
-def classes_of(cfg: "Config") -> tuple[str, ...]:
+def classes_of(cfg: Config) -> tuple[str, ...]:
     """A config's class names, by label (the model's outputs)."""
     return get(cfg.data.dataset).classes
 
@@ -252,6 +344,7 @@ def cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     import platformdirs
+
     return Path(platformdirs.user_cache_dir("mnistlab")) / "datasets"
 
 
@@ -262,6 +355,7 @@ def _cache_of(spec: DatasetSpec) -> Path:
 
 def _file_hash(path: Path, algorithm_hash: str) -> str:
     import pooch
+
     alg = algorithm_hash.split(":", 1)[0] if ":" in algorithm_hash else "sha256"
     return f"{alg}:{pooch.file_hash(str(path), alg)}"
 
@@ -330,6 +424,7 @@ def _size(n: int) -> str:
 def _reason(e: BaseException) -> str:
     """A download failure in a few words."""
     import requests
+
     if isinstance(e, requests.HTTPError) and e.response is not None:
         return f"HTTP {e.response.status_code}"
     if isinstance(e, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
@@ -358,8 +453,9 @@ def _fetch_artefact(spec: DatasetSpec, artefact: Artefact, directory: Path, show
         try:
             staging.mkdir(parents=True)
             downloader = pooch.HTTPDownloader(progressbar=show_progress, timeout=REQUEST_TIMEOUT_S)
-            got = pooch.retrieve(url, known_hash=artefact.hash, fname=artefact.name, path=staging,
-                                 downloader=downloader)
+            got = pooch.retrieve(
+                url, known_hash=artefact.hash, fname=artefact.name, path=staging, downloader=downloader
+            )
             os.replace(got, directory / artefact.name)  # in place only once its checksum matched
             return []
         except (requests.RequestException, ValueError, OSError) as e:
@@ -403,9 +499,12 @@ def fetch(spec: DatasetSpec, directory: Path | None = None, log: Log = print, sh
         directory.mkdir(parents=True, exist_ok=True)
         lock = _lock(directory, log)
     except OSError as e:
-        raise DataError(f"cannot write the data cache {directory}: {e.strerror or e} (set {CACHE_ENV} to a "
-                        f"writable folder, or pass --data-dir)") from None
+        raise DataError(
+            f"cannot write the data cache {directory}: {e.strerror or e} (set {CACHE_ENV} to a "
+            f"writable folder, or pass --data-dir)"
+        ) from None
     import pooch
+
     pooch.get_logger().setLevel("WARNING")  # our own one line per file instead of pooch's
     try:
         for artefact in spec.artefacts:
@@ -416,9 +515,12 @@ def fetch(spec: DatasetSpec, directory: Path | None = None, log: Log = print, sh
             failures = _fetch_artefact(spec, artefact, directory, show_progress)
             if failures:
                 by_hand = " ".join(u for a in spec.artefacts for u in spec.urls(a)[:1])
-                raise DataError(f"cannot fetch {spec.name}'s {artefact.name}: " + "; ".join(failures)
-                                + f". Without a network, download {by_hand} by hand and put the files in "
-                                  f"{directory} (or in a folder passed with --data-dir)")
+                raise DataError(
+                    f"cannot fetch {spec.name}'s {artefact.name}: "
+                    + "; ".join(failures)
+                    + f". Without a network, download {by_hand} by hand and put the files in "
+                    f"{directory} (or in a folder passed with --data-dir)"
+                )
     finally:
         lock.release()
     return directory
@@ -434,8 +536,10 @@ def identify(ds: Dataset) -> str | None:
 
 def _identify_files(files: dict[str, Source]) -> str | None:
     """The registry name whose publisher artefacts these files are (by name and checksum), or None."""
-    return next((s.name for s in REGISTRY.values() if s.archive is None and s.files == _MNIST_FILES
-                 and _published(s, files)), None)
+    return next(
+        (s.name for s in REGISTRY.values() if s.archive is None and s.files == _MNIST_FILES and _published(s, files)),
+        None,
+    )
 
 
 def _verify(spec: DatasetSpec, ds: Dataset, published: bool, where: str) -> None:
@@ -447,16 +551,20 @@ def _verify(spec: DatasetSpec, ds: Dataset, published: bool, where: str) -> None
         if other is not None:
             raise DataError(f"{where} holds {other}, not {spec.name} (pass --dataset {other})")
         key = next(k for k in KEYS if ds.sha256[k] != spec.content_sha256[k])
-        raise DataError(f"{where}: {key} fails {spec.name}'s SHA-256 check (expected "
-                        f"{spec.content_sha256[key][:12]}..., got {ds.sha256[key][:12]}...): another dataset or a "
-                        f"damaged copy")
+        raise DataError(
+            f"{where}: {key} fails {spec.name}'s SHA-256 check (expected "
+            f"{spec.content_sha256[key][:12]}..., got {ds.sha256[key][:12]}...): another dataset or a "
+            f"damaged copy"
+        )
     if not published:
         other = identify(ds)
         if other is not None:
             raise DataError(f"{where} holds {other}, not {spec.name} (pass --dataset {other})")
         wanted = ", ".join(a.name for a in spec.artefacts)
-        raise DataError(f"cannot verify {where} as {spec.name}: mnistlab checks {spec.name} by its publisher's "
-                        f"checksums, so the folder must hold the published files ({wanted}) as downloaded")
+        raise DataError(
+            f"cannot verify {where} as {spec.name}: mnistlab checks {spec.name} by its publisher's "
+            f"checksums, so the folder must hold the published files ({wanted}) as downloaded"
+        )
 
 
 def _read(spec: DatasetSpec, files: dict[str, Source], where: str) -> Dataset:
@@ -464,8 +572,9 @@ def _read(spec: DatasetSpec, files: dict[str, Source], where: str) -> Dataset:
     return data.read_dataset(files, layout, source=where, name=spec.name, verified=True)
 
 
-def load(name: str = "mnist", data_dir: str | Path | None = None, *, log: Log = print,
-         show_progress: bool = False) -> Dataset:
+def load(
+    name: str = "mnist", data_dir: str | Path | None = None, *, log: Log = print, show_progress: bool = False
+) -> Dataset:
     """The dataset ``name``, verified, from ``data_dir`` when given, else from where it is (bundled, a
     system package, the cache), fetching it into the cache the first time.
 
@@ -498,8 +607,9 @@ def load(name: str = "mnist", data_dir: str | Path | None = None, *, log: Log = 
     return _load_verified(spec, directory, str(directory), f"the cache {directory}", published=True)
 
 
-def _load_verified(spec: DatasetSpec, directory: Path, source: str, where: str | None = None,
-                   published: bool | None = None) -> Dataset:
+def _load_verified(
+    spec: DatasetSpec, directory: Path, source: str, where: str | None = None, published: bool | None = None
+) -> Dataset:
     files = _locate(spec, directory)
     if published is None:  # content checks need no artefacts
         published = spec.content_sha256 is None and _published(spec, files)
@@ -508,22 +618,23 @@ def _load_verified(spec: DatasetSpec, directory: Path, source: str, where: str |
     return ds
 
 
-def load_config(cfg: "Config", log: Log = print, show_progress: bool = False) -> Dataset:
+def load_config(cfg: Config, log: Log = print, show_progress: bool = False) -> Dataset:
     """The data a config names (``data.dataset``, ``data.dir``)."""
     return load(cfg.data.dataset, cfg.data.dir or None, log=log, show_progress=show_progress)
 
 
-def pin_dir(cfg: "Config") -> "Config":
+def pin_dir(cfg: Config) -> Config:
     """``cfg`` with ``data.dir`` absolute, so that a run's record points at its data from anywhere."""
     if not cfg.data.dir:
         return cfg
     absolute = os.path.abspath(Path(cfg.data.dir).expanduser())  # symlinks kept: the path the user gave
     # the same folder, spelled absolute: nothing to check again
-    return cfg if absolute == cfg.data.dir else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=absolute))
+    return (
+        cfg if absolute == cfg.data.dir else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=absolute))
+    )
 
 
-def load_for_run(run_dir: str | Path, cfg: "Config", data_dir: str | Path | None = None,
-                 log: Log = print) -> Dataset:
+def load_for_run(run_dir: str | Path, cfg: Config, data_dir: str | Path | None = None, log: Log = print) -> Dataset:
     """The data a run trained on, checked against the SHA-256 in its ``run.json``.
 
     ``data_dir`` replaces the recorded ``data.dir`` (the data moved). Data that differs from the run's is a
@@ -541,6 +652,8 @@ def load_for_run(run_dir: str | Path, cfg: "Config", data_dir: str | Path | None
     info = run.read_info() if run.file("run.json").is_file() else {}
     recorded = (info.get("environment") or {}).get("data_sha256")
     if recorded and ds.checksum != recorded:
-        raise DataError(f"{run.path} was trained on other data (SHA-256 {recorded[:12]}...) than {ds.source} holds "
-                        f"({ds.checksum[:12]}...); pass --data-dir with the run's data")
+        raise DataError(
+            f"{run.path} was trained on other data (SHA-256 {recorded[:12]}...) than {ds.source} holds "
+            f"({ds.checksum[:12]}...); pass --data-dir with the run's data"
+        )
     return ds

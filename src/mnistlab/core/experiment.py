@@ -5,23 +5,24 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
+from ..errors import ConfigError, DivergenceError, MnistlabError
+from ..output.plots import run_figures
+from ..text import plural
 from . import checkpoint, checks, data, datasets
 from . import config as config_mod
 from .config import Config
-from ..errors import ConfigError, DivergenceError, MnistlabError
 from .hardware import auto_precision, bf16_supported, resolve_device
 from .metrics import summarize
 from .models import count_parameters
 from .observers import EpochObserver, start_all
-from ..output.plots import run_figures
 from .runs import RunDir, environment, now, remove_stale_temp
-from ..text import plural
 from .train import Trainer
 
 Log = Callable[[str], None]
@@ -40,7 +41,6 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir, self.epochs = run_dir, epochs
 
 
-
 @dataclass
 class RunResult:
     run_dir: RunDir
@@ -51,17 +51,22 @@ class RunResult:
 
 def format_row(row: dict[str, Any]) -> str:
     """One line of the per-epoch table."""
+
     def num(key: str, fmt: str) -> str:
         v = row.get(key)
         return "-" if v is None else format(v, fmt)
-    return (f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
-            f"val_acc {num('val_acc', '7.3f')}  test_loss {num('test_loss', '.4f')}  test_acc {num('test_acc', '7.3f')}"
-            f"  ({row.get('seconds', 0):.1f}s)")
+
+    return (
+        f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
+        f"val_acc {num('val_acc', '7.3f')}  test_loss {num('test_loss', '.4f')}  test_acc {num('test_acc', '7.3f')}"
+        f"  ({row.get('seconds', 0):.1f}s)"
+    )
 
 
 def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Trainer:
     if cfg.train.engine == "numpy":
         from ..analysis.numpy_train import NumpyTrainer
+
         return NumpyTrainer(cfg, dataset, torch.device("cpu"))
     return Trainer(cfg, dataset, device)
 
@@ -103,8 +108,12 @@ def final_config(run_path: str | Path, data_dir: str | Path | None = None) -> tu
     best = run.read_info().get("summary", {}).get("best_epoch")
     if cfg.data.train_on_val or not best:
         raise MnistlabError(f"{run.path} has no best-validation epoch to take (a finished run with validation needed)")
-    values: dict[str, Any] = {"data.train_on_val": True, "train.epochs": best, "train.patience": 0,
-                              "name": f"{cfg.name}_final"}
+    values: dict[str, Any] = {
+        "data.train_on_val": True,
+        "train.epochs": best,
+        "train.patience": 0,
+        "name": f"{cfg.name}_final",
+    }
     if data_dir:
         values["data.dir"] = str(data_dir)
     return checks.set_values(cfg, values), best
@@ -113,6 +122,7 @@ def final_config(run_path: str | Path, data_dir: str | Path | None = None) -> tu
 def _keeps_torch_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
     """A run sets torch's thread count for itself (``train.threads``); the caller's count comes back after,
     so a run that does not set it is not run with the count an earlier run in the process left."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> RunResult:
         threads = torch.get_num_threads()
@@ -120,12 +130,20 @@ def _keeps_torch_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResul
             return fn(*args, **kwargs)
         finally:
             torch.set_num_threads(threads)
+
     return wrapper
 
 
 @_keeps_torch_threads
-def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print, show_progress: bool = False,
-        dataset: data.Dataset | None = None, observers: Sequence[EpochObserver] = ()) -> RunResult:
+def run(
+    cfg: Config,
+    out: str | Path,
+    overwrite: bool = False,
+    log: Log = print,
+    show_progress: bool = False,
+    dataset: data.Dataset | None = None,
+    observers: Sequence[EpochObserver] = (),
+) -> RunResult:
     """Train ``cfg`` into the run directory ``out``; every epoch's row is on disk as soon as it exists.
 
     ``dataset`` skips loading ``cfg.data.dir`` (a study's workers get it from the driver); ``observers``
@@ -136,20 +154,32 @@ def run(cfg: Config, out: str | Path, overwrite: bool = False, log: Log = print,
     trainer = make_trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
     run_dir = RunDir.create(out, overwrite)
     info: dict[str, Any] = {
-        "name": cfg.name, "status": "running", "started": now(), "config": config_mod.to_dict(cfg),
+        "name": cfg.name,
+        "status": "running",
+        "started": now(),
+        "config": config_mod.to_dict(cfg),
         "environment": environment(device, dataset.checksum, dataset.source, cfg.train.seed),
-        "data_is_mnist": dataset.is_mnist, "parameters": count_parameters(trainer.model),
+        "data_is_mnist": dataset.is_mnist,
+        "parameters": count_parameters(trainer.model),
         "data": {"dataset": dataset.name, "classes": list(dataset.classes), "verified": dataset.verified},
-        "data_sizes": {"train": len(trainer.train_idx), "val": 0 if trainer.val is None else len(trainer.val.y),
-                       "test": len(trainer.test.y)},
+        "data_sizes": {
+            "train": len(trainer.train_idx),
+            "val": 0 if trainer.val is None else len(trainer.val.y),
+            "test": len(trainer.test.y),
+        },
     }
     run_dir.write_config(cfg)
     return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, observers)
 
 
 @_keeps_torch_threads
-def resume(path: str | Path, log: Log = print, show_progress: bool = False, dataset: data.Dataset | None = None,
-           observers: Sequence[EpochObserver] = ()) -> RunResult:
+def resume(
+    path: str | Path,
+    log: Log = print,
+    show_progress: bool = False,
+    dataset: data.Dataset | None = None,
+    observers: Sequence[EpochObserver] = (),
+) -> RunResult:
     """Continue an interrupted run from its last checkpoint; ends with the metrics of an uninterrupted run.
 
     ``dataset`` and ``observers`` as in :func:`run`; observers see the finished epochs at ``start``
@@ -163,24 +193,33 @@ def resume(path: str | Path, log: Log = print, show_progress: bool = False, data
     try:
         recorded = config_mod.from_dict(info["config"])
     except (KeyError, TypeError, ConfigError):
-        raise MnistlabError(f"{run_dir.file('run.json')} holds no valid config; start the run again with --overwrite") \
-            from None
+        raise MnistlabError(
+            f"{run_dir.file('run.json')} holds no valid config; start the run again with --overwrite"
+        ) from None
     if config_mod.to_dict(cfg) != config_mod.to_dict(recorded):
-        raise MnistlabError(f"{run_dir.file('config.toml')} differs from the config the run started with "
-                            f"(run.json); restore it, or start the run again with --overwrite")
+        raise MnistlabError(
+            f"{run_dir.file('config.toml')} differs from the config the run started with "
+            f"(run.json); restore it, or start the run again with --overwrite"
+        )
     tensors, meta = checkpoint.load(run_dir)
     dataset, device, cfg = prepare(cfg, log, dataset)
     if dataset.checksum != meta["data_sha256"]:
-        raise MnistlabError(f"the data differs from the run's (SHA-256 {dataset.checksum[:12]}... vs "
-                            f"{meta['data_sha256'][:12]}...): resume with the same --data-dir")
+        raise MnistlabError(
+            f"the data differs from the run's (SHA-256 {dataset.checksum[:12]}... vs "
+            f"{meta['data_sha256'][:12]}...): resume with the same --data-dir"
+        )
     trainer = make_trainer(cfg, dataset, device)
     trainer.load_state(tensors, meta)
     if trainer.done:
         raise MnistlabError(f"{run_dir.path} is already complete ({plural(trainer.epoch, 'epoch')})")
     log(f"resuming {run_dir.path} after epoch {trainer.epoch}")
-    info.setdefault("resumed", []).append({"at": now(), "after_epoch": trainer.epoch,
-                                           "environment": environment(device, dataset.checksum, dataset.source,
-                                                                      cfg.train.seed)})
+    info.setdefault("resumed", []).append(
+        {
+            "at": now(),
+            "after_epoch": trainer.epoch,
+            "environment": environment(device, dataset.checksum, dataset.source, cfg.train.seed),
+        }
+    )
     return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, observers)
 
 
@@ -192,8 +231,15 @@ def _epochs_on_disk(run_dir: RunDir) -> int:
         return 0
 
 
-def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha256: str, log: Log,
-             show_progress: bool, observers: Sequence[EpochObserver] = ()) -> RunResult:
+def _execute(
+    trainer: Trainer,
+    run_dir: RunDir,
+    info: dict[str, Any],
+    data_sha256: str,
+    log: Log,
+    show_progress: bool,
+    observers: Sequence[EpochObserver] = (),
+) -> RunResult:
     cfg = trainer.cfg
     remove_stale_temp(run_dir.path)
     info.update(status="running")
@@ -202,8 +248,10 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
     if identity:
         info["tracking"] = identity
     run_dir.write_info(info)
-    log(f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
-        f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}")
+    log(
+        f"run {cfg.name}: {info['parameters']:,} parameters, {trainer.steps_per_epoch} steps/epoch, "
+        f"device {trainer.device}, {cfg.train.precision}, {torch.get_num_threads()} threads -> {run_dir.path}"
+    )
 
     def on_epoch(tr: Trainer, row: dict[str, Any], improved: bool) -> None:
         if math.isfinite(row["train_loss"]):  # a diverged epoch is recorded but never checkpointed
@@ -236,8 +284,12 @@ def _execute(trainer: Trainer, run_dir: RunDir, info: dict[str, Any], data_sha25
     finally:
         written = _epochs_on_disk(run_dir)  # what run.json may claim: a write can fail, Ctrl-C land anywhere
         history = trainer.history[:written]
-        info.update(finished=now(), wall_seconds=round(info.get("wall_seconds", 0) + time.perf_counter() - start, 3),
-                    train_seconds=round(sum(r["seconds"] for r in history), 3), epochs_done=written)
+        info.update(
+            finished=now(),
+            wall_seconds=round(info.get("wall_seconds", 0) + time.perf_counter() - start, 3),
+            train_seconds=round(sum(r["seconds"] for r in history), 3),
+            epochs_done=written,
+        )
         try:
             if history:
                 info["summary"] = summarize(history)

@@ -26,10 +26,22 @@ def applies(model: nn.Module, cfg: Config) -> bool:
     cross-entropy (no adversarial or virtual adversarial term; a weight EMA is updated after the step, and
     test-time shifts act at evaluation, so both work with it)."""
     o, m, r = cfg.optim, cfg.model, cfg.regularize
-    return (cfg.train.fast and isinstance(model, MLP) and m.activation == "relu" and not m.batchnorm
-            and m.dropout == 0 and m.input_dropout == 0 and m.noise_std == 0 and o.name == "sgd" and o.momentum == 0
-            and o.weight_decay == 0 and o.label_smoothing == 0 and o.max_norm == 0 and r.vat_eps == 0
-            and r.fgsm_eps == 0)
+    return (
+        cfg.train.fast
+        and isinstance(model, MLP)
+        and m.activation == "relu"
+        and not m.batchnorm
+        and m.dropout == 0
+        and m.input_dropout == 0
+        and m.noise_std == 0
+        and o.name == "sgd"
+        and o.momentum == 0
+        and o.weight_decay == 0
+        and o.label_smoothing == 0
+        and o.max_norm == 0
+        and r.vat_eps == 0
+        and r.fgsm_eps == 0
+    )
 
 
 def _linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -108,7 +120,9 @@ class FusedMLPStep:
         lr = lr / len(y)  # the mean's 1/B
         for i in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[i]
-            g_in = torch.ops.aten.threshold_backward(torch.mm(g16, weights[i]), acts[i], 0) if i else g16  # unused at i = 0
+            g_in = (
+                torch.ops.aten.threshold_backward(torch.mm(g16, weights[i]), acts[i], 0) if i else g16
+            )  # unused at i = 0
             if torch.is_tensor(lr):  # a device lr (CUDA graphs)
                 lin.weight.addcmul_(torch.mm(g16.t(), acts[i]), lr, value=-1)
                 lin.bias.addcmul_(g16.sum(0, dtype=torch.float32), lr, value=-1)
@@ -120,6 +134,6 @@ class FusedMLPStep:
 
 
 def build(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config) -> FusedMLPStep | None:
-    return FusedMLPStep(model, optimizer, cfg.train.precision) if isinstance(model, MLP) and applies(model, cfg) \
-        else None
-
+    return (
+        FusedMLPStep(model, optimizer, cfg.train.precision) if isinstance(model, MLP) and applies(model, cfg) else None
+    )

@@ -62,10 +62,20 @@ def cpu_flags() -> dict[str, bool]:
     """The instruction sets that decide training speed, as torch detects them (cpuinfo, with the OS's
     permission for AMX tiles), falling back to /proc/cpuinfo's flags where this torch cannot say."""
     listed = set(_cpuinfo().get("flags", "").split())
-    from_proc = {"amx": "amx_tile" in listed, "avx512_bf16": "avx512_bf16" in listed,
-                 "avx512": "avx512f" in listed, "avx2": "avx2" in listed, "avx512_vnni": "avx512_vnni" in listed}
-    from_torch = {"amx": _torch_flag("amx_tile"), "avx512_bf16": _torch_flag("avx512_bf16"),
-                  "avx512": _torch_flag("avx512"), "avx2": _torch_flag("avx2"), "avx512_vnni": _torch_flag("vnni")}
+    from_proc = {
+        "amx": "amx_tile" in listed,
+        "avx512_bf16": "avx512_bf16" in listed,
+        "avx512": "avx512f" in listed,
+        "avx2": "avx2" in listed,
+        "avx512_vnni": "avx512_vnni" in listed,
+    }
+    from_torch = {
+        "amx": _torch_flag("amx_tile"),
+        "avx512_bf16": _torch_flag("avx512_bf16"),
+        "avx512": _torch_flag("avx512"),
+        "avx2": _torch_flag("avx2"),
+        "avx512_vnni": _torch_flag("vnni"),
+    }
     return {k: from_proc[k] if v is None else v for k, v in from_torch.items()}
 
 
@@ -141,12 +151,16 @@ def summary(desc: dict[str, Any] | None = None) -> str:
     desc = describe() if desc is None else desc
     c, t = desc["cpu"], desc["torch"]
     ident = f"{c['vendor']} family {c['family']} model {c['model_number']}" if c["family"] is not None else c["machine"]
-    flags = ", ".join(f"{name} {'yes' if c['flags'].get(key) else 'no'}" for key, name in
-                      (("amx", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512", "AVX-512"), ("avx2", "AVX2")))
-    line = (f"{c['model']} ({ident}), {c['logical_cpus']} logical CPUs ({c['usable_cpus']} usable)"
-            f"{', virtual machine' if c['hypervisor'] else ''}; {flags}; "
-            f"torch {t['version']} ({t['cpu_capability']} kernels, MKL {t['mkl'] or '-'}, oneDNN {t['onednn'] or '-'}), "
-            f"{t['threads']} threads")
+    flags = ", ".join(
+        f"{name} {'yes' if c['flags'].get(key) else 'no'}"
+        for key, name in (("amx", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512", "AVX-512"), ("avx2", "AVX2"))
+    )
+    line = (
+        f"{c['model']} ({ident}), {c['logical_cpus']} logical CPUs ({c['usable_cpus']} usable)"
+        f"{', virtual machine' if c['hypervisor'] else ''}; {flags}; "
+        f"torch {t['version']} ({t['cpu_capability']} kernels, MKL {t['mkl'] or '-'}, oneDNN {t['onednn'] or '-'}), "
+        f"{t['threads']} threads"
+    )
     if desc.get("gpu"):
         line += f"; GPU {desc['gpu']} (CUDA {t['cuda']})"
     return line

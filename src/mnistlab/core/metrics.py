@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 @torch.inference_mode()
-def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000,
-                      precision: str = "fp32") -> tuple[float, float]:
+def loss_and_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 10000, precision: str = "fp32"
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy in percent of ``model`` on images x (N, 1, 28, 28) and labels y (N,), in
     eval mode, ``batch_size`` images at a time (the per-epoch figures of a run)."""
     was_training = model.training
@@ -38,10 +40,10 @@ def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch_size):
         with autocast(x.device, precision):
-            logits = model(x[i:i + batch_size])
+            logits = model(x[i : i + batch_size])
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum")
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
+        correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
     model.train(was_training)
     return loss_sum.item() / len(x), 100.0 * correct.item() / len(x)
 
@@ -51,7 +53,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 10000) ->
     """Softmax probabilities (N, 10) in eval mode."""
     was_training = model.training
     model.eval()
-    out = torch.cat([torch.softmax(model(x[i:i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
+    out = torch.cat([torch.softmax(model(x[i : i + batch_size]).float(), 1) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
 
@@ -100,15 +102,22 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
     good = history if diverged is None else [r for r in history if r["epoch"] < diverged]
     if diverged is None:
         last = history[-1]
-        out.update(final_test_acc=last.get("test_acc"), final_val_acc=last.get("val_acc"),
-                   final_train_loss=last.get("train_loss"))
+        out.update(
+            final_test_acc=last.get("test_acc"),
+            final_val_acc=last.get("val_acc"),
+            final_train_loss=last.get("train_loss"),
+        )
     else:
         out.update(diverged_epoch=diverged, final_test_acc=None, final_val_acc=None, final_train_loss=None)
     val = [r["val_acc"] for r in good if r.get("val_acc") is not None]
     if val and len(val) == len(good):
         best = best_epoch(val)
-        out.update(best_epoch=best, best_val_acc=val[best - 1], test_acc_at_best_val=good[best - 1]["test_acc"],
-                   convergence_epoch=convergence_epoch(val) if diverged is None else None)
+        out.update(
+            best_epoch=best,
+            best_val_acc=val[best - 1],
+            test_acc_at_best_val=good[best - 1]["test_acc"],
+            convergence_epoch=convergence_epoch(val) if diverged is None else None,
+        )
     return out
 
 

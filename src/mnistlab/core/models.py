@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig, check_choice, check_value
 from ..errors import ConfigError
+from .config import ModelConfig, check_choice, check_value
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics after /255
-
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,18 @@ class MLP(nn.Module):
     after batch norm where there is one (see :class:`GaussianNoise`).
     """
 
-    def __init__(self, hidden: list[int] | tuple[int, ...] = (1024,), activation: str = "relu",
-                 dropout: float = 0.0, input_dropout: float = 0.0, batchnorm: bool = False,
-                 normalize: bool = False, in_features: int = 784, n_classes: int = 10,
-                 noise_std: float = 0.0) -> None:
+    def __init__(
+        self,
+        hidden: list[int] | tuple[int, ...] = (1024,),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        batchnorm: bool = False,
+        normalize: bool = False,
+        in_features: int = 784,
+        n_classes: int = 10,
+        noise_std: float = 0.0,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]  # (B, 1, 28, 28) -> (B, 784)
         if normalize:
@@ -157,18 +164,28 @@ class MLP(nn.Module):
 class LeNet5(nn.Module):
     """LeNet-5 (LeCun et al. 1998) with max pooling and a modern activation."""
 
-    def __init__(self, activation: str = "relu", dropout: float = 0.0, normalize: bool = False,
-                 n_classes: int = 10) -> None:
+    def __init__(
+        self, activation: str = "relu", dropout: float = 0.0, normalize: bool = False, n_classes: int = 10
+    ) -> None:
         super().__init__()
         act = ACTIVATIONS[activation]
         self.features = nn.Sequential(
             *([Normalize()] if normalize else []),
-            nn.Conv2d(1, 6, 5, padding=2), act(), nn.MaxPool2d(2),  # (B, 6, 14, 14)
-            nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2),  # (B, 16, 5, 5)
+            nn.Conv2d(1, 6, 5, padding=2),
+            act(),
+            nn.MaxPool2d(2),  # (B, 6, 14, 14)
+            nn.Conv2d(6, 16, 5),
+            act(),
+            nn.MaxPool2d(2),  # (B, 16, 5, 5)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), act(), *([Dropout(dropout)] if dropout else []),
-            nn.Linear(120, 84), act(), nn.Linear(84, n_classes),
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            act(),
+            *([Dropout(dropout)] if dropout else []),
+            nn.Linear(120, 84),
+            act(),
+            nn.Linear(84, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,19 +199,34 @@ def _conv_block(cin: int, cout: int, act: Activation) -> list[nn.Module]:
 class SmallCNN(nn.Module):
     """A small modern CNN: two VGG-style stages of 3x3 conv + BatchNorm, then a BatchNorm'd dense head."""
 
-    def __init__(self, width: int = 32, activation: str = "relu", dropout: float = 0.0,
-                 normalize: bool = False, n_classes: int = 10) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        normalize: bool = False,
+        n_classes: int = 10,
+    ) -> None:
         super().__init__()
         act, w = ACTIVATIONS[activation], width
         self.features = nn.Sequential(
             *([Normalize()] if normalize else []),
-            *_conv_block(1, w, act), *_conv_block(w, w, act), nn.MaxPool2d(2),  # (B, w, 14, 14)
-            *_conv_block(w, 2 * w, act), *_conv_block(2 * w, 2 * w, act), nn.MaxPool2d(2),  # (B, 2w, 7, 7)
-            *_conv_block(2 * w, 4 * w, act), nn.MaxPool2d(2),  # (B, 4w, 3, 3)
+            *_conv_block(1, w, act),
+            *_conv_block(w, w, act),
+            nn.MaxPool2d(2),  # (B, w, 14, 14)
+            *_conv_block(w, 2 * w, act),
+            *_conv_block(2 * w, 2 * w, act),
+            nn.MaxPool2d(2),  # (B, 2w, 7, 7)
+            *_conv_block(2 * w, 4 * w, act),
+            nn.MaxPool2d(2),  # (B, 4w, 3, 3)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(4 * w * 9, 8 * w, bias=False), nn.BatchNorm1d(8 * w), act(),
-            *([Dropout(dropout)] if dropout else []), nn.Linear(8 * w, n_classes),
+            nn.Flatten(),
+            nn.Linear(4 * w * 9, 8 * w, bias=False),
+            nn.BatchNorm1d(8 * w),
+            act(),
+            *([Dropout(dropout)] if dropout else []),
+            nn.Linear(8 * w, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,17 +236,28 @@ class SmallCNN(nn.Module):
 class FastCNN(nn.Module):
     """Two strided convolutions and a dense head: cheap enough to train to 99% in seconds on a CPU."""
 
-    def __init__(self, width: int = 32, activation: str = "relu", dropout: float = 0.0, normalize: bool = False,
-                 n_classes: int = 10) -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        normalize: bool = False,
+        n_classes: int = 10,
+    ) -> None:
         super().__init__()
         act, w = ACTIVATIONS[activation], width
         self.features = nn.Sequential(
             *([Normalize()] if normalize else []),
-            nn.Conv2d(1, w, 5, stride=2, padding=2), act(),  # (B, w, 14, 14)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), act(),  # (B, 2w, 7, 7)
+            nn.Conv2d(1, w, 5, stride=2, padding=2),
+            act(),  # (B, w, 14, 14)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            act(),  # (B, 2w, 7, 7)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * w * 49, 4 * w), act(), *([Dropout(dropout)] if dropout else []),
+            nn.Flatten(),
+            nn.Linear(2 * w * 49, 4 * w),
+            act(),
+            *([Dropout(dropout)] if dropout else []),
             nn.Linear(4 * w, n_classes),
         )
 
@@ -232,17 +275,28 @@ class SpeedCNN(nn.Module):
     (A different layout from fastcnn's: the dense weights of the two are not interchangeable.)
     """
 
-    def __init__(self, width: int = 16, activation: str = "relu", dropout: float = 0.0, normalize: bool = False,
-                 n_classes: int = 10) -> None:
+    def __init__(
+        self,
+        width: int = 16,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        normalize: bool = False,
+        n_classes: int = 10,
+    ) -> None:
         super().__init__()
         act, w = ACTIVATIONS[activation], width
         self.features = nn.Sequential(
             *([Normalize()] if normalize else []),
-            nn.Conv2d(1, w, 5, stride=2, padding=2), act(),  # (B, w, 14, 14)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), act(),  # (B, 2w, 7, 7), channels-last in memory
+            nn.Conv2d(1, w, 5, stride=2, padding=2),
+            act(),  # (B, w, 14, 14)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            act(),  # (B, 2w, 7, 7), channels-last in memory
         )
         self.classifier = nn.Sequential(
-            nn.Linear(49 * 2 * w, 4 * w), act(), *([Dropout(dropout)] if dropout else []), nn.Linear(4 * w, n_classes),
+            nn.Linear(49 * 2 * w, 4 * w),
+            act(),
+            *([Dropout(dropout)] if dropout else []),
+            nn.Linear(4 * w, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,14 +311,15 @@ def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))  # (..., H + |dy|, W + |dx|)
     top, left = max(-dy, 0), max(-dx, 0)
-    return padded[..., top:top + h, left:left + w]
+    return padded[..., top : top + h, left : left + w]
 
 
 class ShiftTTA(nn.Module):
     """Translation test-time augmentation: the mean softmax of ``model`` over translated copies of the input.
 
     ``p(y|x) = 1/S * sum_s softmax(model(T_s x))`` for the S shifts ``(dx, dy)`` (include ``(0, 0)`` for the
-    image itself); returned as log-probabilities (B, K) for K classes, which are valid logits: their softmax is ``p`` and
+    image itself); returned as log-probabilities (B, K) for K classes, which are valid logits: their softmax
+    is ``p`` and
     their cross-entropy is the NLL of ``p``. Averaging predictions over small translations is the test-time
     counterpart of training on shifted images (Simard et al. 2003; Krizhevsky et al. 2012 average over crops).
     The weights are the wrapped model's; the wrapper holds no parameters of its own.
@@ -307,15 +362,34 @@ CNN_OPTIONS = ("width",)
 
 # Add a model here: its class above, and its entry with its properties.
 ARCHS: dict[str, Arch] = {
-    "mlp": Arch(lambda c, k: MLP(c.hidden, c.activation, c.dropout, c.input_dropout, c.batchnorm, c.normalize,
-                                 n_classes=k, noise_std=c.noise_std), conv=False, options=MLP_OPTIONS),
+    "mlp": Arch(
+        lambda c, k: MLP(
+            c.hidden,
+            c.activation,
+            c.dropout,
+            c.input_dropout,
+            c.batchnorm,
+            c.normalize,
+            n_classes=k,
+            noise_std=c.noise_std,
+        ),
+        conv=False,
+        options=MLP_OPTIONS,
+    ),
     "lenet5": Arch(lambda c, k: LeNet5(c.activation, c.dropout, c.normalize, n_classes=k), conv=True),
-    "cnn": Arch(lambda c, k: SmallCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True,
-                options=CNN_OPTIONS),
-    "fastcnn": Arch(lambda c, k: FastCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True,
-                    options=CNN_OPTIONS),
-    "speedcnn": Arch(lambda c, k: SpeedCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True,
-                     options=CNN_OPTIONS),
+    "cnn": Arch(
+        lambda c, k: SmallCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
+        conv=True,
+        options=CNN_OPTIONS,
+    ),
+    "fastcnn": Arch(
+        lambda c, k: FastCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k), conv=True, options=CNN_OPTIONS
+    ),
+    "speedcnn": Arch(
+        lambda c, k: SpeedCNN(c.width, c.activation, c.dropout, c.normalize, n_classes=k),
+        conv=True,
+        options=CNN_OPTIONS,
+    ),
 }
 
 
@@ -333,11 +407,14 @@ def _torch_default_init(module: nn.Linear | nn.Conv2d, g: torch.Generator) -> No
         nn.init.uniform_(module.bias, -bound, bound, generator=g)
 
 
-def _reinit_weights(fn: Callable[[torch.Tensor, torch.Generator], object]) -> Callable[[nn.Module, torch.Generator], None]:
+def _reinit_weights(
+    fn: Callable[[torch.Tensor, torch.Generator], object],
+) -> Callable[[nn.Module, torch.Generator], None]:
     def scheme(model: nn.Module, g: torch.Generator) -> None:
         for m in model.modules():
             if isinstance(m, _WEIGHTED):
                 fn(m.weight, g)
+
     return scheme
 
 
@@ -372,8 +449,7 @@ def check(m: ModelConfig) -> None:
     for kind, options in (("a CNN", CNN_OPTIONS), ("an MLP", MLP_OPTIONS)):
         for key in options:
             if key not in arch.options and getattr(m, key) != getattr(defaults, key):
-                raise ConfigError(f"config key 'model.{key}' is {kind} option and does not fit model.arch = "
-                                  f"{m.arch!r}")
+                raise ConfigError(f"config key 'model.{key}' is {kind} option and does not fit model.arch = {m.arch!r}")
     check_value(m.width > 0, "model.width", m.width, "must be > 0")
     if m.freeze_first and not arch.conv:
         raise ConfigError(f"config key 'model.freeze_first' is a CNN option and does not fit model.arch = {m.arch!r}")
@@ -384,8 +460,9 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def build_model(cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu",
-                n_classes: int = 10) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, generator: torch.Generator, device: torch.device | str = "cpu", n_classes: int = 10
+) -> nn.Module:
     """Construct the configured model with ``n_classes`` outputs (the dataset's classes) on ``device`` and
     initialise it from ``generator``."""
     with torch.device("meta"):  # no allocation and no global-RNG draws until we initialise

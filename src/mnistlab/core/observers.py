@@ -8,10 +8,11 @@ it groups a study's runs), registered in :data:`mnistlab.output.tracking.TRACKER
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,14 @@ class StudyObserver(EpochObserver, Protocol):
         ...
 
 
-def start_all(observers: Sequence[EpochObserver], name: str, config: dict[str, Any], run_dir: Path,
-              recorded: dict[str, Any] | None, history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def start_all(
+    observers: Sequence[EpochObserver],
+    name: str,
+    config: dict[str, Any],
+    run_dir: Path,
+    recorded: dict[str, Any] | None,
+    history: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """Start every observer on a run, each given its own identity from ``recorded`` (run.json's "tracking");
     returns the identities to record, by observer name (observers that return none are left out)."""
     identity = {}

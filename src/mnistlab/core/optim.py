@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -13,12 +13,15 @@ from .config import OptimConfig, check_choice, check_value
 
 # fused implementations: one kernel per step for all parameters, and no host syncs on the step counter
 OPTIMIZERS: dict[str, Callable[[Iterable[nn.Parameter], OptimConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                        weight_decay=c.weight_decay, fused=True),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=(c.betas[0], c.betas[1]),
-                                          weight_decay=c.weight_decay, fused=True),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=(c.betas[0], c.betas[1]),
-                                            weight_decay=c.weight_decay, fused=True),
+    "sgd": lambda p, c: torch.optim.SGD(
+        p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay, fused=True
+    ),
+    "adam": lambda p, c: torch.optim.Adam(
+        p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay, fused=True
+    ),
+    "adamw": lambda p, c: torch.optim.AdamW(
+        p, lr=c.lr, betas=(c.betas[0], c.betas[1]), weight_decay=c.weight_decay, fused=True
+    ),
     "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
 }
 
@@ -29,8 +32,9 @@ SCHEDULES: dict[str, Callable[[float, int, OptimConfig], float]] = {
     "cosine": lambda t, epoch, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
     "onecycle": lambda t, epoch, c: c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)),
     # constant until decay_start, then linear to min_lr_ratio (Rasmus et al. 2015: Adam, last third annealed)
-    "linear": lambda t, epoch, c: 1.0 if t <= c.decay_start else
-    1.0 - (1 - c.min_lr_ratio) * (t - c.decay_start) / (1 - c.decay_start),
+    "linear": lambda t, epoch, c: (
+        1.0 if t <= c.decay_start else 1.0 - (1 - c.min_lr_ratio) * (t - c.decay_start) / (1 - c.decay_start)
+    ),
 }
 
 ONECYCLE_WARMUP = 0.3  # one-cycle's default share of steps spent warming up, as in torch's OneCycleLR
@@ -57,8 +61,12 @@ def check(o: OptimConfig) -> None:
     """What the optimizer and schedule registries support."""
     check_choice("optim.name", o.name, OPTIMIZERS)
     check_choice("optim.schedule", o.schedule, SCHEDULES)
-    check_value(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
-                "needs optim.name = 'sgd' and optim.momentum > 0")
+    check_value(
+        not o.nesterov or (o.name == "sgd" and o.momentum > 0),
+        "optim.nesterov",
+        o.nesterov,
+        "needs optim.name = 'sgd' and optim.momentum > 0",
+    )
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -31,23 +31,31 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
 from .. import __version__
+from ..errors import MnistlabError
 from . import hardware
 from .config import Config, dumps, load
-from ..errors import MnistlabError
 
-RUN_FILES = ("config.toml", "run.json", "metrics.csv", "metrics.json", "accuracy.png", "loss.png",
-             "checkpoint.safetensors", "best.safetensors")
+RUN_FILES = (
+    "config.toml",
+    "run.json",
+    "metrics.csv",
+    "metrics.json",
+    "accuracy.png",
+    "loss.png",
+    "checkpoint.safetensors",
+    "best.safetensors",
+)
 RUN_DIRS = ("tensorboard",)  # folders that belong to a run (a tracker's files)
-CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
-               "eval_seconds")
+CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds", "eval_seconds")
 
 
 def umask() -> int:
@@ -109,8 +117,12 @@ def study_lock(directory: Path) -> Iterator[None]:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             raise MnistlabError(f"{directory} is in use by {holder}; wait for it or choose another --out") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now()} "
-                      f"({' '.join(['mnistlab', *sys.argv[1:2]])})\n".encode(), 0)
+        os.pwrite(
+            fd,
+            f"pid {os.getpid()} on {socket.gethostname()} since {now()} "
+            f"({' '.join(['mnistlab', *sys.argv[1:2]])})\n".encode(),
+            0,
+        )
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -157,7 +169,7 @@ def environment(device: torch.device, dataset_checksum: str, data_source: str, s
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RunDir:
@@ -167,20 +179,30 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> "RunDir":
+    def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
         """Make the directory; refuse one that already holds a run unless ``overwrite``."""
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise MnistlabError(f"output path {run.path} exists and is not a directory")
-        foreign = sorted(p.name for p in run.path.iterdir() if p.name not in RUN_FILES + RUN_DIRS
-                         and not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))) if run.path.is_dir() else []
+        foreign = (
+            sorted(
+                p.name
+                for p in run.path.iterdir()
+                if p.name not in RUN_FILES + RUN_DIRS and not (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))
+            )
+            if run.path.is_dir()
+            else []
+        )
         if foreign:
-            raise MnistlabError(f"output directory {run.path} holds files that are not a run's ({foreign[0]}); "
-                                f"choose an empty or new --out")
+            raise MnistlabError(
+                f"output directory {run.path} holds files that are not a run's ({foreign[0]}); "
+                f"choose an empty or new --out"
+            )
         held = [f for f in RUN_FILES + RUN_DIRS if (run.path / f).exists()]
         if held and not overwrite:
-            raise MnistlabError(f"output directory {run.path} already holds a run ({held[0]}); "
-                                f"pass --overwrite or choose another --out")
+            raise MnistlabError(
+                f"output directory {run.path} already holds a run ({held[0]}); pass --overwrite or choose another --out"
+            )
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -249,15 +271,18 @@ class RunDir:
             raise MnistlabError(f"{path} is empty: the run recorded no epochs")
         unknown = [c for c in header if c not in CSV_COLUMNS]
         if unknown or "epoch" not in header or "train_loss" not in header:
-            raise MnistlabError(f"{path} has no valid header (expected the columns {','.join(CSV_COLUMNS)}; "
-                                f"got {','.join(header)[:80]})")
+            raise MnistlabError(
+                f"{path} has no valid header (expected the columns {','.join(CSV_COLUMNS)}; "
+                f"got {','.join(header)[:80]})"
+            )
         rows = []
         for i, cells in enumerate(reader, 1):
             if len(cells) != len(header):
-                raise MnistlabError(f"{path}: row {i} is truncated or malformed ({len(cells)} of {len(header)} "
-                                    f"columns)")
+                raise MnistlabError(
+                    f"{path}: row {i} is truncated or malformed ({len(cells)} of {len(header)} columns)"
+                )
             row: dict[str, Any] = {}
-            for key, cell in zip(header, cells):
+            for key, cell in zip(header, cells, strict=True):
                 try:
                     row[key] = None if cell == "" else float(cell)
                 except ValueError:
@@ -276,7 +301,8 @@ class RunDir:
 
 def study_run_dir(study: str | Path, name: str, seed: int | str) -> Path:
     """Where a study keeps the run of config ``name`` with ``train.seed = seed``: ``STUDY/NAME/seedS`` (the one
-    spelling of a study's layout; ``study_run_dir(".", name, seed)`` is the run's path inside its study; ``seed="*"`` makes a glob pattern)."""
+    spelling of a study's layout; ``study_run_dir(".", name, seed)`` is the run's path inside its study;
+    ``seed="*"`` makes a glob pattern)."""
     return Path(study) / name / f"seed{seed}"
 
 

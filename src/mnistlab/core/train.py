@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import adversarial, checkpoint, data, cudagraphs, fused
+from ..errors import ConfigError, DivergenceError
+from . import adversarial, checkpoint, cudagraphs, data, fused
 from .augment import augment
 from .config import Config
-from ..errors import ConfigError, DivergenceError
 from .metrics import autocast, loss_and_accuracy
 from .models import STOCHASTIC_LAYERS, build_model, for_inference
 from .optim import apply_max_norm, build_optimizer, lr_factor, weight_ema
@@ -70,8 +71,10 @@ class Trainer:
         self.test = Split(data.to_float(dataset.test_images).to(device), dataset.test_labels.to(device))
 
         if val_idx is not None and len(val_idx) == 0:
-            raise ConfigError(f"data.val_fraction = {cfg.data.val_fraction} leaves no validation images out of "
-                              f"{n} (use a larger fraction, or data.train_on_val = true)")
+            raise ConfigError(
+                f"data.val_fraction = {cfg.data.val_fraction} leaves no validation images out of "
+                f"{n} (use a larger fraction, or data.train_on_val = true)"
+            )
         if len(self.test.y) == 0:
             raise ConfigError("the test set holds no images")
         self.steps_per_epoch = len(train_idx) // t.batch_size  # drop_last, as the report's loader
@@ -156,8 +159,9 @@ class Trainer:
                 adv_loss = F.cross_entropy(self.model(x_adv).float(), y, label_smoothing=smoothing)
             loss = r.fgsm_alpha * loss + (1 - r.fgsm_alpha) * adv_loss
         if r.vat_eps:
-            loss = loss + r.vat_weight * adversarial.vat_loss(self.model, x, logits, r.vat_eps, r.vat_xi,
-                                                              r.vat_iterations, self.g_drop)
+            loss = loss + r.vat_weight * adversarial.vat_loss(
+                self.model, x, logits, r.vat_eps, r.vat_xi, r.vat_iterations, self.g_drop
+            )
         return loss
 
     def _batch_update(self, idx: torch.Tensor) -> torch.Tensor:
@@ -184,7 +188,7 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             if self.scheduled:
                 self._set_lr(first + step)
-            idx = order[step * b:(step + 1) * b]
+            idx = order[step * b : (step + 1) * b]
             if self.graph is not None:
                 self.graph.run(idx)
             else:
@@ -194,7 +198,6 @@ class Trainer:
             on_step()
         return self.loss_sum.item() / self.steps_per_epoch
 
-
     # ------------------------------------------------------------ the loop
 
     def loss_and_accuracy(self, split: Split) -> tuple[float, float]:
@@ -202,23 +205,34 @@ class Trainer:
         t = self.cfg.train
         return loss_and_accuracy(self.eval_model, split.x, split.y, t.eval_batch_size, t.precision)
 
-    def fit(self, on_epoch: Callable[["Trainer", dict[str, Any], bool], None] = lambda *a: None,
-            show_progress: bool = False) -> list[dict[str, Any]]:
+    def fit(
+        self, on_epoch: Callable[[Trainer, dict[str, Any], bool], None] = lambda *a: None, show_progress: bool = False
+    ) -> list[dict[str, Any]]:
         """Train until ``train.epochs`` (or early stopping); ``on_epoch(trainer, row, improved)`` after each."""
         t = self.cfg.train
         while not self.done:
             start = time.perf_counter()
             lr = self.get_lr(self.epoch * self.steps_per_epoch)  # the lr of the epoch's first step
-            with tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}", leave=False,
-                      disable=not show_progress, unit="batch") as bar:
+            with tqdm(
+                total=self.steps_per_epoch,
+                desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                leave=False,
+                disable=not show_progress,
+                unit="batch",
+            ) as bar:
                 train_loss = self.train_epoch(lambda: bar.update())
-            row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": lr,
-                                   "seconds": time.perf_counter() - start}
+            row: dict[str, Any] = {
+                "epoch": self.epoch + 1,
+                "train_loss": train_loss,
+                "lr": lr,
+                "seconds": time.perf_counter() - start,
+            }
             if not math.isfinite(train_loss):
                 self.history.append(row)
                 on_epoch(self, row, False)
-                raise DivergenceError(f"training diverged: mean loss of epoch {self.epoch + 1} is {train_loss} "
-                                      f"(try a smaller optim.lr)")
+                raise DivergenceError(
+                    f"training diverged: mean loss of epoch {self.epoch + 1} is {train_loss} (try a smaller optim.lr)"
+                )
             start = time.perf_counter()
             if self.val is not None:
                 row["val_loss"], row["val_acc"] = self.loss_and_accuracy(self.val)
@@ -246,10 +260,15 @@ class Trainer:
         if self.ema is not None:
             tensors.update({f"{EMA_PREFIX}{k}": v for k, v in self.ema.state_dict().items()})
         best = self.best_val_acc if math.isfinite(self.best_val_acc) else None
-        meta = {"epoch": self.epoch, "history": self.history, "best_val_acc": best,
-                "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
-                "optimizer_param_groups": _jsonable(self.optimizer.state_dict()["param_groups"]),
-                "optimizer_scalars": scalars}
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_val_acc": best,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "optimizer_param_groups": _jsonable(self.optimizer.state_dict()["param_groups"]),
+            "optimizer_scalars": scalars,
+        }
         return tensors, meta
 
     def _generators(self) -> dict[str, torch.Generator]:
@@ -258,12 +277,17 @@ class Trainer:
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore a :meth:`state` (validated by :func:`checkpoint.load`); the trainer must have been built
         from the same config and data. Tensors of the wrong names or shapes are a clear error."""
-        model_state, optim_state, rngs = checkpoint.unpack_state(tensors, meta["optimizer_scalars"], self.model,
-                                                                 self.device)
+        model_state, optim_state, rngs = checkpoint.unpack_state(
+            tensors, meta["optimizer_scalars"], self.model, self.device
+        )
         groups = meta["optimizer_param_groups"]
         n_params = len(list(self.model.parameters()))
-        if len(groups) != len(self.optimizer.param_groups) or sorted(groups[0].get("params", [])) != list(range(n_params)):
-            raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, "its optimizer parameter groups do not fit the model")
+        if len(groups) != len(self.optimizer.param_groups) or sorted(groups[0].get("params", [])) != list(
+            range(n_params)
+        ):
+            raise checkpoint.CheckpointError(
+                checkpoint.CHECKPOINT, "its optimizer parameter groups do not fit the model"
+            )
         self.model.load_state_dict(model_state)
         if self.ema is not None:
             expected = self.ema.state_dict()
@@ -274,16 +298,19 @@ class Trainer:
             for name, g in self._generators().items():
                 g.set_state(rngs[name])
         except RuntimeError as e:
-            raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, "a random-number state does not fit "
-                                                                    f"({str(e).splitlines()[0]})") from None
+            raise checkpoint.CheckpointError(
+                checkpoint.CHECKPOINT, f"a random-number state does not fit ({str(e).splitlines()[0]})"
+            ) from None
         self.epoch, self.history = meta["epoch"], meta["history"]
         best = meta["best_val_acc"]
         self.best_val_acc = -math.inf if best is None else best
         self.bad_epochs = meta["bad_epochs"]
         self.stopped_early = meta["stopped_early"]
         if self.epoch > self.cfg.train.epochs:
-            raise checkpoint.CheckpointError(checkpoint.CHECKPOINT, f"its epoch {self.epoch} is past the config's "
-                                                                    f"train.epochs = {self.cfg.train.epochs}")
+            raise checkpoint.CheckpointError(
+                checkpoint.CHECKPOINT,
+                f"its epoch {self.epoch} is past the config's train.epochs = {self.cfg.train.epochs}",
+            )
         # the lr is the step's (checkpoints of older versions hold the lr their schedule had reached)
         self._set_lr(self.epoch * self.steps_per_epoch)
 

@@ -16,8 +16,8 @@ import torch
 
 from ..core import data, datasets
 from ..core.checkpoint import load_best_model
-from ..errors import MnistlabError
 from ..core.runs import atomic_write
+from ..errors import MnistlabError
 
 OPSET = 18
 
@@ -57,15 +57,25 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
     quiet.setLevel(logging.ERROR)  # the exporter's chatter about optional torchvision ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["pixels"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False)
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            verbose=False,
+        )
     quiet.setLevel(level)
     if program is None:  # dynamo=True returns a program; None is the legacy exporter's answer
         raise MnistlabError("torch.onnx.export returned no program: this torch's exporter is not the dynamo one")
     proto = program.model_proto
-    proto.doc_string = (f"mnistlab model ({cfg.data.dataset}): input 'pixels' float32 (N, 1, 28, 28) in [0, 1], "
-                        f"light ink on dark, MNIST-style; output 'logits' (N, {len(classes)}), one per class in the "
-                        f"metadata 'classes'.")
+    proto.doc_string = (
+        f"mnistlab model ({cfg.data.dataset}): input 'pixels' float32 (N, 1, 28, 28) in [0, 1], "
+        f"light ink on dark, MNIST-style; output 'logits' (N, {len(classes)}), one per class in the "
+        f"metadata 'classes'."
+    )
     for key, value in (("dataset", cfg.data.dataset), ("classes", json.dumps(list(classes), ensure_ascii=False))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -75,8 +85,9 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
     atomic_write(Path(out), buf.getvalue())
 
 
-def check_onnx(run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000,
-               data_dir: str | Path | None = None) -> ExportCheck:
+def check_onnx(
+    run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000, data_dir: str | Path | None = None
+) -> ExportCheck:
     """Run the ONNX file with onnxruntime and the torch model on the run's test set and compare. The test
     set is the run's data (``data_dir`` where it moved), checked against the SHA-256 the run recorded."""
     _, ort = _require()
@@ -87,12 +98,12 @@ def check_onnx(run_dir: str | Path, onnx_path: str | Path, batch_size: int = 100
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     diffs, same, correct_onnx, correct_torch = 0.0, 0, 0, 0
     for i in range(0, len(x), batch_size):
-        chunk = x[i:i + batch_size]
+        chunk = x[i : i + batch_size]
         with torch.inference_mode():
             ref = model(chunk).float().numpy()
         got = session.run(["logits"], {"pixels": chunk.numpy()})[0]
         diffs = max(diffs, float(np.abs(got - ref).max()))
         same += int((got.argmax(1) == ref.argmax(1)).sum())
-        correct_onnx += int((got.argmax(1) == y[i:i + batch_size]).sum())
-        correct_torch += int((ref.argmax(1) == y[i:i + batch_size]).sum())
+        correct_onnx += int((got.argmax(1) == y[i : i + batch_size]).sum())
+        correct_torch += int((ref.argmax(1) == y[i : i + batch_size]).sum())
     return ExportCheck(len(x), diffs, same, 100 * correct_onnx / len(x), 100 * correct_torch / len(x))

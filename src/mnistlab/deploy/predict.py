@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ def _pil_array(img: Image.Image) -> np.ndarray:
     if factor > 1:
         img = img.reduce(factor)
     arr = np.asarray(img)
-    if img.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535:
+    if img.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # a 16-bit image: read on its 16-bit scale
     return arr
 
@@ -142,8 +143,8 @@ def _unit_range(arr: np.ndarray, name: str) -> np.ndarray:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise ImageError(f"{name}: integer pixel values must lie in 0-65535, got {lo} to {hi}")
-        bits = next(b for b in (8, 10, 12, 14, 16) if hi < 2 ** b)
-        return arr.astype(np.float32) / (2 ** bits - 1)
+        bits = next(b for b in (8, 10, 12, 14, 16) if hi < 2**b)
+        return arr.astype(np.float32) / (2**bits - 1)
     if kind == "f":
         x = arr.astype(np.float32)
         if not np.isfinite(x).all():
@@ -208,12 +209,12 @@ def _background(g: np.ndarray) -> tuple[np.ndarray, float]:
 
     A quadratic surface is fitted by least squares to the paper only: starting from the median level (the
     paper covers most of an image of a digit), pixels more than 2.5 robust standard deviations (at least
-    2% of the image's range) from the surface are left out of the next fit, until the set stops changing. Ink never enters the
-    fit, so strokes of any width keep their level, and a uniform background comes out as exactly its
-    constant. The fit runs on every f-th pixel, at most 64 a side (the surface is smooth)."""
+    2% of the image's range) from the surface are left out of the next fit, until the set stops changing.
+    Ink never enters the fit, so strokes of any width keep their level, and a uniform background comes out
+    as exactly its constant. The fit runs on every f-th pixel, at most 64 a side (the surface is smooth)."""
     h, w = g.shape
     f = max(1, max(h, w) // 64)
-    small = g[f // 2::f, f // 2::f]
+    small = g[f // 2 :: f, f // 2 :: f]
     rows = (np.arange(small.shape[0]) * f + f // 2 + 0.5) / h * 2 - 1
     cols = (np.arange(small.shape[1]) * f + f // 2 + 0.5) / w * 2 - 1
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
@@ -252,8 +253,8 @@ def _normalise(grey: np.ndarray, name: str) -> np.ndarray:
 
     The ink is on the side where more of the image departs from the paper's level (:func:`_background`):
     dark ink on light paper is inverted, and the paper's level divided out (a flat-field correction), a
-    light ink has the ground's level subtracted; the paper's grain is cut at its 99th percentile. On a clean image (uniform
-    background, no grain) the correction and the cut do nothing, so an MNIST digit keeps its grey levels.
+    light ink has the ground's level subtracted; the paper's grain is cut at its 99th percentile. On a clean
+    image (uniform background, no grain) the correction and the cut do nothing, so an MNIST digit keeps its grey levels.
     A blank image (ink less than 0.1 above the paper, relative to the paper's level for dark ink) raises
     ImageError."""
     background, cut = _background(grey)
@@ -290,7 +291,10 @@ def _framed(x: np.ndarray) -> bool:
         return False
     box = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
     mass = float(x.sum())
-    cy, cx = (float(np.arange(h) @ x.sum(1)) / mass + 0.5) * 28 / h - 0.5, (float(np.arange(w) @ x.sum(0)) / mass + 0.5) * 28 / w - 0.5
+    cy, cx = (
+        (float(np.arange(h) @ x.sum(1)) / mass + 0.5) * 28 / h - 0.5,
+        (float(np.arange(w) @ x.sum(0)) / mass + 0.5) * 28 / w - 0.5,
+    )
     return 17 <= box * 28 / h <= 22 and 13 <= cy <= 15 and 13 <= cx <= 15
 
 
@@ -327,7 +331,7 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     c1 = int((kept[:, cv2.CC_STAT_LEFT] + kept[:, cv2.CC_STAT_WIDTH]).max())
     scale = 20.0 / max(r1 - r0, c1 - c0)
     m = int(np.ceil(4 / scale)) + 1  # the frame's margin, in image pixels: the faint edges of the strokes
-    crop = x[max(0, r0 - m):r1 + m, max(0, c0 - m):c1 + m]
+    crop = x[max(0, r0 - m) : r1 + m, max(0, c0 - m) : c1 + m]
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
     if size != (crop.shape[1], crop.shape[0]):
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
@@ -340,7 +344,7 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     ty, tx = round(14 - cy), round(14 - cx)  # where the box's top-left corner lands in the frame
     out = np.zeros((28, 28), np.float32)
     ys, xs = slice(max(0, ty), min(28, ty + box.shape[0])), slice(max(0, tx), min(28, tx + box.shape[1]))
-    out[ys, xs] = box[ys.start - ty:ys.stop - ty, xs.start - tx:xs.stop - tx]
+    out[ys, xs] = box[ys.start - ty : ys.stop - ty, xs.start - tx : xs.stop - tx]
     return out
 
 
@@ -356,22 +360,23 @@ def fill_frame(grey: np.ndarray, name: str = "image") -> np.ndarray:
     rows, cols = np.nonzero((x > 0.05).any(1))[0], np.nonzero((x > 0.05).any(0))[0]
     if not len(rows):
         raise ImageError(f"{name}: nothing found (the image is blank)")
-    x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    x = x[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = x.shape
     size = (max(1, round(w * 28 / max(h, w))), max(1, round(h * 28 / max(h, w))))
     img = Image.fromarray(np.round(x * 255).astype(np.uint8))
     box = np.asarray(img if img.size == size else img.resize(size, Image.Resampling.LANCZOS), np.float32) / 255
     out = np.zeros((28, 28), np.float32)
     top, left = (28 - box.shape[0]) // 2, (28 - box.shape[1]) // 2
-    out[top:top + box.shape[0], left:left + box.shape[1]] = box
+    out[top : top + box.shape[0], left : left + box.shape[1]] = box
     return out
 
 
 FRAMES = {"digit": mnist_style, "fill": fill_frame}  # how a dataset's images were framed (see DatasetSpec.handwriting)
 
 
-def preprocess(source: str | Path | bytes | Image.Image | np.ndarray | torch.Tensor, name: str | None = None,
-               frame: str = "digit") -> np.ndarray:
+def preprocess(
+    source: str | Path | bytes | Image.Image | np.ndarray | torch.Tensor, name: str | None = None, frame: str = "digit"
+) -> np.ndarray:
     """A file path, encoded bytes, PIL image, NumPy array or torch tensor -> (28, 28) float32 in [0, 1].
 
     Every kind takes the same path (:func:`to_grey`, then the dataset's framing), so an array is read as the
@@ -385,8 +390,10 @@ def preprocess(source: str | Path | bytes | Image.Image | np.ndarray | torch.Ten
         return style(to_grey(open_image(source), label), label)
     label = name or ("image" if isinstance(source, Image.Image) else "array")
     if not isinstance(source, (Image.Image, np.ndarray, torch.Tensor)):
-        raise ImageError(f"{label}: cannot read a {type(source).__name__} as an image (give a path, bytes, a PIL "
-                         f"image, a NumPy array or a torch tensor)")
+        raise ImageError(
+            f"{label}: cannot read a {type(source).__name__} as an image (give a path, bytes, a PIL "
+            f"image, a NumPy array or a torch tensor)"
+        )
     return style(to_grey(source, label), label)
 
 
@@ -404,8 +411,13 @@ class Prediction:
         return [(int(i), float(self.probabilities[i])) for i in order]
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": self.path, "prediction": self.prediction, "label": self.label,
-                "probabilities": [round(float(p), 6) for p in self.probabilities], "unlike_digit": self.unlike_digit}
+        return {
+            "path": self.path,
+            "prediction": self.prediction,
+            "label": self.label,
+            "probabilities": [round(float(p), 6) for p in self.probabilities],
+            "unlike_digit": self.unlike_digit,
+        }
 
 
 class Classifier:
@@ -416,16 +428,23 @@ class Classifier:
     :func:`unlike_digit` is measured on handwritten digits and applies only there.
     """
 
-    def __init__(self, model: torch.nn.Module, run_dir: str = "", classes: Sequence[str] = tuple("0123456789"),
-                 handwriting: bool = True, dataset: str = "mnist") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        run_dir: str = "",
+        classes: Sequence[str] = tuple("0123456789"),
+        handwriting: bool = True,
+        dataset: str = "mnist",
+    ) -> None:
         self.model, self.run_dir = model.eval(), run_dir
         self.classes, self.handwriting, self.dataset = tuple(classes), handwriting, dataset
         self.frame = "digit" if handwriting else "fill"
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Classifier":
+    def load(cls, run_dir: str | Path) -> Classifier:
         from ..core.checkpoint import load_best_model
         from ..core.datasets import get
+
         model, cfg = load_best_model(run_dir)
         spec = get(cfg.data.dataset)
         return cls(model, str(run_dir), spec.classes, spec.handwriting, spec.name)
@@ -450,8 +469,10 @@ class Classifier:
         inputs = np.stack([preprocess(im, frame=self.frame) for im in images])
         probs = self.probabilities(inputs)
         names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
-        return [Prediction(n, int(p.argmax()), p.tolist(), x, self.note(x, p), self.classes[int(p.argmax())])
-                for n, p, x in zip(names, probs, inputs)]
+        return [
+            Prediction(n, int(p.argmax()), p.tolist(), x, self.note(x, p), self.classes[int(p.argmax())])
+            for n, p, x in zip(names, probs, inputs, strict=True)
+        ]
 
 
 def unlike_digit(x: np.ndarray, probs: np.ndarray) -> str | None:
@@ -464,8 +485,7 @@ def unlike_digit(x: np.ndarray, probs: np.ndarray) -> str | None:
     solid = float((x > 0.5).mean())
     faint = float((x > 0.1).mean())
     if faint > FAINT_INK_RATIO_MAX * solid:
-        return (f"its ink is speckle, not strokes (faint ink covers {faint:.0%} of the digit box, solid ink "
-                f"{solid:.0%})")
+        return f"its ink is speckle, not strokes (faint ink covers {faint:.0%} of the digit box, solid ink {solid:.0%})"
     lo, hi = INK_COVERAGE_RANGE
     if not lo <= solid <= hi:
         return f"its ink covers {solid:.0%} of the digit box (digits: {lo:.0%}-{hi:.0%})"

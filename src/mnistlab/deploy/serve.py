@@ -58,12 +58,13 @@ class BodyLimit:
             nonlocal seen
             try:
                 message = await asyncio.wait_for(receive(), max(0.01, deadline - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise _Refused(408, f"request body not received within {self.timeout:g} s") from None
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise _Refused(413, f"request body too large (limit {self.limit} bytes)")
             return message
+
         try:
             await self.app(scope, limited_receive, send)
         except _Refused as e:
@@ -78,9 +79,17 @@ class _Refused(Exception):
 
 async def _reject(send: Any, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -88,14 +97,28 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"
 REQUEST_BODY = {  # the OpenAPI description of the three ways to send an image
     "required": True,
     "content": {
-        "application/json": {"schema": {
-            "type": "object", "required": ["image"], "additionalProperties": False,
-            "properties": {"image": {"type": "string", "minLength": 1,
-                                     "description": "a PNG or JPEG, base64-encoded, optionally as a data: URL "
-                                                    "(data:image/png;base64,...)"}}}},
-        "multipart/form-data": {"schema": {
-            "type": "object", "required": ["image"],
-            "properties": {"image": {"type": "string", "format": "binary", "description": "the image file"}}}},
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "additionalProperties": False,
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "a PNG or JPEG, base64-encoded, optionally as a data: URL "
+                        "(data:image/png;base64,...)",
+                    }
+                },
+            }
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary", "description": "the image file"}},
+            }
+        },
         **{t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
     },
 }
@@ -128,8 +151,10 @@ async def read_image_bytes(request: Any) -> bytes:
     if ctype == "multipart/form-data":
         try:
             form = await request.form(max_files=1, max_fields=4)
-        except Exception as e:  # noqa: BLE001 - python-multipart raises several kinds for malformed bodies
-            raise ValueError(f"malformed multipart body ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        except Exception as e:
+            raise ValueError(
+                f"malformed multipart body ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         part = form.get("image")
         if part is None or isinstance(part, str):
             raise ValueError('multipart body needs a file field named "image"')
@@ -164,11 +189,17 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
         classes: list[str] = pydantic.Field(description="the class names, by label")
         probabilities: list[float] = pydantic.Field(description="softmax probability of each class, by label")
         input: list[list[float]] = pydantic.Field(description="the 28x28 image the model saw, values in [0, 1]")
-        unlike_digit: str | None = pydantic.Field(None, description="why the input is unlike any digit (unusual "
-                                                                   "ink or low confidence), or null")
+        unlike_digit: str | None = pydantic.Field(
+            None, description="why the input is unlike any digit (unusual ink or low confidence), or null"
+        )
 
-    app = fastapi.FastAPI(title="mnistlab", version="1", docs_url=None, redoc_url=None,
-                          description="Handwritten-digit recognition with a model trained by mnistlab.")
+    app = fastapi.FastAPI(
+        title="mnistlab",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        description="Handwritten-digit recognition with a model trained by mnistlab.",
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -188,15 +219,26 @@ def create_app(run_dir: "str | Path", body_timeout: float = BODY_TIMEOUT_S) -> A
     def classify(raw: bytes) -> PredictResponse:
         x = preprocess(open_image(raw, max_side=MAX_SIDE), "image", clf.frame)
         probs = clf.probabilities(x[None])[0]
-        return PredictResponse(prediction=int(probs.argmax()), label=clf.classes[int(probs.argmax())],
-                               classes=list(clf.classes), probabilities=[round(float(p), 6) for p in probs],
-                               input=[[round(float(v), 3) for v in row] for row in x], unlike_digit=clf.note(x, probs))
+        return PredictResponse(
+            prediction=int(probs.argmax()),
+            label=clf.classes[int(probs.argmax())],
+            classes=list(clf.classes),
+            probabilities=[round(float(p), 6) for p in probs],
+            input=[[round(float(v), 3) for v in row] for row in x],
+            unlike_digit=clf.note(x, probs),
+        )
 
-    @app.post("/api/predict", response_model=PredictResponse, openapi_extra={"requestBody": REQUEST_BODY},
-              responses={400: {"description": "not a readable image, or no digit in it"},
-                         408: {"description": "the body did not arrive in time"},
-                         413: {"description": "request or image too large"},
-                         415: {"description": "a Content-Type other than JSON, multipart or image/*"}})
+    @app.post(
+        "/api/predict",
+        response_model=PredictResponse,
+        openapi_extra={"requestBody": REQUEST_BODY},
+        responses={
+            400: {"description": "not a readable image, or no digit in it"},
+            408: {"description": "the body did not arrive in time"},
+            413: {"description": "request or image too large"},
+            415: {"description": "a Content-Type other than JSON, multipart or image/*"},
+        },
+    )
     async def predict(request: Request) -> PredictResponse:
         try:
             raw = await read_image_bytes(request)
@@ -222,9 +264,11 @@ def _page(clf: Classifier) -> str:
         return page
     names = ", ".join(clf.classes) if len(clf.classes) <= 12 else f"{', '.join(clf.classes[:12])}, ..."
     what = html.escape(f"one of the {len(clf.classes)} classes of {clf.dataset} ({names})")
-    return (page.replace("<title>mnistlab: draw a digit</title>", f"<title>mnistlab: {html.escape(clf.dataset)}</title>")
-            .replace("<h1>Draw a digit</h1>", f"<h1>Draw: {html.escape(clf.dataset)}</h1>")
-            .replace("Draw one digit (0-9)", f"Draw {what}"))
+    return (
+        page.replace("<title>mnistlab: draw a digit</title>", f"<title>mnistlab: {html.escape(clf.dataset)}</title>")
+        .replace("<h1>Draw a digit</h1>", f"<h1>Draw: {html.escape(clf.dataset)}</h1>")
+        .replace("Draw one digit (0-9)", f"Draw {what}")
+    )
 
 
 def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_S) -> type:
@@ -255,8 +299,9 @@ def serve(run_dir: "str | Path", host: str = "127.0.0.1", port: int = 8000) -> N
     except OSError as e:
         raise MnistlabError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     print(f"mnistlab serve: http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
-                                           http=header_timeout_protocol()))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", timeout_keep_alive=5, http=header_timeout_protocol())
+    )
     try:
         server.run(sockets=[sock])
     finally:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..core.observers import RunStart, StudyObserver, start_all
 from ..errors import MnistlabError
@@ -85,6 +86,7 @@ class TensorBoardTracker:
     def end(self, run_dir: Path, status: str) -> None:
         import numpy as np
         from PIL import Image
+
         for fig in ("accuracy.png", "loss.png"):
             path = Path(run_dir) / fig
             if path.is_file():
@@ -98,8 +100,9 @@ def _redact(uri: str) -> str:
     """A store URI without its password."""
     try:
         from sqlalchemy.engine import make_url
+
         return make_url(uri).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a database URL: no password to hide
+    except Exception:
         return uri
 
 
@@ -123,10 +126,12 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT_S) -> None:
             import sqlite3
 
             from sqlalchemy.engine import make_url
+
             path = make_url(uri).database
             if path in (None, "", ":memory:"):
-                raise MnistlabError(f"the MLflow tracking store {shown} is in memory: the runs would be lost; "
-                                    f"use sqlite:///PATH")
+                raise MnistlabError(
+                    f"the MLflow tracking store {shown} is in memory: the runs would be lost; use sqlite:///PATH"
+                )
             con = sqlite3.connect(path, timeout=timeout)
             try:
                 con.execute("BEGIN IMMEDIATE")  # needs a writable database
@@ -135,6 +140,7 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT_S) -> None:
                 con.close()
         elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
             import sqlalchemy
+
             kind = scheme.split("+")[0]
             args = {"connect_timeout": int(timeout)} if kind in ("postgresql", "mysql") else {}
             engine = sqlalchemy.create_engine(uri, connect_args=args, pool_pre_ping=False)
@@ -145,16 +151,18 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT_S) -> None:
                 engine.dispose()
         elif scheme in ("http", "https"):
             import urllib.request
+
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
                 pass
     except MnistlabError:
         raise
     except ImportError as e:
         raise MnistlabError(f"cannot use the MLflow tracking store {shown}: {e.name or e} is not installed") from None
-    except Exception as e:  # noqa: BLE001 - every driver has its own errors; all mean "cannot use it"
+    except Exception as e:
         reason = str(getattr(e, "orig", None) or getattr(e, "reason", None) or e).strip().splitlines()
-        raise MnistlabError(f"cannot use the MLflow tracking store {shown}: "
-                            f"{reason[0] if reason else type(e).__name__}") from None
+        raise MnistlabError(
+            f"cannot use the MLflow tracking store {shown}: {reason[0] if reason else type(e).__name__}"
+        ) from None
 
 
 def _quiet_mlflow() -> None:
@@ -186,21 +194,24 @@ class MlflowTracker:
     def _experiment(self) -> None:
         try:
             self.mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "mnistlab"))
-        except Exception as e:  # noqa: BLE001 - an unreachable or unwritable tracking store
-            raise MnistlabError(f"cannot use the MLflow tracking store {_redact(self.uri)}: "
-                                f"{str(e).splitlines()[0]}") from None
+        except Exception as e:
+            raise MnistlabError(
+                f"cannot use the MLflow tracking store {_redact(self.uri)}: {str(e).splitlines()[0]}"
+            ) from None
 
     def _existing(self, previous: dict[str, Any] | None, what: str) -> str | None:
         """The MLflow run id to continue, checked against this store (None: start a new run)."""
         if not previous or not previous.get("run_id"):
             return None
         if previous.get("tracking_uri") != self.uri:
-            raise MnistlabError(f"this {what} is tracked in the MLflow store {_redact(previous.get('tracking_uri', '?'))} "
-                                f"(run {previous['run_id']}), not {_redact(self.uri)}: set MLFLOW_TRACKING_URI to it "
-                                f"to continue there")
+            raise MnistlabError(
+                f"this {what} is tracked in the MLflow store {_redact(previous.get('tracking_uri', '?'))} "
+                f"(run {previous['run_id']}), not {_redact(self.uri)}: set MLFLOW_TRACKING_URI to it "
+                f"to continue there"
+            )
         try:
             run = self.mlflow.MlflowClient().get_run(previous["run_id"])
-        except Exception:  # noqa: BLE001 - deleted from the store: start a new run
+        except Exception:
             return None
         return None if run.info.lifecycle_stage == "deleted" else previous["run_id"]
 
@@ -275,13 +286,13 @@ class Trackers:
     def study(self, name: str, previous: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """A study's tracking context; yields its identity by tracker (record it to continue the study later)."""
         with ExitStack() as stack:
-            identity = {t.name: stack.enter_context(t.study(name, (previous or {}).get(t.name)))
-                        for t in self.items}
+            identity = {t.name: stack.enter_context(t.study(name, (previous or {}).get(t.name))) for t in self.items}
             yield {k: v for k, v in identity.items() if v}
 
     def replay(self, name: str, run_dir: Path) -> None:
         """Log a finished run from its files (a run that trained on a Ray worker); its identity goes to run.json."""
         from ..core.runs import RunDir
+
         run = RunDir(run_dir)
         info = run.read_info()
         info["tracking"] = start_all(self.items, name, info["config"], run.path, info.get("tracking"))

@@ -15,23 +15,24 @@ import json
 import math
 import shutil
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core import checkpoint, checks, config, data, datasets
-from ..errors import DivergenceError, MnistlabError
 from ..core.experiment import format_row, resume, run
 from ..core.metrics import predict_proba, summarize
-from ..output.plots import overlay_figure
 from ..core.runs import RunDir, atomic_write, remove_stale_temp, study_run_dir, validation_curves
+from ..errors import DivergenceError, MnistlabError
+from ..output.plots import overlay_figure
 from ..text import md_cell, mean_epoch, plural
 
 if TYPE_CHECKING:
-    from . import ray_executor
     from ..output.tracking import Trackers
+    from . import ray_executor
 
 Log = Callable[[str], None]
 
@@ -72,12 +73,17 @@ def load_configs(paths: Sequence[str | Path], overrides: dict[str, Any] | None =
     if dup:
         raise MnistlabError(f"configs in a study need distinct names; repeated: {', '.join(sorted(dup))}")
     first = cfgs[0]
-    for path, c in zip(paths, cfgs):
-        if (c.data.dataset, c.data.dir, c.data.val_fraction) != (first.data.dataset, first.data.dir,
-                                                                  first.data.val_fraction):
-            raise MnistlabError(f"{path} uses another dataset or split (data.dataset={c.data.dataset!r}, "
-                                f"data.dir={c.data.dir!r}, val_fraction={c.data.val_fraction}) than {paths[0]}: a "
-                                f"comparison needs the same data")
+    for path, c in zip(paths, cfgs, strict=True):
+        if (c.data.dataset, c.data.dir, c.data.val_fraction) != (
+            first.data.dataset,
+            first.data.dir,
+            first.data.val_fraction,
+        ):
+            raise MnistlabError(
+                f"{path} uses another dataset or split (data.dataset={c.data.dataset!r}, "
+                f"data.dir={c.data.dir!r}, val_fraction={c.data.val_fraction}) than {paths[0]}: a "
+                f"comparison needs the same data"
+            )
     return cfgs
 
 
@@ -113,14 +119,20 @@ def _run_summary(run_dir: RunDir) -> dict[str, Any]:
     s = summarize(history)
     env = info.get("environment", {})
     threads = {e.get("torch_threads") for e in [env, *(r.get("environment", {}) for r in info.get("resumed", []))]}
-    return {"seed": info["config"]["train"]["seed"], "epochs": len(history), "parameters": info.get("parameters"),
-            "threads": sorted(t for t in threads if t is not None),
-            "node": info.get("node", {}).get("hostname"),
-            "device": env.get("cuda_device") if env.get("device") == "cuda" else env.get("device"),
-            "train_seconds": info.get("train_seconds"), "final_test_acc": s["final_test_acc"],
-            "best_epoch": s.get("best_epoch", len(history)), "best_val_acc": s.get("best_val_acc"),
-            "convergence_epoch": s.get("convergence_epoch"),
-            "test_acc": s.get("test_acc_at_best_val", s["final_test_acc"])}
+    return {
+        "seed": info["config"]["train"]["seed"],
+        "epochs": len(history),
+        "parameters": info.get("parameters"),
+        "threads": sorted(t for t in threads if t is not None),
+        "node": info.get("node", {}).get("hostname"),
+        "device": env.get("cuda_device") if env.get("device") == "cuda" else env.get("device"),
+        "train_seconds": info.get("train_seconds"),
+        "final_test_acc": s["final_test_acc"],
+        "best_epoch": s.get("best_epoch", len(history)),
+        "best_val_acc": s.get("best_val_acc"),
+        "convergence_epoch": s.get("convergence_epoch"),
+        "test_acc": s.get("test_acc_at_best_val", s["final_test_acc"]),
+    }
 
 
 @dataclass
@@ -133,7 +145,9 @@ class Job:
 
     @property
     def title(self) -> str:
-        return str(study_run_dir(".", self.cfg.name, self.cfg.train.seed))  # its directory in the study: never "seed seed 123"
+        return str(
+            study_run_dir(".", self.cfg.name, self.cfg.train.seed)
+        )  # its directory in the study: never "seed seed 123"
 
 
 def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
@@ -151,8 +165,9 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
             info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
             status = info.get("status")
             if status is not None and _comparable(info["config"]) != _comparable(config.to_dict(seeded)):
-                raise MnistlabError(f"{run_dir.path} holds a run of a different {cfg.name} config; "
-                                    f"delete it or choose another --out")
+                raise MnistlabError(
+                    f"{run_dir.path} holds a run of a different {cfg.name} config; delete it or choose another --out"
+                )
             jobs.append(Job(seeded, run_dir, status))
     return jobs
 
@@ -173,8 +188,16 @@ def study_rows(cfgs: list[config.Config], jobs: list[Job]) -> list[StudyRow]:
         status = {j.cfg.train.seed: _status(j.run_dir) for j in mine}
         summaries = [_run_summary(j.run_dir) for j in mine if status[j.cfg.train.seed] == "complete"]
         parameters = next((j.run_dir.read_info().get("parameters") for j in mine if status[j.cfg.train.seed]), None)
-        rows.append(StudyRow(cfg.label or cfg.name, cfg.name, summaries, parameters, planned=len(mine),
-                             diverged=[seed for seed, st in status.items() if st == "diverged"]))
+        rows.append(
+            StudyRow(
+                cfg.label or cfg.name,
+                cfg.name,
+                summaries,
+                parameters,
+                planned=len(mine),
+                diverged=[seed for seed, st in status.items() if st == "diverged"],
+            )
+        )
     return rows
 
 
@@ -191,8 +214,10 @@ def incomplete(rows: list[StudyRow]) -> str | None:
         return None
     parts = []
     if diverged:
-        parts.append(f"{len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged ({', '.join(diverged)}; "
-                     f"loss NaN or infinite: try a smaller optim.lr)")
+        parts.append(
+            f"{len(diverged)} run{'s' if len(diverged) > 1 else ''} diverged ({', '.join(diverged)}; "
+            f"loss NaN or infinite: try a smaller optim.lr)"
+        )
     if unfinished:
         parts.append(f"{unfinished} run{'s' if unfinished > 1 else ''} did not finish")
     return "; ".join(parts) + "; the table holds the others"
@@ -200,20 +225,31 @@ def incomplete(rows: list[StudyRow]) -> str | None:
 
 def mixed_threads(rows: list[StudyRow]) -> list[str]:
     """A warning per row whose runs trained with different torch thread counts."""
-    return [f"{r.label}: its runs used {' and '.join(map(str, r.threads))} threads; numbers made with different "
-            f"thread counts differ in the last digits (set --threads to make them equal)"
-            for r in rows if len(r.threads) > 1]
+    return [
+        f"{r.label}: its runs used {' and '.join(map(str, r.threads))} threads; numbers made with different "
+        f"thread counts differ in the last digits (set --threads to make them equal)"
+        for r in rows
+        if len(r.threads) > 1
+    ]
 
 
-def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print,
-              show_progress: bool = False, tracker: "Trackers | None" = None) -> list[StudyRow]:
+def run_study(
+    cfgs: list[config.Config],
+    seeds: int,
+    out: Path,
+    log: Log = print,
+    show_progress: bool = False,
+    tracker: Trackers | None = None,
+) -> list[StudyRow]:
     """Train each config for ``seeds`` seeds, one run after another in this process; complete runs are
     skipped and interrupted ones resumed from their checkpoints."""
     jobs = plan_study(cfgs, seeds, out)
     for job in jobs:
         if job.status in ("complete", "diverged"):
-            log(f"{job.title}: {job.status}, skipped" + (" (delete its directory to run it again)"
-                                                          if job.status == "diverged" else ""))
+            log(
+                f"{job.title}: {job.status}, skipped"
+                + (" (delete its directory to run it again)" if job.status == "diverged" else "")
+            )
             continue
         try:
             if job.status in ("interrupted", "running") and checkpoint.exists(job.run_dir):
@@ -221,16 +257,29 @@ def run_study(cfgs: list[config.Config], seeds: int, out: Path, log: Log = print
                 resume(job.run_dir.path, log=log, show_progress=show_progress, observers=list(tracker or ()))
             else:
                 log(f"{job.title}: training")
-                run(job.cfg, job.run_dir.path, overwrite=job.status is not None, log=log,
-                    show_progress=show_progress, observers=list(tracker or ()))
+                run(
+                    job.cfg,
+                    job.run_dir.path,
+                    overwrite=job.status is not None,
+                    log=log,
+                    show_progress=show_progress,
+                    observers=list(tracker or ()),
+                )
         except DivergenceError as e:
             log(f"{job.title}: {e}; the study goes on")
     return study_rows(cfgs, jobs)
 
 
-def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "ray_executor.RayOptions",
-                  log: Log = print, show_progress: bool = False, tracker: "Trackers | None" = None,
-                  epoch_lines: bool = False) -> list[StudyRow]:
+def run_study_ray(
+    cfgs: list[config.Config],
+    seeds: int,
+    out: Path,
+    options: ray_executor.RayOptions,
+    log: Log = print,
+    show_progress: bool = False,
+    tracker: Trackers | None = None,
+    epoch_lines: bool = False,
+) -> list[StudyRow]:
     """The same study with each unfinished (config, seed) run as one Ray task on the ray_executor.
 
     The driver (this process) owns ``out``: each finished run's files come back through Ray and are put
@@ -253,8 +302,10 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "ra
     with ray_executor.task_loop(options, dataset, log, tracker, format_row if epoch_lines else None) as loop:
         for job in todo:
             loop.submit(ray_executor.RunTask(job.cfg, job.run_dir.path, job.title, key=job))
-        log(f"study: {plural(len(todo), 'run')} on Ray ({len(jobs) - len(todo)} already finished), "
-            f"{options.request()} per run")
+        log(
+            f"study: {plural(len(todo), 'run')} on Ray ({len(jobs) - len(todo)} already finished), "
+            f"{options.request()} per run"
+        )
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not show_progress)
         try:
             while loop.pending:
@@ -264,13 +315,17 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "ra
                     raise MnistlabError(f"{job.title}: {done.reason}")
                 where = f"{done.node['hostname']} ({done.node['node_id'][:8]}, {done.node['device']})"
                 if done.outcome == "diverged":
-                    log(f"{job.title}: diverged (loss NaN or infinite) after {done.seconds:.0f} s on {where}; "
-                        f"the study goes on")
+                    log(
+                        f"{job.title}: diverged (loss NaN or infinite) after {done.seconds:.0f} s on {where}; "
+                        f"the study goes on"
+                    )
                 else:
                     s = _run_summary(job.run_dir)
-                    log(f"{job.title}: test {s['test_acc']:.2f}% at best-val epoch {s['best_epoch']} "
+                    log(
+                        f"{job.title}: test {s['test_acc']:.2f}% at best-val epoch {s['best_epoch']} "
                         f"(val {s['best_val_acc'] if s['best_val_acc'] is not None else float('nan'):.2f}%), "
-                        f"{done.seconds:.0f} s on {where}")
+                        f"{done.seconds:.0f} s on {where}"
+                    )
                 bar.update()
         finally:
             bar.close()
@@ -278,8 +333,9 @@ def run_study_ray(cfgs: list[config.Config], seeds: int, out: Path, options: "ra
 
 
 @torch.inference_mode()
-def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu",
-                           data_dir: str | Path | None = None) -> float:
+def ensemble_test_accuracy(
+    run_dirs: Sequence[str | Path], device: str = "cpu", data_dir: str | Path | None = None
+) -> float:
     """Test accuracy (%) of the mean softmax of several runs' best-validation models.
 
     The test set is the first run's data (``data_dir`` where it moved), checked against the SHA-256 each
@@ -295,8 +351,9 @@ def ensemble_test_accuracy(run_dirs: Sequence[str | Path], device: str = "cpu",
         else:
             recorded = RunDir(path).read_info().get("environment", {}).get("data_sha256")
             if recorded != ds.checksum:
-                raise MnistlabError(f"{path} was trained on other data than {run_dirs[0]}: an ensemble needs one "
-                                    f"test set")
+                raise MnistlabError(
+                    f"{path} was trained on other data than {run_dirs[0]}: an ensemble needs one test set"
+                )
         p = predict_proba(model, x, 2000)
         probs = p if probs is None else probs + p
     assert probs is not None and labels is not None  # run_dirs is not empty (the CLI asks for at least one)
@@ -307,16 +364,32 @@ def add_ensembles(rows: list[StudyRow], out: Path, device: str = "cpu") -> None:
     for row in rows:
         if len(row.runs) > 1:
             row.ensemble_test_acc = ensemble_test_accuracy(
-                [study_run_dir(out, row.name, r["seed"]) for r in row.runs], device)
+                [study_run_dir(out, row.name, r["seed"]) for r in row.runs], device
+            )
 
 
 def _pm(mean: float, std: float, digits: int = 2) -> str:
     return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-TABLE_COLUMNS = ("config", "name", "seeds", "test_acc_mean", "test_acc_std", "best_val_acc_mean", "best_epoch_mean",
-                 "converged_epochs", "epochs", "parameters", "train_seconds_per_run", "ran_on", "threads",
-                 "ensemble_test_acc", "planned", "diverged_seeds")
+TABLE_COLUMNS = (
+    "config",
+    "name",
+    "seeds",
+    "test_acc_mean",
+    "test_acc_std",
+    "best_val_acc_mean",
+    "best_epoch_mean",
+    "converged_epochs",
+    "epochs",
+    "parameters",
+    "train_seconds_per_run",
+    "ran_on",
+    "threads",
+    "ensemble_test_acc",
+    "planned",
+    "diverged_seeds",
+)
 
 
 def _num(value: float, digits: int) -> float | None:
@@ -327,14 +400,26 @@ def table_records(rows: list[StudyRow]) -> list[dict[str, Any]]:
     recs = []
     for r in rows:
         t, v = r.stat("test_acc"), r.stat("best_val_acc")
-        recs.append({"config": r.label, "name": r.name, "seeds": len(r.runs), "test_acc_mean": _num(t[0], 3),
-                     "test_acc_std": _num(t[1], 3), "best_val_acc_mean": _num(v[0], 3),
-                     "best_epoch_mean": _num(r.stat("best_epoch")[0], 1), "converged_epochs": _converged(r),
-                     "epochs": _num(r.stat("epochs")[0], 1),
-                     "parameters": r.parameters, "train_seconds_per_run": _num(r.stat("train_seconds")[0], 1),
-                     "ran_on": _ran_on(r), "threads": ", ".join(map(str, r.threads)),
-                     "ensemble_test_acc": None if r.ensemble_test_acc is None else round(r.ensemble_test_acc, 3),
-                     "planned": r.planned or len(r.runs), "diverged_seeds": " ".join(map(str, r.diverged))})
+        recs.append(
+            {
+                "config": r.label,
+                "name": r.name,
+                "seeds": len(r.runs),
+                "test_acc_mean": _num(t[0], 3),
+                "test_acc_std": _num(t[1], 3),
+                "best_val_acc_mean": _num(v[0], 3),
+                "best_epoch_mean": _num(r.stat("best_epoch")[0], 1),
+                "converged_epochs": _converged(r),
+                "epochs": _num(r.stat("epochs")[0], 1),
+                "parameters": r.parameters,
+                "train_seconds_per_run": _num(r.stat("train_seconds")[0], 1),
+                "ran_on": _ran_on(r),
+                "threads": ", ".join(map(str, r.threads)),
+                "ensemble_test_acc": None if r.ensemble_test_acc is None else round(r.ensemble_test_acc, 3),
+                "planned": r.planned or len(r.runs),
+                "diverged_seeds": " ".join(map(str, r.diverged)),
+            }
+        )
     return recs
 
 
@@ -363,21 +448,26 @@ def _ran_on(row: StudyRow) -> str:
 
 
 def markdown_table(rows: list[StudyRow]) -> str:
-    lines = ["| config | seeds | test acc % at best-val epoch (mean ± std) | best val acc % | best epoch | converged "
-             "(epochs over seeds) | epochs | parameters | train s/run | ran on | threads | ensemble test acc % |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    lines = [
+        "| config | seeds | test acc % at best-val epoch (mean ± std) | best val acc % | best epoch | converged "
+        "(epochs over seeds) | epochs | parameters | train s/run | ran on | threads | ensemble test acc % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
 
     def num(value: float, fmt: str) -> str:
         return "-" if math.isnan(value) else format(value, fmt)
+
     for r in rows:
         ens = "-" if r.ensemble_test_acc is None else f"{r.ensemble_test_acc:.2f}"
         test = _pm(*r.stat("test_acc")) if r.runs else "diverged" if r.diverged else "-"
         params = "-" if r.parameters is None else f"{r.parameters:,}"
         best_epoch = r.stat("best_epoch")[0]
-        lines.append(f"| {md_cell(r.label)} | {_seeds_cell(r)} | {test} | {_pm(*r.stat('best_val_acc'))} | "
-                     f"{'-' if math.isnan(best_epoch) else mean_epoch(best_epoch)} | {_converged(r)} | "
-                     f"{num(r.stat('epochs')[0], '.0f')} | {params} | {num(r.stat('train_seconds')[0], '.0f')} | "
-                     f"{_ran_on(r) or '-'} | {', '.join(map(str, r.threads)) or '-'} | {ens} |")
+        lines.append(
+            f"| {md_cell(r.label)} | {_seeds_cell(r)} | {test} | {_pm(*r.stat('best_val_acc'))} | "
+            f"{'-' if math.isnan(best_epoch) else mean_epoch(best_epoch)} | {_converged(r)} | "
+            f"{num(r.stat('epochs')[0], '.0f')} | {params} | {num(r.stat('train_seconds')[0], '.0f')} | "
+            f"{_ran_on(r) or '-'} | {', '.join(map(str, r.threads)) or '-'} | {ens} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -393,4 +483,6 @@ def write_outputs(rows: list[StudyRow], out: Path) -> None:
     atomic_write(out / "compare.json", json.dumps({"rows": recs, "runs": {r.name: r.runs for r in rows}}, indent=1))
     curves = validation_curves(out, [(r.label, r.name, [s["seed"] for s in r.runs]) for r in rows])
     if curves:
-        overlay_figure(curves, out / "curves.png", title="Validation accuracy per epoch (mean over seeds, min-max band)")
+        overlay_figure(
+            curves, out / "curves.png", title="Validation accuracy per epoch (mean over seeds, min-max band)"
+        )

@@ -28,13 +28,14 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from ..errors import MnistlabError
 from ..core.runs import umask
+from ..errors import MnistlabError
 
 if TYPE_CHECKING:
     from ..core.config import Config
@@ -58,7 +59,7 @@ class RayOptions:
     def __post_init__(self) -> None:
         if not (self.cpus_per_run > 0 and math.isfinite(self.cpus_per_run)):
             raise MnistlabError(f"--cpus-per-run must be a finite number > 0, got {self.cpus_per_run}")
-        if not (0 <= self.gpus_per_run and math.isfinite(self.gpus_per_run)):
+        if not (self.gpus_per_run >= 0 and math.isfinite(self.gpus_per_run)):
             raise MnistlabError(f"--gpus-per-run must be a finite number >= 0, got {self.gpus_per_run}")
         if not (self.schedule_timeout > 0 and math.isfinite(self.schedule_timeout)):
             raise MnistlabError(f"--ray-timeout must be a finite number of seconds > 0, got {self.schedule_timeout}")
@@ -68,8 +69,12 @@ class RayOptions:
             raise MnistlabError(f"--gpus-per-run above 1 must be a whole number, got {self.gpus_per_run}")
 
     def task_options(self) -> dict[str, Any]:
-        return {"num_cpus": self.cpus_per_run, "num_gpus": self.gpus_per_run, "max_retries": TASK_RETRIES,
-                "retry_exceptions": False}
+        return {
+            "num_cpus": self.cpus_per_run,
+            "num_gpus": self.gpus_per_run,
+            "max_retries": TASK_RETRIES,
+            "retry_exceptions": False,
+        }
 
     def threads(self) -> int:
         """Torch threads of a run that does not set train.threads: the CPUs it asked for."""
@@ -147,15 +152,24 @@ def node_info() -> dict[str, Any]:
     import torch
 
     ctx = ray.get_runtime_context()
-    info: dict[str, Any] = {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(),
-                            "node_ip": ray.util.get_node_ip_address(), "device": "cpu"}
+    info: dict[str, Any] = {
+        "node_id": ctx.get_node_id(),
+        "hostname": socket.gethostname(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "device": "cpu",
+    }
     if torch.cuda.is_available() and ray.get_gpu_ids():
         info["device"] = torch.cuda.get_device_name(0)
     return info
 
 
-def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int, observer: Any = None,
-                     progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train_in_tempdir(
+    cfg_dict: dict[str, Any],
+    dataset: Any,
+    threads: int,
+    observer: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train one config on this worker and return ``{"files", "node", "outcome", "seconds", "reason"}``.
 
     ``files`` maps each file name of the run directory to its bytes. ``outcome`` is "complete",
@@ -167,9 +181,9 @@ def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int, obser
     import torch
 
     from ..core import config
-    from ..errors import ConfigError, DivergenceError
     from ..core.experiment import StopRun, run
     from ..core.observers import OnEpoch
+    from ..errors import ConfigError, DivergenceError
 
     observers = [*([OnEpoch(progress)] if progress is not None else []), *([observer] if observer is not None else [])]
 
@@ -188,10 +202,18 @@ def train_in_tempdir(cfg_dict: dict[str, Any], dataset: Any, threads: int, obser
             outcome, reason = "diverged", str(e)
         except ConfigError as e:
             outcome, reason = "rejected", str(e)
-        files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")} \
-            if path.is_dir() else {}
-    return {"files": files, "node": node_info(), "outcome": outcome, "reason": reason,
-            "seconds": time.perf_counter() - start}
+        files = (
+            {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
+            if path.is_dir()
+            else {}
+        )
+    return {
+        "files": files,
+        "node": node_info(),
+        "outcome": outcome,
+        "reason": reason,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def write_run_dir(path: Path, files: dict[str, bytes], node: dict[str, Any]) -> None:
@@ -270,8 +292,10 @@ def _largest(ray: Any) -> str:
     if not nodes:
         return "no live node"
     best = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)))
-    return f"{len(nodes)} node{'s' if len(nodes) > 1 else ''}, the largest with {best.get('CPU', 0):g} CPU and " \
-           f"{best.get('GPU', 0):g} GPU"
+    return (
+        f"{len(nodes)} node{'s' if len(nodes) > 1 else ''}, the largest with {best.get('CPU', 0):g} CPU and "
+        f"{best.get('GPU', 0):g} GPU"
+    )
 
 
 def check_resources(ray: Any, options: RayOptions, log: Callable[[str], None]) -> None:
@@ -279,18 +303,21 @@ def check_resources(ray: Any, options: RayOptions, log: Callable[[str], None]) -
     if slots(ray, options):
         return
     if options.address is None:
-        raise MnistlabError(f"no run can start: each asks for {options.request()} (--cpus-per-run, --gpus-per-run) "
-                            f"but the embedded Ray on this machine has {_largest(ray)}")
-    log(f"warning: no node of the Ray cluster offers {options.request()} per run now ({_largest(ray)}); runs "
-        f"wait for one (an autoscaler may add it) for at most {options.schedule_timeout:g} s")
+        raise MnistlabError(
+            f"no run can start: each asks for {options.request()} (--cpus-per-run, --gpus-per-run) "
+            f"but the embedded Ray on this machine has {_largest(ray)}"
+        )
+    log(
+        f"warning: no node of the Ray cluster offers {options.request()} per run now ({_largest(ray)}); runs "
+        f"wait for one (an autoscaler may add it) for at most {options.schedule_timeout:g} s"
+    )
 
 
 class EpochProgress:
     """Each run's epochs, sent by Ray workers through a queue actor and printed by the driver, so long runs
     on Ray are not silent."""
 
-    def __init__(self, log: Callable[[str], None],
-                 line: Callable[[dict[str, Any]], str] | None = None) -> None:
+    def __init__(self, log: Callable[[str], None], line: Callable[[dict[str, Any]], str] | None = None) -> None:
         from ray.util.queue import Queue
 
         from ..core.experiment import format_row
@@ -298,7 +325,7 @@ class EpochProgress:
         self.queue: Any = Queue(actor_options={"num_cpus": 0})  # takes no CPU a run could use; None once gone
         self.log, self.line = log, line or format_row
 
-    def sender(self, title: str) -> "_EpochSender":
+    def sender(self, title: str) -> _EpochSender:
         return _EpochSender(self.queue, title)
 
     def drain(self) -> None:
@@ -307,7 +334,7 @@ class EpochProgress:
                 title, row = self.queue.get_nowait()
             except queue.Empty:
                 return
-            except Exception:  # noqa: BLE001 - the queue actor is gone: progress is a courtesy, never a failure
+            except Exception:
                 self.queue = None
                 return
             self.log(f"{title}: {self.line(row)}")
@@ -326,10 +353,8 @@ class _EpochSender:
     title: str
 
     def __call__(self, row: dict[str, Any]) -> None:
-        try:
+        with suppress(Exception):
             self.queue.put_nowait((self.title, {k: v for k, v in row.items() if isinstance(v, (int, float, str))}))
-        except Exception:  # noqa: BLE001 - a lost progress line must not fail the run
-            pass
 
 
 class TaskWaiter:
@@ -360,10 +385,11 @@ class TaskWaiter:
                 elif self.unmet_since is None:
                     self.unmet_since = now
                 elif now - self.unmet_since >= self.options.schedule_timeout:
-                    raise MnistlabError(f"no node of the Ray cluster has offered {self.options.request()} per run "
-                                        f"for {self.options.schedule_timeout:g} s ({_largest(self.ray)}); lower "
-                                        f"--cpus-per-run/--gpus-per-run or add such a node, then rerun to resume")
-
+                    raise MnistlabError(
+                        f"no node of the Ray cluster has offered {self.options.request()} per run "
+                        f"for {self.options.schedule_timeout:g} s ({_largest(self.ray)}); lower "
+                        f"--cpus-per-run/--gpus-per-run or add such a node, then rerun to resume"
+                    )
 
 
 # ---------------------------------------------------------------- the task loop
@@ -399,8 +425,14 @@ class FinishedRun:
 class TaskLoop:
     """The Ray tasks of one study: :meth:`submit` runs, :meth:`next` takes the next finished one."""
 
-    def __init__(self, ray: Any, options: RayOptions, dataset: Dataset, tracker: Trackers | None = None,
-                 progress: EpochProgress | None = None) -> None:
+    def __init__(
+        self,
+        ray: Any,
+        options: RayOptions,
+        dataset: Dataset,
+        tracker: Trackers | None = None,
+        progress: EpochProgress | None = None,
+    ) -> None:
         self.ray, self.options, self.tracker, self.progress = ray, options, tracker, progress
         self.pending: dict[Any, RunTask] = {}  # Ray object ref -> the run it computes
         self._task = remote(train_in_tempdir, options)
@@ -438,9 +470,14 @@ class TaskLoop:
 
 
 @contextmanager
-def task_loop(options: RayOptions, dataset: Dataset, log: Callable[[str], None],
-              tracker: Trackers | None = None, epoch_line: Callable[[dict[str, Any]], str] | None = None,
-              on_cancel: Callable[[RunTask], None] | None = None) -> Iterator[TaskLoop]:
+def task_loop(
+    options: RayOptions,
+    dataset: Dataset,
+    log: Callable[[str], None],
+    tracker: Trackers | None = None,
+    epoch_line: Callable[[dict[str, Any]], str] | None = None,
+    on_cancel: Callable[[RunTask], None] | None = None,
+) -> Iterator[TaskLoop]:
     """Connect to Ray (:func:`connect`), check the per-run request (:func:`check_resources`) and yield a
     :class:`TaskLoop` for ``dataset``. ``epoch_line(row)``: log each run's epochs as the workers finish them
     (None: no epoch lines). When the block raises (an error, Ctrl-C), every pending task is cancelled and

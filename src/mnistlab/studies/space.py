@@ -37,8 +37,11 @@ from ..core import checks, config
 from ..errors import ConfigError
 
 KINDS = ("float", "int", "categorical")
-_FIELDS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
-           "categorical": {"type", "choices"}}
+_FIELDS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
 
 
 def choice_label(value: Any) -> Any:
@@ -97,8 +100,9 @@ def _param(key: str, spec: Any, base: config.Config, where: str) -> Param:
         raise ConfigError(f"{name} has type {kind!r}; choose from {', '.join(KINDS)}")
     unknown = set(spec) - _FIELDS[kind]
     if unknown:
-        raise ConfigError(f"{name}: unknown field '{sorted(unknown)[0]}' for type {kind} "
-                          f"(known: {', '.join(sorted(_FIELDS[kind]))})")
+        raise ConfigError(
+            f"{name}: unknown field '{sorted(unknown)[0]}' for type {kind} (known: {', '.join(sorted(_FIELDS[kind]))})"
+        )
     tp = config.key_type(key)  # rejects unknown keys by name
     if kind == "categorical":
         choices = spec.get("choices")
@@ -138,8 +142,10 @@ def _param(key: str, spec: Any, base: config.Config, where: str) -> Param:
             raise ConfigError(f"{name} step {step} is larger than the range {low}..{high}")
         if not math.isclose(low + steps * step, high, rel_tol=1e-9, abs_tol=1e-12):
             # Optuna would lower high to the last step below it, with a warning
-            raise ConfigError(f"{name}: high - low ({high} - {low}) must be a whole number of steps of {step} "
-                              f"(e.g. high = {low + steps * step:g})")
+            raise ConfigError(
+                f"{name}: high - low ({high} - {low}) must be a whole number of steps of {step} "
+                f"(e.g. high = {low + steps * step:g})"
+            )
     for bound in (low, high):
         try:
             checks.set_values(base, {key: float(bound) if tp is float else bound})
@@ -166,10 +172,12 @@ def load_space(path: str | Path, base: config.Config) -> list[Param]:
 def space_from_dict(doc: dict[str, Any], base: config.Config, where: str = "space") -> list[Param]:
     extra = set(doc) - {"params"}
     if extra:
-        raise ConfigError(f"{where}: unknown top-level key '{sorted(extra)[0]}' (a space holds [params.\"KEY\"] tables)")
+        raise ConfigError(
+            f"{where}: unknown top-level key '{sorted(extra)[0]}' (a space holds [params.\"KEY\"] tables)"
+        )
     params = doc.get("params")
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{where} defines no parameters (add [params.\"optim.lr\"] tables)")
+        raise ConfigError(f'{where} defines no parameters (add [params."optim.lr"] tables)')
     return [_param(key, spec, base, where) for key, spec in params.items()]
 
 
@@ -180,6 +188,11 @@ def space_to_dict(params: list[Param]) -> dict[str, Any]:
         if p.kind == "categorical":
             out[p.key] = {"type": p.kind, "choices": list(p.choices)}
         else:
-            out[p.key] = {"type": p.kind, "low": p.low, "high": p.high, "log": p.log,
-                          **({"step": p.step} if p.step is not None else {})}
+            out[p.key] = {
+                "type": p.kind,
+                "low": p.low,
+                "high": p.high,
+                "log": p.log,
+                **({"step": p.step} if p.step is not None else {}),
+            }
     return out

@@ -21,6 +21,7 @@ is in its run directory), from the start when it ran on a Ray worker.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -29,16 +30,17 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core import checkpoint, checks, config, data, datasets
-from ..errors import ConfigError, DivergenceError, MnistlabError
 from ..core.experiment import StopRun, resume, run
 from ..core.metrics import summarize
 from ..core.observers import EpochObserver, OnEpoch, RunStart
 from ..core.runs import RUN_FILES, RunDir, atomic_write, check_study_dir, write_study
+from ..errors import ConfigError, DivergenceError, MnistlabError
 from ..text import plural
 from .space import Param, space_to_dict
 
@@ -81,6 +83,7 @@ class SearchOptions:
     def sampler_for(self, number: int) -> Any:
         """The sampler that draws trial ``number``'s parameters (seeded by :func:`trial_seed`)."""
         import optuna
+
         seed = trial_seed(self.seed, number)
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
@@ -91,9 +94,9 @@ class SearchOptions:
 
     def make_pruner(self) -> Any:
         import optuna
+
         if self.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup,
-                                               n_warmup_steps=self.pruner_warmup)
+            return optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup, n_warmup_steps=self.pruner_warmup)
         if self.pruner == "halving":
             return optuna.pruners.SuccessiveHalvingPruner()
         return optuna.pruners.NopPruner()
@@ -151,9 +154,10 @@ def _optuna() -> Any:
 def _redact(url: str) -> str:
     """A storage URL without its password."""
     from sqlalchemy.engine import make_url
+
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL sqlalchemy understands: show the scheme only
+    except Exception:
         return url.split(":", 1)[0] + ":..."
 
 
@@ -162,14 +166,18 @@ def check_storage_url(url: str | None) -> None:
     if url is None:
         return
     from sqlalchemy.engine import make_url
+
     try:
         u = make_url(url)
-    except Exception:  # noqa: BLE001 - reported when the storage is opened
+    except Exception:
         return
-    if u.get_backend_name() == "sqlite" and (u.database in (None, "", ":memory:") or
-                                             "memory" in str(u.query.get("mode", ""))):
-        raise MnistlabError(f"--storage {url} keeps the study in memory, so it would be lost when the command "
-                            f"ends; use sqlite:///PATH, a database server, or no --storage (SQLite in --out)")
+    if u.get_backend_name() == "sqlite" and (
+        u.database in (None, "", ":memory:") or "memory" in str(u.query.get("mode", ""))
+    ):
+        raise MnistlabError(
+            f"--storage {url} keeps the study in memory, so it would be lost when the command "
+            f"ends; use sqlite:///PATH, a database server, or no --storage (SQLite in --out)"
+        )
 
 
 def open_storage(url: str | None, out: Path) -> tuple[Any, str]:
@@ -181,9 +189,11 @@ def open_storage(url: str | None, out: Path) -> tuple[Any, str]:
         storage = _rdb_storage(optuna, url)
     except ImportError as e:
         missing = getattr(e.__cause__, "name", None) or "its database driver"
-        raise MnistlabError(f"cannot open study storage {_redact(url)}: {missing} is not installed "
-                            f"(for PostgreSQL: pip install 'mnistlab[scale]')") from None
-    except Exception as e:  # noqa: BLE001 - sqlalchemy raises many kinds; all mean "cannot use this URL"
+        raise MnistlabError(
+            f"cannot open study storage {_redact(url)}: {missing} is not installed "
+            f"(for PostgreSQL: pip install 'mnistlab[scale]')"
+        ) from None
+    except Exception as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MnistlabError(f"cannot open study storage {_redact(url)}: {reason}") from None
     return storage, _redact(url)
@@ -196,8 +206,9 @@ def _rdb_storage(optuna: Any, url: str, tries: int = 5) -> Any:
 
     for attempt in range(tries):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=None if url.startswith("sqlite") else
-                                              {"pool_pre_ping": True})
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True}
+            )
         except sqlalchemy.exc.IntegrityError:
             if attempt == tries - 1:
                 raise
@@ -219,8 +230,16 @@ class PruningHook:
 
     name = "pruning"
 
-    def __init__(self, trial: Any = None, *, proxy: tuple[str, int] | None = None, study_name: str = "",
-                 trial_number: int = -1, options: SearchOptions | None = None, reported_through: int = 0) -> None:
+    def __init__(
+        self,
+        trial: Any = None,
+        *,
+        proxy: tuple[str, int] | None = None,
+        study_name: str = "",
+        trial_number: int = -1,
+        options: SearchOptions | None = None,
+        reported_through: int = 0,
+    ) -> None:
         self.trial, self.proxy, self.study_name = trial, proxy, study_name
         self.trial_number, self.options, self.reported_through = trial_number, options, reported_through
 
@@ -231,8 +250,12 @@ class PruningHook:
         assert self.proxy is not None and self.options is not None  # a hook made for a Ray worker has both
         optuna = _optuna()
         storage = optuna.storages.GrpcStorageProxy(host=self.proxy[0], port=self.proxy[1])
-        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.options.make_pruner(),
-                                  sampler=self.options.make_sampler())
+        study = optuna.load_study(
+            study_name=self.study_name,
+            storage=storage,
+            pruner=self.options.make_pruner(),
+            sampler=self.options.make_sampler(),
+        )
         return optuna.trial.Trial(study, _trial_id(storage, self.study_name, self.trial_number))
 
     def start(self, run: RunStart) -> None:
@@ -265,6 +288,7 @@ def trial_config(base: config.Config, params: list[Param], stored: dict[str, Any
 def _described(params: list[Param], stored: dict[str, Any]) -> str:
     def show(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
+
     return ", ".join(f"{p.key}={show(stored[p.key])}" for p in params if p.key in stored)
 
 
@@ -276,8 +300,15 @@ class TrialResult:
     reason: str = ""
 
 
-def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, observers: list[EpochObserver], log: Log,
-              show_progress: bool = False, continue_run: bool = False) -> TrialResult:
+def _run_here(
+    cfg: config.Config,
+    path: Path,
+    dataset: data.Dataset,
+    observers: list[EpochObserver],
+    log: Log,
+    show_progress: bool = False,
+    continue_run: bool = False,
+) -> TrialResult:
     """Train a trial in this process (``continue_run``: resume its run directory), followed by ``observers``
     (trackers, the pruning hook); a config refused when the run is set up (e.g. a batch larger than the
     training set) is the outcome "rejected", not an error."""
@@ -287,8 +318,15 @@ def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, observers: 
         if continue_run:
             resume(path, log=log, show_progress=show_progress, dataset=dataset, observers=observers)
         else:
-            run(cfg, path, overwrite=path.exists(), log=log, show_progress=show_progress, dataset=dataset,
-                observers=observers)
+            run(
+                cfg,
+                path,
+                overwrite=path.exists(),
+                log=log,
+                show_progress=show_progress,
+                dataset=dataset,
+                observers=observers,
+            )
     except StopRun as e:
         outcome, reason = "stopped", str(e)
     except DivergenceError as e:
@@ -296,8 +334,9 @@ def _run_here(cfg: config.Config, path: Path, dataset: data.Dataset, observers: 
     except ConfigError as e:
         outcome, reason = "rejected", str(e)
     device = RunDir(path).read_info()["environment"]["device"] if RunDir(path).file("run.json").is_file() else None
-    return TrialResult(outcome, time.perf_counter() - start, {"hostname": socket.gethostname(), "device": device},
-                       reason)
+    return TrialResult(
+        outcome, time.perf_counter() - start, {"hostname": socket.gethostname(), "device": device}, reason
+    )
 
 
 def _finish(study: Any, trial: Any, path: Path, result: TrialResult, log: Log) -> None:
@@ -306,19 +345,30 @@ def _finish(study: Any, trial: Any, path: Path, result: TrialResult, log: Log) -
     optuna = _optuna()
     history = RunDir(path).read_history() if RunDir(path).is_run() else []
     s = summarize(history) if history else {}
-    note = {"stopped": result.reason, "rejected": f"rejected: {result.reason}",
-            "diverged": f"diverged at epoch {len(history)} (loss NaN or infinite)"}.get(result.outcome, "")
-    for key, value in {"run_dir": str(path) if history else None, "node": result.node.get("hostname"),
-                       "device": result.node.get("device"), "epochs_run": len(history),
-                       "seconds": round(result.seconds, 1), "best_epoch": s.get("best_epoch"),
-                       "outcome": "rejected" if result.outcome == "rejected" else result.outcome, "note": note,
-                       "interrupted": False}.items():
+    note = {
+        "stopped": result.reason,
+        "rejected": f"rejected: {result.reason}",
+        "diverged": f"diverged at epoch {len(history)} (loss NaN or infinite)",
+    }.get(result.outcome, "")
+    for key, value in {
+        "run_dir": str(path) if history else None,
+        "node": result.node.get("hostname"),
+        "device": result.node.get("device"),
+        "epochs_run": len(history),
+        "seconds": round(result.seconds, 1),
+        "best_epoch": s.get("best_epoch"),
+        "outcome": "rejected" if result.outcome == "rejected" else result.outcome,
+        "note": note,
+        "interrupted": False,
+    }.items():
         trial.set_user_attr(key, value)
     where = f"{plural(len(history), 'epoch')}, {result.seconds:.0f} s on {result.node.get('hostname')}"
     if result.outcome == "complete":
         study.tell(trial, s["best_val_acc"])
-        log(f"trial {trial.number}: best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']} "
-            f"({where})")
+        log(
+            f"trial {trial.number}: best validation accuracy {s['best_val_acc']:.3f}% at epoch {s['best_epoch']} "
+            f"({where})"
+        )
     else:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         log(f"trial {trial.number}: {note} ({where})")
@@ -348,8 +398,11 @@ def _budget_trial(study: Any, trials: int, tag: str) -> Any | None:
 def _cut_off(study: Any, tag: str) -> list[Any]:
     """Trials this study directory left running when its driver stopped (Ctrl-C, a kill, a lost task)."""
     optuna = _optuna()
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            if t.user_attrs.get("study_dir") == tag]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if t.user_attrs.get("study_dir") == tag
+    ]
 
 
 # ---------------------------------------------------------------- the study
@@ -416,8 +469,9 @@ class _Search:
         return cfg
 
 
-def check_request(base: config.Config, trials: int, storage_url: str | None = None,
-                  timeout_minutes: float | None = None) -> None:
+def check_request(
+    base: config.Config, trials: int, storage_url: str | None = None, timeout_minutes: float | None = None
+) -> None:
     """Everything about a search request that can be checked before anything is written."""
     if trials < 1:
         raise ConfigError("--trials must be at least 1")
@@ -428,18 +482,30 @@ def check_request(base: config.Config, trials: int, storage_url: str | None = No
     check_storage_url(storage_url)
 
 
-def _record(base: config.Config, params: list[Param], options: SearchOptions, storage_url: str | None,
-            study_name: str) -> dict[str, Any]:
-    return json.loads(json.dumps({"study_name": study_name,
-                                  "storage": DEFAULT_STORAGE if storage_url is None else _redact(storage_url),
-                                  "config": config.to_dict(base), "space": space_to_dict(params),
-                                  "search": options.__dict__}))
+def _record(
+    base: config.Config, params: list[Param], options: SearchOptions, storage_url: str | None, study_name: str
+) -> dict[str, Any]:
+    return json.loads(
+        json.dumps(
+            {
+                "study_name": study_name,
+                "storage": DEFAULT_STORAGE if storage_url is None else _redact(storage_url),
+                "config": config.to_dict(base),
+                "space": space_to_dict(params),
+                "search": options.__dict__,
+            }
+        )
+    )
 
 
 def _same_storage(old: Any, new: str) -> bool:
     # studies made before the default storage was recorded relative hold its absolute SQLite URL
-    return old == new or (new == DEFAULT_STORAGE and isinstance(old, str) and old.startswith("sqlite:///")
-                          and old.endswith("/" + DEFAULT_STORAGE))
+    return old == new or (
+        new == DEFAULT_STORAGE
+        and isinstance(old, str)
+        and old.startswith("sqlite:///")
+        and old.endswith("/" + DEFAULT_STORAGE)
+    )
 
 
 def _existing_tag(out: Path, record: dict[str, Any]) -> str | None:
@@ -459,10 +525,21 @@ def _existing_tag(out: Path, record: dict[str, Any]) -> str | None:
     return None
 
 
-def tune(base: config.Config, params: list[Param], trials: int, out: Path, options: SearchOptions,
-         storage_url: str | None = None, study_name: str | None = None, ray_options: Any = None,
-         log: Log = print, tracker: Any = None, timeout_minutes: float | None = None,
-         show_progress: bool = False, epoch_lines: bool = False) -> TuneResult:
+def tune(
+    base: config.Config,
+    params: list[Param],
+    trials: int,
+    out: Path,
+    options: SearchOptions,
+    storage_url: str | None = None,
+    study_name: str | None = None,
+    ray_options: Any = None,
+    log: Log = print,
+    tracker: Any = None,
+    timeout_minutes: float | None = None,
+    show_progress: bool = False,
+    epoch_lines: bool = False,
+) -> TuneResult:
     """Run (or resume) the search until the study holds ``trials`` finished trials; write its outputs.
 
     ``timeout_minutes``: start no trial after that long (trials under way finish), as Optuna's
@@ -479,11 +556,18 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
     tag = _existing_tag(out, record)
     storage, shown = open_storage(storage_url, out)
     try:
-        study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
-                                    direction="maximize", sampler=options.make_sampler(),
-                                    pruner=options.make_pruner())
-    except Exception as e:  # noqa: BLE001 - a database that refuses the study
-        raise MnistlabError(f"cannot create or load study {study_name!r} in {shown}: {str(e).splitlines()[0]}") from None
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            load_if_exists=True,
+            direction="maximize",
+            sampler=options.make_sampler(),
+            pruner=options.make_pruner(),
+        )
+    except Exception as e:
+        raise MnistlabError(
+            f"cannot create or load study {study_name!r} in {shown}: {str(e).splitlines()[0]}"
+        ) from None
     if tag is None:
         tag = uuid.uuid4().hex
         atomic_write(out / STUDY_FILE, json.dumps({**record, "tag": tag}, indent=1) + "\n")
@@ -492,18 +576,18 @@ def tune(base: config.Config, params: list[Param], trials: int, out: Path, optio
     trials_dir = out / "trials"
     trials_dir.mkdir(exist_ok=True)
     deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
-    search = _Search(study, storage, base, params, trials, trials_dir, dataset, tag, options,
-                     log, tracker, show_progress, deadline)
+    search = _Search(
+        study, storage, base, params, trials, trials_dir, dataset, tag, options, log, tracker, show_progress, deadline
+    )
     try:
         if ray_options is None:
             _search_here(search, epoch_lines)
         else:
             _search_on_ray(search, ray_options, epoch_lines)
     except BaseException:
-        try:  # the finished trials' tables and best.toml, whatever stopped the search
+        # the finished trials' tables and best.toml, whatever stopped the search (its error is the one to report)
+        with contextlib.suppress(Exception):
             write_outputs(study, base, params, out)
-        except Exception:  # noqa: BLE001 - the error that stopped the search is the one to report
-            pass
         raise
     best = write_outputs(study, base, params, out)
     S = optuna.trial.TrialState
@@ -524,8 +608,13 @@ def _continue_here(s: _Search, frozen: Any, epoch_lines: bool) -> None:
         s.log(f"trial {frozen.number}: its run had ended ({status}); recording it")
         node = {"hostname": socket.gethostname(), "device": info.get("environment", {}).get("device")}
         outcome = "stopped" if status == "stopped" else status
-        _finish(s.study, s.live_trial(frozen.number), path,
-                TrialResult(outcome, info.get("wall_seconds", 0.0), node, info.get("stop_reason", "")), s.log)
+        _finish(
+            s.study,
+            s.live_trial(frozen.number),
+            path,
+            TrialResult(outcome, info.get("wall_seconds", 0.0), node, info.get("stop_reason", "")),
+            s.log,
+        )
         return
     resumable = status in ("interrupted", "running") and checkpoint.exists(run_dir)
     if resumable:
@@ -544,15 +633,20 @@ def _continue_here(s: _Search, frozen: Any, epoch_lines: bool) -> None:
 
 def epoch_line(row: dict[str, Any]) -> str:
     """A trial's epoch as the search shows it: training and validation only (the test set ranks nothing)."""
+
     def num(key: str, fmt: str) -> str:
         v = row.get(key)
         return "-" if v is None else format(v, fmt)
-    return (f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
-            f"val_acc {num('val_acc', '7.3f')}  ({row.get('seconds', 0):.1f}s)")
+
+    return (
+        f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
+        f"val_acc {num('val_acc', '7.3f')}  ({row.get('seconds', 0):.1f}s)"
+    )
 
 
-def _run_trial(s: _Search, trial: Any, cfg: config.Config, path: Path, epoch_lines: bool,
-               resumable: bool) -> TrialResult:
+def _run_trial(
+    s: _Search, trial: Any, cfg: config.Config, path: Path, epoch_lines: bool, resumable: bool
+) -> TrialResult:
     log = s.trial_log(trial.number)
     lines = [OnEpoch(lambda row: log(epoch_line(row)))] if epoch_lines else []
     # the trackers, the trial's epoch lines, then pruning (a resumed run calls it for the epochs it trains now)
@@ -575,8 +669,10 @@ def _search_here(s: _Search, epoch_lines: bool) -> None:
         if any((path / f).exists() for f in RUN_FILES):
             trial.set_user_attr("note", "its run directory held another run")
             s.study.tell(trial, state=_optuna().trial.TrialState.FAIL)
-            raise MnistlabError(f"{path} already holds a run, but the study's storage has no record of it (was "
-                                f"{DEFAULT_STORAGE} replaced?); choose another --out")
+            raise MnistlabError(
+                f"{path} already holds a run, but the study's storage has no record of it (was "
+                f"{DEFAULT_STORAGE} replaced?); choose another --out"
+            )
         result = _run_trial(s, trial, cfg, path, epoch_lines, False)
         _finish(s.study, trial, path, result, s.log)
 
@@ -591,8 +687,13 @@ def _serve_storage(storage: Any, host: str) -> tuple[str, int]:
     """Serve the study's storage to Ray workers with Optuna's gRPC proxy (a daemon thread of this driver)."""
     optuna = _optuna()
     port = _free_port(host)
-    threading.Thread(target=optuna.storages.run_grpc_proxy_server, args=(storage,),
-                     kwargs={"host": host, "port": port}, daemon=True, name="optuna-grpc-proxy").start()
+    threading.Thread(
+        target=optuna.storages.run_grpc_proxy_server,
+        args=(storage,),
+        kwargs={"host": host, "port": port},
+        daemon=True,
+        name="optuna-grpc-proxy",
+    ).start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -612,17 +713,25 @@ def _search_on_ray(s: _Search, ray_options: Any, epoch_lines: bool) -> None:
     def interrupted(task: ray_executor.RunTask) -> None:
         task.key.set_user_attr("interrupted", True)  # stays RUNNING: the next run starts it again
 
-    with ray_executor.task_loop(ray_options, s.dataset, s.log, s.tracker, epoch_line if epoch_lines else None,
-                                on_cancel=interrupted) as loop:
+    with ray_executor.task_loop(
+        ray_options, s.dataset, s.log, s.tracker, epoch_line if epoch_lines else None, on_cancel=interrupted
+    ) as loop:
         proxy = _serve_storage(s.storage, loop.ray.util.get_node_ip_address())
         parallel = loop.slots()
-        s.log(f"search on Ray: up to {parallel} trials at once, {ray_options.request()} each; storage proxy at "
-              f"{proxy[0]}:{proxy[1]}")
+        s.log(
+            f"search on Ray: up to {parallel} trials at once, {ray_options.request()} each; storage proxy at "
+            f"{proxy[0]}:{proxy[1]}"
+        )
         again = _cut_off(s.study, s.tag)  # cut-off trials first, under their own numbers, from the start
 
         def submit(trial: Any, cfg: config.Config, reported_through: int) -> None:
-            hook = PruningHook(proxy=proxy, study_name=s.study.study_name, trial_number=trial.number,
-                               options=s.options, reported_through=reported_through)
+            hook = PruningHook(
+                proxy=proxy,
+                study_name=s.study.study_name,
+                trial_number=trial.number,
+                options=s.options,
+                reported_through=reported_through,
+            )
             loop.submit(ray_executor.RunTask(cfg, s.path(trial.number), f"trial {trial.number}", trial, hook))
 
         spent = False
@@ -633,8 +742,11 @@ def _search_on_ray(s: _Search, ray_options: Any, epoch_lines: bool) -> None:
                     trial = s.live_trial(frozen.number)
                     trial.set_user_attr("interrupted", False)
                     s.log(f"trial {frozen.number}: starting again on Ray ({_described(s.params, frozen.params)})")
-                    submit(trial, trial_config(s.base, s.params, frozen.params, frozen.number),
-                           max(frozen.intermediate_values, default=0))
+                    submit(
+                        trial,
+                        trial_config(s.base, s.params, frozen.params, frozen.number),
+                        max(frozen.intermediate_values, default=0),
+                    )
                     continue
                 if spent or (trial := s.next_trial()) is None:
                     spent = True
@@ -645,8 +757,13 @@ def _search_on_ray(s: _Search, ray_options: Any, epoch_lines: bool) -> None:
             if not loop.pending:
                 break
             done = loop.next()
-            _finish(s.study, done.task.key, done.task.path,
-                    TrialResult(done.outcome, done.seconds, done.node, done.reason), s.log)
+            _finish(
+                s.study,
+                done.task.key,
+                done.task.path,
+                TrialResult(done.outcome, done.seconds, done.node, done.reason),
+                s.log,
+            )
 
 
 # ---------------------------------------------------------------- outputs
@@ -667,18 +784,29 @@ def trial_records(study: Any, params: list[Param]) -> list[dict[str, Any]]:
         outcome = t.user_attrs.get("outcome", "")
         state = {S.COMPLETE: "complete", S.RUNNING: "running", S.WAITING: "waiting", S.FAIL: "failed"}.get(t.state)
         if t.state == S.PRUNED:
-            state = outcome if outcome in ("diverged", "rejected") else "rejected" if outcome.startswith(
-                "rejected") else "pruned"
+            state = (
+                outcome
+                if outcome in ("diverged", "rejected")
+                else "rejected"
+                if outcome.startswith("rejected")
+                else "pruned"
+            )
         note = t.user_attrs.get("note") or (outcome if outcome.startswith("rejected:") else "")
         if t.state == S.RUNNING and t.user_attrs.get("interrupted"):
             state, note = "interrupted", "cut off; the same command continues it"
         vals = list(t.intermediate_values.values())
-        rec: dict[str, Any] = {"number": t.number, "state": state,
-                               "best_val_acc": round(t.value if t.value is not None else max(vals), 3) if (
-                                   t.value is not None or vals) else None,
-                               "epochs_run": t.user_attrs.get("epochs_run", len(vals)),
-                               "best_epoch": t.user_attrs.get("best_epoch"), "node": t.user_attrs.get("node"),
-                               "seconds": t.user_attrs.get("seconds"), "note": note}
+        rec: dict[str, Any] = {
+            "number": t.number,
+            "state": state,
+            "best_val_acc": round(t.value if t.value is not None else max(vals), 3)
+            if (t.value is not None or vals)
+            else None,
+            "epochs_run": t.user_attrs.get("epochs_run", len(vals)),
+            "best_epoch": t.user_attrs.get("best_epoch"),
+            "node": t.user_attrs.get("node"),
+            "seconds": t.user_attrs.get("seconds"),
+            "note": note,
+        }
         for p in params:
             rec[p.key] = t.params.get(p.key)
         recs.append(rec)
@@ -693,6 +821,7 @@ def _table_md(recs: list[dict[str, Any]], params: list[Param]) -> str:
         if v is None or v == "":
             return "-"
         return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "/")
+
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in recs]
     return "\n".join(lines) + "\n"
@@ -718,7 +847,7 @@ def history_figure(recs: list[dict[str, Any]], study_name: str) -> Any:
     done = [(r["number"], r["best_val_acc"]) for r in recs if r["state"] == "complete"]
     cut = [(r["number"], r["best_val_acc"]) for r in recs if r["state"] == "pruned" and r["best_val_acc"] is not None]
     if done:
-        ax.plot(*zip(*done), "o", color="tab:blue", label="complete trial")
+        ax.plot(*zip(*done, strict=True), "o", color="tab:blue", label="complete trial")
         best, so_far = -math.inf, []
         for n, v in sorted(done):
             best = max(best, v)
@@ -726,9 +855,9 @@ def history_figure(recs: list[dict[str, Any]], study_name: str) -> Any:
         last = max(r["number"] for r in recs)
         if last > so_far[-1][0]:
             so_far.append((last, best))  # the best holds through the trials after it
-        ax.step(*zip(*so_far), where="post", color="tab:red", label="best so far")
+        ax.step(*zip(*so_far, strict=True), where="post", color="tab:red", label="best so far")
     if cut:
-        ax.plot(*zip(*cut), "o", mfc="none", color="tab:gray", label="pruned trial (best epoch reached)")
+        ax.plot(*zip(*cut, strict=True), "o", mfc="none", color="tab:gray", label="pruned trial (best epoch reached)")
     ax.set_title(f"Validation accuracy of each trial (study {study_name})")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy (%)")
@@ -760,6 +889,7 @@ def write_outputs(study: Any, base: config.Config, params: list[Param], out: Pat
     import csv
 
     import matplotlib
+
     matplotlib.use("Agg")
     optuna = _optuna()
     recs = trial_records(study, params)
@@ -776,20 +906,28 @@ def write_outputs(study: Any, base: config.Config, params: list[Param], out: Pat
     if complete:
         best = max(complete, key=lambda t: (t.value, -t.number))
         cfg = trial_config(base, params, best.params, best.number)
-        cfg = checks.set_values(cfg, {"name": f"{base.name}_tuned",
-                                      "label": f"{base.label or base.name}, tuned (trial {best.number})"})
+        cfg = checks.set_values(
+            cfg, {"name": f"{base.name}_tuned", "label": f"{base.label or base.name}, tuned (trial {best.number})"}
+        )
         best_path = out / "best.toml"
-        atomic_write(best_path, f"# the best trial of study {study.study_name!r} by validation accuracy "
-                                f"({best.value:.3f}%, trial {best.number})\n" + config.dumps(cfg))
-        summary["best"] = {"number": best.number, "best_val_acc": best.value,
-                           "params": {p.key: p.decode(best.params[p.key]) for p in params}}
+        atomic_write(
+            best_path,
+            f"# the best trial of study {study.study_name!r} by validation accuracy "
+            f"({best.value:.3f}%, trial {best.number})\n" + config.dumps(cfg),
+        )
+        summary["best"] = {
+            "number": best.number,
+            "best_val_acc": best.value,
+            "params": {p.key: p.decode(best.params[p.key]) for p in params},
+        }
         _png(history_figure(recs, study.study_name), out / "history.png")
         if len(complete) >= 2:
             try:
                 with warnings.catch_warnings():  # few trials: PED-ANOVA warns that importances are equal
                     warnings.simplefilter("ignore")
                     imp = optuna.importance.get_param_importances(
-                        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+                        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+                    )
                 _png(importance_figure(imp, len(complete)), out / "importance.png")
             except (ValueError, RuntimeError, ZeroDivisionError):
                 pass  # too few distinct trials to rank parameters
