@@ -65,7 +65,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Trainer:
     if cfg.train.engine == "numpy":
-        from ..analysis.numpy_train import NumpyTrainer
+        from .numpy_train import NumpyTrainer
 
         return NumpyTrainer(cfg, dataset, torch.device("cpu"))
     return Trainer(cfg, dataset, device)

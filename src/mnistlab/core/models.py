@@ -28,7 +28,7 @@ class Activation:
     """An activation function of the registry: calling it makes its layer (an elementwise ``nn.Module``)."""
 
     layer: Callable[[], nn.Module]
-    by_hand: bool = False  # one of the report's four: the NumPy MLP (mnistlab.analysis.numpy_mlp) has it too
+    by_hand: bool = False  # one of the report's four: the NumPy MLP (mnistlab.core.numpy_mlp) has it too
 
     def __call__(self) -> nn.Module:
         return self.layer()

@@ -75,7 +75,7 @@ TEXT: dict[str, dict[str, str]] = {
         "$\\delta$ denoting the gradient of the loss with respect to a layer's pre-activation:",
         "sgd_text": "and stochastic gradient descent moves every parameter against its gradient with learning "
         "rate $\\eta$:",
-        "gc_text": "mnistlab's NumPy MLP (`mnistlab.analysis.numpy_mlp`) implements exactly these equations. Checked "
+        "gc_text": "mnistlab's NumPy MLP (`mnistlab.core.numpy_mlp`) implements exactly these equations. Checked "
         "against PyTorch float64 autograd and central finite differences (`mnistlab gradcheck`), "
         "largest relative errors per activation:",
         "act_col": "activation",
@@ -176,7 +176,7 @@ TEXT: dict[str, dict[str, str]] = {
         "bp_text": "역전파는 연쇄 법칙으로 손실에서 모든 가중치까지 기울기를 거꾸로 전달한다. "
         "$\\delta$를 각 층의 활성화 이전 값에 대한 손실의 기울기라 하면:",
         "sgd_text": "확률적 경사 하강법은 학습률 $\\eta$로 모든 파라미터를 기울기의 반대 방향으로 움직인다:",
-        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.analysis.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
+        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.core.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
         "중심 차분으로 검증한 결과(`mnistlab gradcheck`), 활성화 함수별 최대 상대 오차:",
         "act_col": "활성화 함수",
         "ag_col": "자동 미분 대비",
