@@ -178,10 +178,12 @@ def _trackers(args: argparse.Namespace):
 
 
 def _add_track_option(p: argparse.ArgumentParser) -> None:
+    from .output.tracking import TRACKERS  # light: the trackers' libraries load when one starts
+
     p.add_argument(
         "--track",
         action="append",
-        choices=["tensorboard", "mlflow"],
+        choices=list(TRACKERS),
         help="follow the run(s) in TensorBoard (under the run directory) or MLflow (its default store, "
         "or MLFLOW_TRACKING_URI); repeatable; needs mnistlab[track]",
     )
@@ -695,8 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna storage shared by several drivers, e.g. postgresql://user@host/db (default: SQLite in --out)",
     )
     p.add_argument("--study-name", metavar="NAME", help="the study's name in the storage (default: the config's name)")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
-    p.add_argument("--pruner", default="median", help="median (default), halving (successive halving) or none")
+    # the names live in studies/tune.py (SAMPLERS, PRUNERS), which imports torch: SearchOptions refuses an
+    # unknown one with the list, so --help stays light
+    p.add_argument("--sampler", default="tpe", help="Optuna's sampler (default tpe); an unknown name is refused")
+    p.add_argument("--pruner", default="median", help="Optuna's pruner (default median; none turns pruning off)")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0); train.seed is the config's")
     p.add_argument(
         "--pruner-startup",
@@ -783,7 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the homework report (Markdown + self-contained HTML) from runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--lang", choices=["en", "ko"], default="en")
+    # the languages are output/report.py's TEXT (it imports matplotlib): write_report refuses an unknown one
+    p.add_argument("--lang", default="en", help="the report's language (default en; ko for Korean)")
     p.add_argument(
         "--compare",
         type=Path,

@@ -674,7 +674,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.md`` (+ PNGs) and ``report.html`` into ``out``."""
     if lang not in TEXT:
-        raise MnistlabError(f"unknown language {lang!r} (choose from {', '.join(TEXT)})")
+        raise MnistlabError(f"--lang {lang!r} is unknown (choose from {', '.join(TEXT)})")
     md = build_markdown(run_dirs, out, lang, compare_dirs, activations_dir, evaluate_dir)
     atomic_write(out / "report.md", md)
     atomic_write(out / "report.html", markdown_to_html(md, out, TEXT[lang]["title"], lang))
