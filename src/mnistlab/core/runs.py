@@ -319,7 +319,12 @@ def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[in
 
 # ---------------------------------------------------------------- study directories
 
-STUDY_FILE = "study.json"
+STUDY_FILE = "study.json"  # every study's kind and trackers' identity
+TUNE_RECORD = "tune.json"  # tune's search: options, space, storage and tag (studies/tune.py)
+COMPARE_TABLE = "compare.md"  # compare's table, and its rows and run directories (studies/compare.py)
+COMPARE_RECORD = "compare.json"
+# kind -> files that mark a study of that kind made before study.json existed
+STUDY_MARKERS = {"tune": (TUNE_RECORD,), "compare": (COMPARE_TABLE, COMPARE_RECORD)}
 
 
 def study_kind(directory: Path) -> str | None:
@@ -330,10 +335,10 @@ def study_kind(directory: Path) -> str | None:
         return json.loads((d / STUDY_FILE).read_text())["kind"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if (d / "tune.json").is_file():
-        return "tune"
-    runs = d.glob(str(study_run_dir(".", "*", "*") / "run.json"))
-    if (d / "compare.md").is_file() or (d / "compare.json").is_file() or any(runs):
+    for kind, markers in STUDY_MARKERS.items():
+        if any((d / name).is_file() for name in markers):
+            return kind
+    if any(d.glob(str(study_run_dir(".", "*", "*") / "run.json"))):
         return "compare"
     if (d / "run.json").is_file() or (d / "config.toml").is_file():
         return "run"

@@ -25,7 +25,15 @@ import torch
 from ..core import checkpoint, checks, config, data, datasets
 from ..core.experiment import format_row, resume, run
 from ..core.metrics import predict_proba, summarize
-from ..core.runs import RunDir, atomic_write, remove_stale_temp, study_run_dir, validation_curves
+from ..core.runs import (
+    COMPARE_RECORD,
+    COMPARE_TABLE,
+    RunDir,
+    atomic_write,
+    remove_stale_temp,
+    study_run_dir,
+    validation_curves,
+)
 from ..errors import DivergenceError, MnistlabError
 from ..output.plots import overlay_figure
 from ..text import md_cell, mean_epoch, plural
@@ -474,13 +482,13 @@ def markdown_table(rows: list[StudyRow]) -> str:
 def write_outputs(rows: list[StudyRow], out: Path) -> None:
     """compare.md, compare.csv, compare.json and curves.png (validation accuracy per epoch, all configs)."""
     recs = table_records(rows)
-    atomic_write(out / "compare.md", markdown_table(rows))
+    atomic_write(out / COMPARE_TABLE, markdown_table(rows))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows({k: ("" if v is None else v) for k, v in rec.items()} for rec in recs)
     atomic_write(out / "compare.csv", buf.getvalue())
-    atomic_write(out / "compare.json", json.dumps({"rows": recs, "runs": {r.name: r.runs for r in rows}}, indent=1))
+    atomic_write(out / COMPARE_RECORD, json.dumps({"rows": recs, "runs": {r.name: r.runs for r in rows}}, indent=1))
     curves = validation_curves(out, [(r.label, r.name, [s["seed"] for s in r.runs]) for r in rows])
     if curves:
         overlay_figure(
