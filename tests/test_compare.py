@@ -8,6 +8,7 @@ import pytest
 from conftest import interrupt_at_epoch
 from mnistlab.cli import main
 from mnistlab.core.runs import study_run_dir
+from mnistlab.studies import compare
 
 
 def _config(path, name, small_mnist_dir, extra=""):
@@ -43,6 +44,8 @@ def test_compare_table_curves_ensemble_and_resume(small_mnist_dir, tmp_path, mon
     assert "| plain label | 2 |" in md and "±" in md
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert compare.read_record(out) == json.loads((out / "compare.json").read_text())  # the report's readers
+    assert compare.read_table(out) == md
     assert sorted(r["seed"] for r in runs["momentum"]) == [123, 124]
     # the reported test accuracy is the one at the best *validation* epoch
     for r in runs["plain"]:

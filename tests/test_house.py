@@ -80,6 +80,7 @@ NAMED_EDGES = {
     ("output.report", "analysis.activations"): "the report runs and reads the activation studies",
     ("output.report", "analysis.evaluate"): "the report reads evaluate's files",
     ("output.report", "analysis.gradcheck"): "the report runs the gradient check",
+    ("output.report", "studies.compare"): "the report reads a comparison's files",
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 import shutil
@@ -309,7 +308,7 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
 
 
 def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lang: str) -> str:
-    from ..analysis.activations import activation_figure, study_figures
+    from ..analysis.activations import activation_figure, read_activation_study, study_figures
 
     activation_figure(out / "activations.png", lang)
     parts = [f"## {t['act']}\n", t["act_text"] + "\n", t["act_defs"] + "\n"]
@@ -318,12 +317,7 @@ def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lan
     if act_dir is None:
         parts.append(f"_{t['act_missing']}_\n")
         return "\n".join(parts)
-    try:
-        res = json.loads((act_dir / "activations.json").read_text())
-    except (OSError, ValueError):
-        raise MnistlabError(
-            f"{act_dir} holds no activation study (activations.json); run mnistlab activations"
-        ) from None
+    res = read_activation_study(act_dir)
     dead = "; ".join(f"{label}: {100 * r['dead_fraction'][-1]:.1f}%" for label, r in res["dead_relu"].items())
     g = res["gradients"]
     parts += [
@@ -481,8 +475,10 @@ def _run_outcome(t: dict[str, str], history: list[dict[str, Any]]) -> str:
 def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
     """Validation curves of a study's runs by config label, or None when its run directories are not there
     (a study kept as its tables only)."""
+    from ..studies.compare import read_record
+
     try:
-        doc = json.loads((study / "compare.json").read_text())
+        doc = read_record(study)
         return (
             validation_curves(
                 study,
@@ -490,17 +486,16 @@ def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
             )
             or None
         )
-    except (OSError, ValueError, KeyError, MnistlabError):
+    except (KeyError, TypeError, MnistlabError):
         return None
 
 
 def _section_compare(t: dict[str, str], studies: list[Path], out: Path, lang: str) -> str:
+    from ..studies.compare import read_table
+
     parts = [f"## {t['improve']}\n", t["improve_text"] + "\n"]
     for i, study in enumerate(studies, 1):
-        try:
-            parts.append((study / "compare.md").read_text())
-        except OSError:
-            raise MnistlabError(f"{study} holds no comparison (compare.md); run mnistlab compare first") from None
+        parts.append(read_table(study))
         curves = _study_curves(study)
         if curves:
             overlay_figure(

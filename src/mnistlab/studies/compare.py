@@ -494,3 +494,28 @@ def write_outputs(rows: list[StudyRow], out: Path) -> None:
         overlay_figure(
             curves, out / "curves.png", title="Validation accuracy per epoch (mean over seeds, min-max band)"
         )
+
+
+def read_table(study: Path) -> str:
+    """A study's compare.md (its Markdown table), as :func:`write_outputs` wrote it.
+
+    Raises MnistlabError when ``study`` holds none."""
+    try:
+        return (Path(study) / COMPARE_TABLE).read_text()
+    except OSError:
+        raise MnistlabError(f"{study} holds no comparison ({COMPARE_TABLE}); run mnistlab compare first") from None
+
+
+def read_record(study: Path) -> dict[str, Any]:
+    """A study's compare.json, as :func:`write_outputs` wrote it: ``{"rows": [table_records row, ...],
+    "runs": {config name: [run summary with "seed", ...]}}``.
+
+    Raises MnistlabError when ``study`` holds none or it is not that shape."""
+    path = Path(study) / COMPARE_RECORD
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise MnistlabError(f"{path} is missing or unreadable; run mnistlab compare again") from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("rows"), list) and isinstance(doc.get("runs"), dict)):
+        raise MnistlabError(f"{path} is not a comparison's record (rows, runs)")
+    return doc
