@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -343,21 +342,6 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _study_tracking(tracker, out: Path, kind: str):
-    """The study's tracking context, continuing the one recorded in study.json (its MLflow parent run)."""
-    from contextlib import contextmanager
-
-    from .core.runs import read_study, write_study
-
-    @contextmanager
-    def tracking():
-        with tracker.study(out.name, read_study(out).get("tracking")) as identity:
-            write_study(out, kind, **({"tracking": identity} if identity else {}))
-            yield
-
-    return tracking()
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from .core.runs import check_study_dir
     from .studies import compare
@@ -372,31 +356,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tracker = _trackers(args)  # checks the tracking store before anything is written
     _make_dir(out)
     log = _logger(args.quiet)
-    with _study_lock(out), _study_tracking(tracker, out, "compare"):
-        try:
-            if ray_options is None:
-                rows = compare.run_study(
-                    cfgs, args.seeds, out, log=log, show_progress=_show_progress(args), tracker=tracker
-                )
-            else:
-                rows = compare.run_study_ray(
-                    cfgs,
-                    args.seeds,
-                    out,
-                    ray_options,
-                    log=log,
-                    show_progress=_show_progress(args),
-                    tracker=tracker,
-                    epoch_lines=not args.quiet,
-                )
-        except BaseException:
-            # the table of the runs that finished, whatever stopped the study (its own error is not the one to report)
-            with contextlib.suppress(Exception):
-                compare.write_outputs(compare.current_rows(cfgs, args.seeds, out), out)
-            raise
-        if args.ensemble:
-            compare.add_ensembles(rows, out)
-        compare.write_outputs(rows, out)
+    with _study_lock(out):
+        if ray_options is None:
+            rows = compare.run_study(
+                cfgs,
+                args.seeds,
+                out,
+                log=log,
+                show_progress=_show_progress(args),
+                tracker=tracker,
+                ensemble=args.ensemble,
+            )
+        else:
+            rows = compare.run_study_ray(
+                cfgs,
+                args.seeds,
+                out,
+                ray_options,
+                log=log,
+                show_progress=_show_progress(args),
+                tracker=tracker,
+                epoch_lines=not args.quiet,
+                ensemble=args.ensemble,
+            )
     print(compare.markdown_table(rows), end="")
     print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and curves.png")
     for warning in compare.mixed_threads(rows):
@@ -443,7 +425,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_study_dir(out, "tune")
     tracker = _trackers(args)
     _make_dir(out)
-    with _study_lock(out), _study_tracking(tracker, out, "tune"):
+    with _study_lock(out):
         result = tune(
             base,
             params,

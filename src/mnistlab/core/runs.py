@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +43,9 @@ from .. import __version__
 from ..errors import MnistlabError
 from . import hardware
 from .config import Config, dumps, load
+
+if TYPE_CHECKING:
+    from .observers import StudyContext
 
 RUN_FILES = (
     "config.toml",
@@ -366,3 +369,18 @@ def write_study(directory: Path, kind: str, **fields: Any) -> None:
     record = {**read_study(directory), "kind": kind, **fields}
     record.setdefault("created", now())
     atomic_write(Path(directory) / STUDY_FILE, json.dumps(record, indent=1) + "\n")
+
+
+@contextmanager
+def study_tracking(directory: Path, kind: str, tracker: StudyContext | None = None) -> Iterator[None]:
+    """Record the study's kind in study.json and, with ``tracker``, hold the study's tracking context (an
+    MLflow parent run) around the block: it continues the one recorded in study.json and records its identity
+    there. compare and tune run their studies inside it, so a library caller's study is recorded as the
+    CLI's is."""
+    if tracker is None:
+        write_study(directory, kind)
+        yield
+        return
+    with tracker.study(Path(directory).name, read_study(directory).get("tracking")) as identity:
+        write_study(directory, kind, **({"tracking": identity} if identity else {}))
+        yield

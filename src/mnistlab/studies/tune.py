@@ -47,7 +47,7 @@ from ..core.runs import (
     RunDir,
     atomic_write,
     check_study_dir,
-    write_study,
+    study_tracking,
 )
 from ..errors import ConfigError, DivergenceError, MnistlabError
 from ..text import plural
@@ -579,25 +579,37 @@ def tune(
     if tag is None:
         tag = uuid.uuid4().hex
         atomic_write(out / TUNE_RECORD, json.dumps({**record, "tag": tag}, indent=1) + "\n")
-    write_study(out, "tune")
-    dataset = datasets.load_config(base, log)
-    trials_dir = out / "trials"
-    trials_dir.mkdir(exist_ok=True)
-    deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
-    search = _Search(
-        study, storage, base, params, trials, trials_dir, dataset, tag, options, log, tracker, show_progress, deadline
-    )
-    try:
-        if ray_options is None:
-            _search_here(search, epoch_lines)
-        else:
-            _search_on_ray(search, ray_options, epoch_lines)
-    except BaseException:
-        # the finished trials' tables and best.toml, whatever stopped the search (its error is the one to report)
-        with contextlib.suppress(Exception):
-            write_outputs(study, base, params, out)
-        raise
-    best = write_outputs(study, base, params, out)
+    with study_tracking(out, "tune", tracker):  # study.json: the kind and the trackers' identity
+        dataset = datasets.load_config(base, log)
+        trials_dir = out / "trials"
+        trials_dir.mkdir(exist_ok=True)
+        deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
+        search = _Search(
+            study,
+            storage,
+            base,
+            params,
+            trials,
+            trials_dir,
+            dataset,
+            tag,
+            options,
+            log,
+            tracker,
+            show_progress,
+            deadline,
+        )
+        try:
+            if ray_options is None:
+                _search_here(search, epoch_lines)
+            else:
+                _search_on_ray(search, ray_options, epoch_lines)
+        except BaseException:
+            # the finished trials' tables and best.toml, whatever stopped the search (its error is the one to report)
+            with contextlib.suppress(Exception):
+                write_outputs(study, base, params, out)
+            raise
+        best = write_outputs(study, base, params, out)
     S = optuna.trial.TrialState
     spent = len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))) >= trials
     if search.timed_out and not spent:
