@@ -618,8 +618,9 @@ def _load_verified(
     return ds
 
 
-def load_config(cfg: Config, log: Log = print, show_progress: bool = False) -> Dataset:
-    """The data a config names (``data.dataset``, ``data.dir``)."""
+def load_for(cfg: Config, log: Log = print, show_progress: bool = False) -> Dataset:
+    """The data a config names (``data.dataset``, ``data.dir``), as :func:`load` returns it (its errors too).
+    Not to be confused with :func:`mnistlab.core.checks.load_config`, which reads a config file."""
     return load(cfg.data.dataset, cfg.data.dir or None, log=log, show_progress=show_progress)
 
 

@@ -89,7 +89,7 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
         log(f"note: {device} has no bf16 support; falling back to fp32")
         cfg = checks.set_values(cfg, {"train.precision": "fp32"})
     if dataset is None:
-        dataset = datasets.load_config(cfg, log)
+        dataset = datasets.load_for(cfg, log)
     elif dataset.name != cfg.data.dataset:
         raise ConfigError(f"config key 'data.dataset' = {cfg.data.dataset!r} but the data given is {dataset.name}")
     return dataset, device, cfg

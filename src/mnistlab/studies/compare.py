@@ -359,7 +359,7 @@ def _run_on_ray(
             log(f"{job.title}: {job.status}, skipped")
     if not todo:
         return study_rows(cfgs, jobs)
-    dataset = datasets.load_config(cfgs[0], log)  # the study's configs share one dataset (load_configs)
+    dataset = datasets.load_for(cfgs[0], log)  # the study's configs share one dataset (load_configs)
     with ray_executor.task_loop(options, dataset, log, tracker, format_row if epoch_lines else None) as loop:
         for job in todo:
             loop.submit(ray_executor.RunTask(job.cfg, job.run_dir.path, job.title, key=job))

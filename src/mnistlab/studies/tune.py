@@ -580,7 +580,7 @@ def tune(
         tag = uuid.uuid4().hex
         atomic_write(out / TUNE_RECORD, json.dumps({**record, "tag": tag}, indent=1) + "\n")
     with study_tracking(out, "tune", tracker):  # study.json: the kind and the trackers' identity
-        dataset = datasets.load_config(base, log)
+        dataset = datasets.load_for(base, log)
         trials_dir = out / "trials"
         trials_dir.mkdir(exist_ok=True)
         deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
