@@ -170,7 +170,10 @@ def test_checking_a_config_or_a_space_imports_no_trainer():
     import subprocess
     import sys
 
+    from conftest import committed_spaces
+
     root = SRC.parents[1]
+    spaces = [(str(space), str(base)) for space, base in committed_spaces()]
     code = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -181,9 +184,8 @@ def test_checking_a_config_or_a_space_imports_no_trainer():
         "assert configs\n"
         "for path in configs:\n"
         "    checks.check(config.load(path))\n"
-        "for name, base in (('mlp_noaug.toml', 'mlp_best.toml'), ('cnn.toml', 'cnn_best.toml')):\n"
-        "    base_cfg = checks.load_config(root / 'experiments' / base)\n"
-        "    assert load_space(root / 'experiments' / 'spaces' / name, base_cfg)\n"
+        f"for space, base in {spaces!r}:\n"
+        "    assert load_space(Path(space), checks.load_config(base))\n"
         f"print(sorted(set({TRAINER_MODULES!r}) & set(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

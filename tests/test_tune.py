@@ -285,12 +285,11 @@ def test_compare_and_tune_never_import_ray_or_optuna_without_asking(base, tmp_pa
 
 
 def test_load_space_reads_the_committed_spaces():
-    from pathlib import Path
+    from conftest import committed_spaces
 
-    root = Path(__file__).resolve().parents[1] / "experiments"
-    for name, cfg in (("mlp_noaug.toml", "mlp_best.toml"), ("cnn.toml", "cnn_best.toml")):
-        params = load_space(root / "spaces" / name, config.load(root / cfg))
-        assert params
+    for space, base in committed_spaces():
+        params = load_space(space, config.load(base))
+        assert params, space.name
 
 
 # ---------------------------------------------------------------- refused before anything is written

@@ -98,8 +98,8 @@ class DatasetSpec:
         return [base + artefact.name for base in self.mirrors]
 
     def download_bytes(self) -> int | None:
-        sizes = [a.size for a in self.artefacts]
-        return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+        sizes = [a.size for a in self.artefacts if a.size is not None]
+        return sum(sizes) if len(sizes) == len(self.artefacts) else None  # one size unknown: the total is too
 
 
 def _idx_files(prefix: str = "", labels: str = "labels-idx1-ubyte") -> dict[str, str]:
