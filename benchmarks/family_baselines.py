@@ -29,10 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mnistlab.cli import main as mnistlab  # noqa: E402
-from mnistlab.core import datasets, hardware  # noqa: E402
-from mnistlab.core.runs import study_run_dir  # noqa: E402
-from mnistlab.errors import MnistlabError  # noqa: E402
+from mnistlab.cli import main as mnistlab  # noqa: E402 - the checkout's src goes on sys.path first
+from mnistlab.core import datasets, hardware  # noqa: E402 - the checkout's src goes on sys.path first
+from mnistlab.core.runs import study_run_dir  # noqa: E402 - the checkout's src goes on sys.path first
+from mnistlab.errors import MnistlabError  # noqa: E402 - the checkout's src goes on sys.path first
 
 RECIPES = {  # name -> (config file, extra overrides)
     "seed": ("experiments/seed.toml", []),

@@ -23,10 +23,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import write_mnist_dir  # noqa: E402
-from mnistlab.core import checks, config, data, hardware  # noqa: E402
-from mnistlab.studies.compare import run_study, run_study_ray  # noqa: E402
-from mnistlab.studies.ray_executor import RayOptions  # noqa: E402
+from conftest import write_mnist_dir  # noqa: E402 - tests/ goes on sys.path first
+from mnistlab.core import checks, config, data, hardware  # noqa: E402 - Ray's telemetry is off first
+from mnistlab.studies.compare import run_study, run_study_ray  # noqa: E402 - Ray's telemetry is off first
+from mnistlab.studies.ray_executor import RayOptions  # noqa: E402 - Ray's telemetry is off first
 
 
 def main() -> None:

@@ -117,3 +117,20 @@ def modules_after(*commands: list[str]) -> list[set[str]]:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return [set(names) for names in json.loads(proc.stdout.splitlines()[-1])]
+
+
+def committed_spaces() -> list[tuple[Path, Path]]:
+    """Every committed search space (experiments/spaces/*.toml) with its base config, named in the space's
+    header comment as "(base: experiments/NAME.toml)" (the convention each space follows; one without it fails)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    spaces = sorted((root / "experiments" / "spaces").glob("*.toml"))
+    assert spaces
+    pairs = []
+    for space in spaces:
+        found = re.search(r"\(base: (experiments/[\w.-]+\.toml)", space.read_text())
+        assert found, f"{space.name} names no base config in its header comment: (base: experiments/NAME.toml)"
+        assert (root / found[1]).is_file(), f"{space.name}: its base {found[1]} does not exist"
+        pairs.append((space, root / found[1]))
+    return pairs

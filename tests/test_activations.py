@@ -49,6 +49,7 @@ def test_activations_command(small_mnist_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "act"
     assert main(["activations", "--epochs", "1", "--depth", "4", "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "activations.json").read_text())
+    assert activations.read_activation_study(out) == res  # the report's reader, next to the writer
     assert set(res["dead_relu"]) == {"relu, lr 0.1 (report)", "relu, lr 1.0", "leaky_relu, lr 1.0"}
     assert all(len(r["dead_fraction"]) == 2 for r in res["dead_relu"].values())  # initialisation + 1 epoch
     assert len(res["gradients"]["sigmoid"]["init"]) == 5
@@ -171,6 +172,21 @@ def test_report_with_compare_and_activations(short_run, small_mnist_dir, tmp_pat
 def test_report_bad_inputs(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_report_refuses_a_directory_without_the_study_it_names(short_run, tmp_path, capsys):
+    """--activations and --compare name directories read by the readers next to their writers: an empty one is
+    one line naming the missing file and exit 2, and no report."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for flag, problem in (
+        ("--activations", "holds no activation study (activations.json)"),
+        ("--compare", "holds no comparison (compare.md)"),
+    ):
+        assert main(["report", str(short_run), "--out", str(tmp_path / "o"), flag, str(empty)]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and err.count("\n") == 1, err
+        assert not (tmp_path / "o" / "report.md").exists()
 
 
 def test_report_html_escapes_labels_and_inlines_only_its_own_figures(short_run, small_mnist_dir, tmp_path):

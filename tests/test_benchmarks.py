@@ -1,6 +1,7 @@
 """The benchmark scripts' own machinery (cheap checks; the measurements themselves are not tests)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench  # noqa: E402
-import peers  # noqa: E402
+import bench  # noqa: E402 - the benchmarks folder goes on sys.path first
+import peers  # noqa: E402 - the benchmarks folder goes on sys.path first
 
 
 def test_peers_help_names_every_tool():
@@ -92,3 +93,14 @@ def test_bench_tables_name_the_machine_of_each_section():
     }
     md = bench.markdown(res)
     assert "Measured on: CPU A" in md and "Measured on: CPU B" in md and "**met**" in md
+
+
+def test_every_test_file_a_script_names_exists():
+    """A renamed test file must not leave a script running a path that no longer exists (pytest exits 4 on it).
+
+    The scripts run on machines (a lent GPU, CI) where a missing file is found late or not at all."""
+    scripts = [*sorted((ROOT / "benchmarks").glob("*.sh")), ROOT / ".ci" / "run"]
+    named = {path for script in scripts for path in re.findall(r"\btests/[\w/]+\.py\b", script.read_text())}
+    assert named, "no script names a test file: the pattern no longer matches them"
+    missing = sorted(path for path in named if not (ROOT / path).is_file())
+    assert not missing, f"named by a script but missing: {missing}"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +186,34 @@ def test_bf16_falls_back_with_a_message_without_hardware_support(small_mnist_dir
     )
     assert "no bf16 support; falling back to fp32" in capsys.readouterr().out
     assert json.loads((out / "run.json").read_text())["config"]["train"]["precision"] == "fp32"
+
+
+def test_a_name_outside_a_registry_is_one_line_naming_the_registrys_choices(tmp_path, capsys):
+    """--track, --lang, --sampler and --pruner take their names from one registry each (output/tracking.py
+    TRACKERS, output/report.py TEXT, studies/tune.py SAMPLERS and PRUNERS): an unknown name is refused with the
+    registry's list and exit 2, before anything is written."""
+    from mnistlab.output.report import TEXT
+    from mnistlab.output.tracking import TRACKERS
+    from mnistlab.studies.tune import PRUNERS, SAMPLERS
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    tune = ["tune", root / "seed.toml", "--space", root / "spaces" / "mlp_noaug.toml", "--trials", 1]
+    cases = [
+        (["train", "--track", "wandb"], "'wandb'", [*TRACKERS]),
+        (["report", tmp_path, "--out", tmp_path / "report", "--lang", "fr"], "--lang 'fr' is unknown", [*TEXT]),
+        ([*tune, "--out", tmp_path / "t1", "--sampler", "grid"], "--sampler 'grid' is unknown", [*SAMPLERS]),
+        ([*tune, "--out", tmp_path / "t2", "--pruner", "hyperband"], "--pruner 'hyperband' is unknown", [*PRUNERS]),
+    ]
+    for argv, problem, choices in cases:
+        assert run_cli(*argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert problem in err and all(repr(c) in err or c in err for c in choices), err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_help_imports_neither_torch_nor_matplotlib():
+    """`mnistlab --help` and a subcommand's --help (the parsers are built from the registries) stay light."""
+    from conftest import modules_after
+
+    for loaded in modules_after(["--help"], ["tune", "--help"], ["report", "--help"]):
+        assert not {"torch", "matplotlib", "optuna"} & loaded

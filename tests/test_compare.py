@@ -8,6 +8,8 @@ import pytest
 from conftest import interrupt_at_epoch
 from mnistlab.cli import main
 from mnistlab.core.runs import study_run_dir
+from mnistlab.errors import MnistlabError
+from mnistlab.studies import compare
 
 
 def _config(path, name, small_mnist_dir, extra=""):
@@ -43,6 +45,8 @@ def test_compare_table_curves_ensemble_and_resume(small_mnist_dir, tmp_path, mon
     assert "| plain label | 2 |" in md and "±" in md
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert compare.read_record(out) == json.loads((out / "compare.json").read_text())  # the report's readers
+    assert compare.read_table(out) == md
     assert sorted(r["seed"] for r in runs["momentum"]) == [123, 124]
     # the reported test accuracy is the one at the best *validation* epoch
     for r in runs["plain"]:
@@ -244,3 +248,28 @@ def test_an_interrupted_tensorboard_tracked_study_resumes(small_mnist_dir, tmp_p
             (r["epoch"], pytest.approx(r["val_acc"])) for r in history
         ]  # each epoch once
     assert len(history) == 2
+
+
+def test_run_study_from_the_library_records_the_study_and_writes_the_finished_runs_table_when_stopped(
+    small_mnist_dir, tmp_path, monkeypatch
+):
+    """A library caller of run_study gets what the command gets: study.json (the kind), and when the study is
+    stopped, the table of the runs that finished; a directory holding a tune study is refused first."""
+    from mnistlab.core.runs import read_study
+
+    cfgs = compare.load_configs([_config(tmp_path / "a.toml", "plain", small_mnist_dir)])
+    out = tmp_path / "study"
+    out.mkdir()
+    interrupt_at_epoch(monkeypatch, 3)  # the second seed's first epoch
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_study(cfgs, 2, out, log=lambda _: None)
+    monkeypatch.undo()
+    assert read_study(out)["kind"] == "compare"
+    assert "| plain label | 1 of 2 (1 unfinished) |" in compare.read_table(out)  # the finished seed's row
+    assert [r["seed"] for r in compare.read_record(out)["runs"]["plain"]] == [123]
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "tune.json").write_text("{}")
+    with pytest.raises(MnistlabError, match="holds a `mnistlab tune` study"):
+        compare.run_study(cfgs, 1, tuned, log=lambda _: None)
+    assert sorted(p.name for p in tuned.iterdir()) == ["tune.json"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from mnistlab.analysis import gradcheck
-from mnistlab.analysis.numpy_mlp import NumpyMLP, ReLU
 from mnistlab.cli import main
 from mnistlab.core import config, data
+from mnistlab.core.numpy_mlp import NumpyMLP, ReLU
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu"])
@@ -115,8 +115,8 @@ def test_numpy_state_dict_loads_into_torch():
 
 
 def test_the_numpy_mlp_has_exactly_the_activations_the_registry_marks_by_hand():
-    from mnistlab.analysis.numpy_mlp import LAYERS
     from mnistlab.core.models import ACTIVATIONS, BY_HAND
+    from mnistlab.core.numpy_mlp import LAYERS
 
     assert tuple(LAYERS) == BY_HAND and set(BY_HAND) < set(ACTIVATIONS)
     assert [r.activation for r in gradcheck.run_all()][::6] == list(BY_HAND)  # the default checks them all

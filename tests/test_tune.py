@@ -285,12 +285,11 @@ def test_compare_and_tune_never_import_ray_or_optuna_without_asking(base, tmp_pa
 
 
 def test_load_space_reads_the_committed_spaces():
-    from pathlib import Path
+    from conftest import committed_spaces
 
-    root = Path(__file__).resolve().parents[1] / "experiments"
-    for name, cfg in (("mlp_noaug.toml", "mlp_best.toml"), ("cnn.toml", "cnn_best.toml")):
-        params = load_space(root / "spaces" / name, config.load(root / cfg))
-        assert params
+    for space, base in committed_spaces():
+        params = load_space(space, config.load(base))
+        assert params, space.name
 
 
 # ---------------------------------------------------------------- refused before anything is written
@@ -352,6 +351,14 @@ def test_each_study_directory_keeps_its_kind(base, tmp_path, capsys):
     assert main(["train", "--config", str(base), "--epochs", "1", "--quiet", "--out", str(run)]) == 0
     assert _tune(base, run, "--trials", "1") == 2 and "holds a run" in capsys.readouterr().err
     assert not (run / ".mnistlab.lock").exists()
+    # the files that mark each kind (core/runs.py STUDY_MARKERS) are the ones its command writes, so a study
+    # made before study.json existed is still known by them
+    from mnistlab.core.runs import STUDY_FILE, STUDY_MARKERS, study_kind
+
+    for kind, directory in (("tune", tuned), ("compare", compared)):
+        assert all((directory / name).is_file() for name in STUDY_MARKERS[kind]), kind
+        (directory / STUDY_FILE).unlink()
+        assert study_kind(directory) == kind
 
 
 def test_a_moved_study_resumes(base, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -178,10 +177,12 @@ def _trackers(args: argparse.Namespace):
 
 
 def _add_track_option(p: argparse.ArgumentParser) -> None:
+    from .output.tracking import TRACKERS  # light: the trackers' libraries load when one starts
+
     p.add_argument(
         "--track",
         action="append",
-        choices=["tensorboard", "mlflow"],
+        choices=list(TRACKERS),
         help="follow the run(s) in TensorBoard (under the run directory) or MLflow (its default store, "
         "or MLFLOW_TRACKING_URI); repeatable; needs mnistlab[track]",
     )
@@ -341,21 +342,6 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _study_tracking(tracker, out: Path, kind: str):
-    """The study's tracking context, continuing the one recorded in study.json (its MLflow parent run)."""
-    from contextlib import contextmanager
-
-    from .core.runs import read_study, write_study
-
-    @contextmanager
-    def tracking():
-        with tracker.study(out.name, read_study(out).get("tracking")) as identity:
-            write_study(out, kind, **({"tracking": identity} if identity else {}))
-            yield
-
-    return tracking()
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from .core.runs import check_study_dir
     from .studies import compare
@@ -370,31 +356,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tracker = _trackers(args)  # checks the tracking store before anything is written
     _make_dir(out)
     log = _logger(args.quiet)
-    with _study_lock(out), _study_tracking(tracker, out, "compare"):
-        try:
-            if ray_options is None:
-                rows = compare.run_study(
-                    cfgs, args.seeds, out, log=log, show_progress=_show_progress(args), tracker=tracker
-                )
-            else:
-                rows = compare.run_study_ray(
-                    cfgs,
-                    args.seeds,
-                    out,
-                    ray_options,
-                    log=log,
-                    show_progress=_show_progress(args),
-                    tracker=tracker,
-                    epoch_lines=not args.quiet,
-                )
-        except BaseException:
-            # the table of the runs that finished, whatever stopped the study (its own error is not the one to report)
-            with contextlib.suppress(Exception):
-                compare.write_outputs(compare.current_rows(cfgs, args.seeds, out), out)
-            raise
-        if args.ensemble:
-            compare.add_ensembles(rows, out)
-        compare.write_outputs(rows, out)
+    with _study_lock(out):
+        if ray_options is None:
+            rows = compare.run_study(
+                cfgs,
+                args.seeds,
+                out,
+                log=log,
+                show_progress=_show_progress(args),
+                tracker=tracker,
+                ensemble=args.ensemble,
+            )
+        else:
+            rows = compare.run_study_ray(
+                cfgs,
+                args.seeds,
+                out,
+                ray_options,
+                log=log,
+                show_progress=_show_progress(args),
+                tracker=tracker,
+                epoch_lines=not args.quiet,
+                ensemble=args.ensemble,
+            )
     print(compare.markdown_table(rows), end="")
     print(f"wrote {out / 'compare.md'}, compare.csv, compare.json and curves.png")
     for warning in compare.mixed_threads(rows):
@@ -441,7 +425,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_study_dir(out, "tune")
     tracker = _trackers(args)
     _make_dir(out)
-    with _study_lock(out), _study_tracking(tracker, out, "tune"):
+    with _study_lock(out):
         result = tune(
             base,
             params,
@@ -695,8 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna storage shared by several drivers, e.g. postgresql://user@host/db (default: SQLite in --out)",
     )
     p.add_argument("--study-name", metavar="NAME", help="the study's name in the storage (default: the config's name)")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
-    p.add_argument("--pruner", default="median", help="median (default), halving (successive halving) or none")
+    # the names live in studies/tune.py (SAMPLERS, PRUNERS), which imports torch: SearchOptions refuses an
+    # unknown one with the list, so --help stays light
+    p.add_argument("--sampler", default="tpe", help="Optuna's sampler (default tpe); an unknown name is refused")
+    p.add_argument("--pruner", default="median", help="Optuna's pruner (default median; none turns pruning off)")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0); train.seed is the config's")
     p.add_argument(
         "--pruner-startup",
@@ -783,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the homework report (Markdown + self-contained HTML) from runs")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--lang", choices=["en", "ko"], default="en")
+    # the languages are output/report.py's TEXT (it imports matplotlib): write_report refuses an unknown one
+    p.add_argument("--lang", default="en", help="the report's language (default en; ko for Korean)")
     p.add_argument(
         "--compare",
         type=Path,

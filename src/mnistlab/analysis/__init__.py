@@ -1,4 +1,4 @@
 """Looking inside models: ``evaluate`` (confusion, calibration, robustness, attacks, first layer),
-``activations`` (activation-function studies: dead ReLUs, gradient norms), ``gradcheck`` and the NumPy MLP
-(``numpy_mlp``, ``numpy_train``) that shows backpropagation by hand.
+``activations`` (activation-function studies: dead ReLUs, gradient norms) and ``gradcheck`` (the NumPy MLP's
+backpropagation by hand, :mod:`mnistlab.core.numpy_mlp`, against float64 autograd and finite differences).
 """

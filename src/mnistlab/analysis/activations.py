@@ -16,8 +16,10 @@ from ..core import checks, config, data
 from ..core.models import ACTIVATIONS
 from ..core.runs import atomic_write
 from ..core.train import Trainer
+from ..errors import MnistlabError
 
 Log = Callable[[str], None]
+STUDY_RECORD = "activations.json"  # the measured numbers; every figure is redrawn from them
 
 
 def activation_curves(x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -205,6 +207,21 @@ def run_activation_study(
         "dead_relu": dead_relu_study(dataset, epochs, log),
         "gradients": gradient_study(dataset, epochs, depth, width, log),
     }
-    atomic_write(out / "activations.json", json.dumps(res, indent=1) + "\n")
+    atomic_write(out / STUDY_RECORD, json.dumps(res, indent=1) + "\n")
     study_figures(res, out)
+    return res
+
+
+def read_activation_study(directory: Path) -> dict[str, Any]:
+    """The numbers :func:`run_activation_study` wrote into ``directory`` (activations.json): ``epochs``,
+    ``depth``, ``width``, ``dead_relu`` {label: {"dead_fraction": [per epoch], ...}} and ``gradients``
+    {activation: {"init": [per layer], "val_acc": [per epoch], ...}}.
+
+    Raises MnistlabError when ``directory`` holds no activation study."""
+    try:
+        res = json.loads((Path(directory) / STUDY_RECORD).read_text())
+    except (OSError, ValueError):
+        res = None
+    if not (isinstance(res, dict) and {"epochs", "depth", "width", "dead_relu", "gradients"} <= res.keys()):
+        raise MnistlabError(f"{directory} holds no activation study ({STUDY_RECORD}); run mnistlab activations")
     return res

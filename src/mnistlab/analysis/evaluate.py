@@ -134,9 +134,14 @@ PERTURBATIONS: dict[str, tuple[str, list[float], Callable[[torch.Tensor, Any], t
     "noise": ("Gaussian noise (std)", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], noise),
     "inverted": ("inverted (0 = no, 1 = yes)", [0, 1], lambda x, v: 1 - x if v else x),
 }
-# the points every table and log line shows, by (perturbation, value): shifted 3 px, rotated 30 degrees,
+# the points every table and log line shows, by (perturbation, value, label): shifted 3 px, rotated 30 degrees,
 # noise of std 0.3, inverted
-HEADLINE = (("shift", 3), ("rotation", 30), ("noise", 0.3), ("inverted", 1))
+HEADLINE = (
+    ("shift", 3, "shift 3 px"),
+    ("rotation", 30, "rotation 30°"),
+    ("noise", 0.3, "noise 0.3"),
+    ("inverted", 1, "inverted"),
+)
 
 
 def robustness_at(robustness: dict[str, list[tuple[float, float]]], kind: str, value: float) -> float:
@@ -150,7 +155,7 @@ def robustness_at(robustness: dict[str, list[tuple[float, float]]], kind: str, v
 
 def headline_robustness(robustness: dict[str, list[tuple[float, float]]]) -> list[float]:
     """The accuracies at the :data:`HEADLINE` points, in their order."""
-    return [robustness_at(robustness, kind, value) for kind, value in HEADLINE]
+    return [robustness_at(robustness, kind, value) for kind, value, _ in HEADLINE]
 
 
 # ---------------------------------------------------------------- adversarial attacks
@@ -719,9 +724,11 @@ def evaluate_runs(
             + ", ".join(
                 f"{ev.class_names[c['true']]}->{ev.class_names[c['predicted']]} ({c['count']})" for c in ev.confused[:3]
             )
-            + f"; shifted 3 px {robustness_at(ev.robustness, 'shift', 3):.1f}%, "
-            f"rotated 30 deg {robustness_at(ev.robustness, 'rotation', 30):.1f}%, "
-            f"inverted {robustness_at(ev.robustness, 'inverted', 1):.1f}%"
+            + "; "
+            + ", ".join(
+                f"{label} {accuracy:.1f}%"
+                for (_, _, label), accuracy in zip(HEADLINE, headline_robustness(ev.robustness), strict=True)
+            )
         )
         _log_adversarial(ev, len(labels), log)
         evals.append(ev)
@@ -746,11 +753,8 @@ COMPARE_COLUMNS = (
     "accuracy %",
     "ECE %",
     "NLL",
-    "shift 3 px %",
-    "rotation 30° %",
-    "noise 0.3 %",
-    "inverted %",
-)  # the robustness columns are the HEADLINE points
+    *(f"{label} %" for _, _, label in HEADLINE),
+)
 
 
 def compare_row(ev: Evaluation) -> list[str]:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.models import ACTIVATIONS, BY_HAND
+from ..core.numpy_mlp import NumpyMLP
 from ..errors import MnistlabError
-from .numpy_mlp import NumpyMLP
 
 AUTOGRAD_TOL = 1e-8  # max |numpy - autograd| / max |autograd|, per parameter
 FD_TOL = 1e-6  # central differences in float64, relative to the gradient's scale

@@ -27,7 +27,7 @@ def check(cfg: Config) -> Config:
 
 
 def check_numpy_engine(cfg: Config) -> None:
-    """``train.engine = "numpy"``: the NumPy MLP (:mod:`mnistlab.analysis.numpy_train`) implements exactly the
+    """``train.engine = "numpy"``: the NumPy MLP (:mod:`mnistlab.core.numpy_train`) implements exactly the
     report's kind of training: plain SGD on an MLP with an activation it has by hand
     (:data:`mnistlab.core.models.BY_HAND`), in fp32, on the CPU."""
     m, o, d, t = cfg.model, cfg.optim, cfg.data, cfg.train

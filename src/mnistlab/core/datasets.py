@@ -98,8 +98,8 @@ class DatasetSpec:
         return [base + artefact.name for base in self.mirrors]
 
     def download_bytes(self) -> int | None:
-        sizes = [a.size for a in self.artefacts]
-        return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+        sizes = [a.size for a in self.artefacts if a.size is not None]
+        return sum(sizes) if len(sizes) == len(self.artefacts) else None  # one size unknown: the total is too
 
 
 def _idx_files(prefix: str = "", labels: str = "labels-idx1-ubyte") -> dict[str, str]:
@@ -618,8 +618,9 @@ def _load_verified(
     return ds
 
 
-def load_config(cfg: Config, log: Log = print, show_progress: bool = False) -> Dataset:
-    """The data a config names (``data.dataset``, ``data.dir``)."""
+def load_for(cfg: Config, log: Log = print, show_progress: bool = False) -> Dataset:
+    """The data a config names (``data.dataset``, ``data.dir``), as :func:`load` returns it (its errors too).
+    Not to be confused with :func:`mnistlab.core.checks.load_config`, which reads a config file."""
     return load(cfg.data.dataset, cfg.data.dir or None, log=log, show_progress=show_progress)
 
 

@@ -65,7 +65,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Trainer:
     if cfg.train.engine == "numpy":
-        from ..analysis.numpy_train import NumpyTrainer
+        from .numpy_train import NumpyTrainer
 
         return NumpyTrainer(cfg, dataset, torch.device("cpu"))
     return Trainer(cfg, dataset, device)
@@ -89,7 +89,7 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
         log(f"note: {device} has no bf16 support; falling back to fp32")
         cfg = checks.set_values(cfg, {"train.precision": "fp32"})
     if dataset is None:
-        dataset = datasets.load_config(cfg, log)
+        dataset = datasets.load_for(cfg, log)
     elif dataset.name != cfg.data.dataset:
         raise ConfigError(f"config key 'data.dataset' = {cfg.data.dataset!r} but the data given is {dataset.name}")
     return dataset, device, cfg

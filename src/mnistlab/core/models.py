@@ -28,7 +28,7 @@ class Activation:
     """An activation function of the registry: calling it makes its layer (an elementwise ``nn.Module``)."""
 
     layer: Callable[[], nn.Module]
-    by_hand: bool = False  # one of the report's four: the NumPy MLP (mnistlab.analysis.numpy_mlp) has it too
+    by_hand: bool = False  # one of the report's four: the NumPy MLP (mnistlab.core.numpy_mlp) has it too
 
     def __call__(self) -> nn.Module:
         return self.layer()
@@ -440,16 +440,27 @@ def init_parameters(model: nn.Module, scheme: str, generator: torch.Generator) -
         INITS[scheme](model, generator)
 
 
+def _option_kind(key: str) -> str:
+    """What takes the option ``key``, from the registry: "a CNN option", "an MLP option" or the archs' names."""
+    takers = [name for name, a in ARCHS.items() if key in a.options]
+    if all(ARCHS[name].conv for name in takers):
+        return "a CNN option"
+    if not any(ARCHS[name].conv for name in takers):
+        return "an MLP option"
+    return f"an option of model.arch = {' or '.join(map(repr, takers))}"
+
+
 def check(m: ModelConfig) -> None:
     """What the model registries support: names, and options that fit the architecture."""
     check_choice("model.arch", m.arch, ARCHS)
     check_choice("model.activation", m.activation, ACTIVATIONS)
     check_choice("model.init", m.init, INITS)
     defaults, arch = type(m)(), ARCHS[m.arch]
-    for kind, options in (("a CNN", CNN_OPTIONS), ("an MLP", MLP_OPTIONS)):
-        for key in options:
-            if key not in arch.options and getattr(m, key) != getattr(defaults, key):
-                raise ConfigError(f"config key 'model.{key}' is {kind} option and does not fit model.arch = {m.arch!r}")
+    for key in dict.fromkeys(k for a in ARCHS.values() for k in a.options):  # every arch-specific option, in order
+        if key not in arch.options and getattr(m, key) != getattr(defaults, key):
+            raise ConfigError(
+                f"config key 'model.{key}' is {_option_kind(key)} and does not fit model.arch = {m.arch!r}"
+            )
     check_value(m.width > 0, "model.width", m.width, "must be > 0")
     if m.freeze_first and not arch.conv:
         raise ConfigError(f"config key 'model.freeze_first' is a CNN option and does not fit model.arch = {m.arch!r}")

@@ -43,12 +43,17 @@ class EpochObserver(Protocol):
     def end(self, run_dir: Path, status: str) -> None: ...
 
 
-class StudyObserver(EpochObserver, Protocol):
-    """An observer that also groups a study's runs (an MLflow parent run)."""
+class StudyContext(Protocol):
+    """What groups a study's runs in a tracking store (an MLflow parent run): one tracker, or all of a
+    command's (:class:`mnistlab.output.tracking.Trackers`)."""
 
     def study(self, name: str, previous: dict[str, Any] | None = None) -> AbstractContextManager[dict[str, Any]]:
         """The study's context; yields its identity (recorded in study.json to continue the study later)."""
         ...
+
+
+class StudyObserver(EpochObserver, StudyContext, Protocol):
+    """An observer that also groups a study's runs (an MLflow parent run)."""
 
 
 def start_all(

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +43,9 @@ from .. import __version__
 from ..errors import MnistlabError
 from . import hardware
 from .config import Config, dumps, load
+
+if TYPE_CHECKING:
+    from .observers import StudyContext
 
 RUN_FILES = (
     "config.toml",
@@ -319,7 +322,12 @@ def validation_curves(study: Path, entries: Iterable[tuple[str, str, Iterable[in
 
 # ---------------------------------------------------------------- study directories
 
-STUDY_FILE = "study.json"
+STUDY_FILE = "study.json"  # every study's kind and trackers' identity
+TUNE_RECORD = "tune.json"  # tune's search: options, space, storage and tag (studies/tune.py)
+COMPARE_TABLE = "compare.md"  # compare's table, and its rows and run directories (studies/compare.py)
+COMPARE_RECORD = "compare.json"
+# kind -> files that mark a study of that kind made before study.json existed
+STUDY_MARKERS = {"tune": (TUNE_RECORD,), "compare": (COMPARE_TABLE, COMPARE_RECORD)}
 
 
 def study_kind(directory: Path) -> str | None:
@@ -330,10 +338,10 @@ def study_kind(directory: Path) -> str | None:
         return json.loads((d / STUDY_FILE).read_text())["kind"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if (d / "tune.json").is_file():
-        return "tune"
-    runs = d.glob(str(study_run_dir(".", "*", "*") / "run.json"))
-    if (d / "compare.md").is_file() or (d / "compare.json").is_file() or any(runs):
+    for kind, markers in STUDY_MARKERS.items():
+        if any((d / name).is_file() for name in markers):
+            return kind
+    if any(d.glob(str(study_run_dir(".", "*", "*") / "run.json"))):
         return "compare"
     if (d / "run.json").is_file() or (d / "config.toml").is_file():
         return "run"
@@ -361,3 +369,18 @@ def write_study(directory: Path, kind: str, **fields: Any) -> None:
     record = {**read_study(directory), "kind": kind, **fields}
     record.setdefault("created", now())
     atomic_write(Path(directory) / STUDY_FILE, json.dumps(record, indent=1) + "\n")
+
+
+@contextmanager
+def study_tracking(directory: Path, kind: str, tracker: StudyContext | None = None) -> Iterator[None]:
+    """Record the study's kind in study.json and, with ``tracker``, hold the study's tracking context (an
+    MLflow parent run) around the block: it continues the one recorded in study.json and records its identity
+    there. compare and tune run their studies inside it, so a library caller's study is recorded as the
+    CLI's is."""
+    if tracker is None:
+        write_study(directory, kind)
+        yield
+        return
+    with tracker.study(Path(directory).name, read_study(directory).get("tracking")) as identity:
+        write_study(directory, kind, **({"tracking": identity} if identity else {}))
+        yield

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 import shutil
@@ -75,7 +74,7 @@ TEXT: dict[str, dict[str, str]] = {
         "$\\delta$ denoting the gradient of the loss with respect to a layer's pre-activation:",
         "sgd_text": "and stochastic gradient descent moves every parameter against its gradient with learning "
         "rate $\\eta$:",
-        "gc_text": "mnistlab's NumPy MLP (`mnistlab.analysis.numpy_mlp`) implements exactly these equations. Checked "
+        "gc_text": "mnistlab's NumPy MLP (`mnistlab.core.numpy_mlp`) implements exactly these equations. Checked "
         "against PyTorch float64 autograd and central finite differences (`mnistlab gradcheck`), "
         "largest relative errors per activation:",
         "act_col": "activation",
@@ -176,7 +175,7 @@ TEXT: dict[str, dict[str, str]] = {
         "bp_text": "역전파는 연쇄 법칙으로 손실에서 모든 가중치까지 기울기를 거꾸로 전달한다. "
         "$\\delta$를 각 층의 활성화 이전 값에 대한 손실의 기울기라 하면:",
         "sgd_text": "확률적 경사 하강법은 학습률 $\\eta$로 모든 파라미터를 기울기의 반대 방향으로 움직인다:",
-        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.analysis.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
+        "gc_text": "mnistlab의 NumPy MLP(`mnistlab.core.numpy_mlp`)는 위 식을 그대로 구현한다. PyTorch float64 자동 미분과 "
         "중심 차분으로 검증한 결과(`mnistlab gradcheck`), 활성화 함수별 최대 상대 오차:",
         "act_col": "활성화 함수",
         "ag_col": "자동 미분 대비",
@@ -309,7 +308,7 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
 
 
 def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lang: str) -> str:
-    from ..analysis.activations import activation_figure, study_figures
+    from ..analysis.activations import activation_figure, read_activation_study, study_figures
 
     activation_figure(out / "activations.png", lang)
     parts = [f"## {t['act']}\n", t["act_text"] + "\n", t["act_defs"] + "\n"]
@@ -318,12 +317,7 @@ def _section_activations(t: dict[str, str], out: Path, act_dir: Path | None, lan
     if act_dir is None:
         parts.append(f"_{t['act_missing']}_\n")
         return "\n".join(parts)
-    try:
-        res = json.loads((act_dir / "activations.json").read_text())
-    except (OSError, ValueError):
-        raise MnistlabError(
-            f"{act_dir} holds no activation study (activations.json); run mnistlab activations"
-        ) from None
+    res = read_activation_study(act_dir)
     dead = "; ".join(f"{label}: {100 * r['dead_fraction'][-1]:.1f}%" for label, r in res["dead_relu"].items())
     g = res["gradients"]
     parts += [
@@ -481,8 +475,10 @@ def _run_outcome(t: dict[str, str], history: list[dict[str, Any]]) -> str:
 def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
     """Validation curves of a study's runs by config label, or None when its run directories are not there
     (a study kept as its tables only)."""
+    from ..studies.compare import read_record
+
     try:
-        doc = json.loads((study / "compare.json").read_text())
+        doc = read_record(study)
         return (
             validation_curves(
                 study,
@@ -490,17 +486,16 @@ def _study_curves(study: Path) -> dict[str, list[list[float]]] | None:
             )
             or None
         )
-    except (OSError, ValueError, KeyError, MnistlabError):
+    except (KeyError, TypeError, MnistlabError):
         return None
 
 
 def _section_compare(t: dict[str, str], studies: list[Path], out: Path, lang: str) -> str:
+    from ..studies.compare import read_table
+
     parts = [f"## {t['improve']}\n", t["improve_text"] + "\n"]
     for i, study in enumerate(studies, 1):
-        try:
-            parts.append((study / "compare.md").read_text())
-        except OSError:
-            raise MnistlabError(f"{study} holds no comparison (compare.md); run mnistlab compare first") from None
+        parts.append(read_table(study))
         curves = _study_curves(study)
         if curves:
             overlay_figure(
@@ -674,7 +669,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write ``report.md`` (+ PNGs) and ``report.html`` into ``out``."""
     if lang not in TEXT:
-        raise MnistlabError(f"unknown language {lang!r} (choose from {', '.join(TEXT)})")
+        raise MnistlabError(f"--lang {lang!r} is unknown (choose from {', '.join(TEXT)})")
     md = build_markdown(run_dirs, out, lang, compare_dirs, activations_dir, evaluate_dir)
     atomic_write(out / "report.md", md)
     atomic_write(out / "report.html", markdown_to_html(md, out, TEXT[lang]["title"], lang))

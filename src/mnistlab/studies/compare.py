@@ -9,13 +9,15 @@ run completed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import shutil
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,17 @@ import torch
 from ..core import checkpoint, checks, config, data, datasets
 from ..core.experiment import format_row, resume, run
 from ..core.metrics import predict_proba, summarize
-from ..core.runs import RunDir, atomic_write, remove_stale_temp, study_run_dir, validation_curves
+from ..core.runs import (
+    COMPARE_RECORD,
+    COMPARE_TABLE,
+    RunDir,
+    atomic_write,
+    check_study_dir,
+    remove_stale_temp,
+    study_run_dir,
+    study_tracking,
+    validation_curves,
+)
 from ..errors import DivergenceError, MnistlabError
 from ..output.plots import overlay_figure
 from ..text import md_cell, mean_epoch, plural
@@ -233,6 +245,28 @@ def mixed_threads(rows: list[StudyRow]) -> list[str]:
     ]
 
 
+@contextmanager
+def _study(cfgs: list[config.Config], seeds: int, out: Path, tracker: Trackers | None) -> Iterator[None]:
+    """A comparison's frame: ``out`` checked to hold no other kind of study, the study recorded in study.json
+    (with its trackers' identity, :func:`study_tracking`), and, whatever stops it, the table of the runs that
+    finished written first (the error that stopped it is the one raised)."""
+    check_study_dir(out, "compare")
+    with study_tracking(out, "compare", tracker):
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                write_outputs(current_rows(cfgs, seeds, out), out)
+            raise
+
+
+def _finish(rows: list[StudyRow], out: Path, ensemble: bool) -> list[StudyRow]:
+    if ensemble:
+        add_ensembles(rows, out)
+    write_outputs(rows, out)
+    return rows
+
+
 def run_study(
     cfgs: list[config.Config],
     seeds: int,
@@ -240,9 +274,19 @@ def run_study(
     log: Log = print,
     show_progress: bool = False,
     tracker: Trackers | None = None,
+    ensemble: bool = False,
 ) -> list[StudyRow]:
     """Train each config for ``seeds`` seeds, one run after another in this process; complete runs are
-    skipped and interrupted ones resumed from their checkpoints."""
+    skipped and interrupted ones resumed from their checkpoints. Writes the study's tables and curves
+    (:func:`write_outputs`; with ``ensemble``, each config's ensemble test accuracy too), and the table of the
+    finished runs when something stops it. Raises MnistlabError when ``out`` holds another kind of study."""
+    with _study(cfgs, seeds, out, tracker):
+        return _finish(_run_here(cfgs, seeds, out, log, show_progress, tracker), out, ensemble)
+
+
+def _run_here(
+    cfgs: list[config.Config], seeds: int, out: Path, log: Log, show_progress: bool, tracker: Trackers | None
+) -> list[StudyRow]:
     jobs = plan_study(cfgs, seeds, out)
     for job in jobs:
         if job.status in ("complete", "diverged"):
@@ -279,14 +323,31 @@ def run_study_ray(
     show_progress: bool = False,
     tracker: Trackers | None = None,
     epoch_lines: bool = False,
+    ensemble: bool = False,
 ) -> list[StudyRow]:
-    """The same study with each unfinished (config, seed) run as one Ray task on the ray_executor.
+    """The same study (:func:`run_study`: its outputs, records and errors) with each unfinished (config, seed)
+    run as one Ray task on the ray_executor.
 
     The driver (this process) owns ``out``: each finished run's files come back through Ray and are put
     in place atomically as it completes, so an interrupted study keeps every run that finished and a
     rerun skips them. Unfinished runs start over (their partial state lived on the workers). With
     ``epoch_lines``, each run's epochs are logged as they finish on the workers.
     """
+    with _study(cfgs, seeds, out, tracker):
+        rows = _run_on_ray(cfgs, seeds, out, options, log, show_progress, tracker, epoch_lines)
+        return _finish(rows, out, ensemble)
+
+
+def _run_on_ray(
+    cfgs: list[config.Config],
+    seeds: int,
+    out: Path,
+    options: ray_executor.RayOptions,
+    log: Log,
+    show_progress: bool,
+    tracker: Trackers | None,
+    epoch_lines: bool,
+) -> list[StudyRow]:
     from tqdm import tqdm
 
     from . import ray_executor
@@ -298,7 +359,7 @@ def run_study_ray(
             log(f"{job.title}: {job.status}, skipped")
     if not todo:
         return study_rows(cfgs, jobs)
-    dataset = datasets.load_config(cfgs[0], log)  # the study's configs share one dataset (load_configs)
+    dataset = datasets.load_for(cfgs[0], log)  # the study's configs share one dataset (load_configs)
     with ray_executor.task_loop(options, dataset, log, tracker, format_row if epoch_lines else None) as loop:
         for job in todo:
             loop.submit(ray_executor.RunTask(job.cfg, job.run_dir.path, job.title, key=job))
@@ -474,15 +535,40 @@ def markdown_table(rows: list[StudyRow]) -> str:
 def write_outputs(rows: list[StudyRow], out: Path) -> None:
     """compare.md, compare.csv, compare.json and curves.png (validation accuracy per epoch, all configs)."""
     recs = table_records(rows)
-    atomic_write(out / "compare.md", markdown_table(rows))
+    atomic_write(out / COMPARE_TABLE, markdown_table(rows))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows({k: ("" if v is None else v) for k, v in rec.items()} for rec in recs)
     atomic_write(out / "compare.csv", buf.getvalue())
-    atomic_write(out / "compare.json", json.dumps({"rows": recs, "runs": {r.name: r.runs for r in rows}}, indent=1))
+    atomic_write(out / COMPARE_RECORD, json.dumps({"rows": recs, "runs": {r.name: r.runs for r in rows}}, indent=1))
     curves = validation_curves(out, [(r.label, r.name, [s["seed"] for s in r.runs]) for r in rows])
     if curves:
         overlay_figure(
             curves, out / "curves.png", title="Validation accuracy per epoch (mean over seeds, min-max band)"
         )
+
+
+def read_table(study: Path) -> str:
+    """A study's compare.md (its Markdown table), as :func:`write_outputs` wrote it.
+
+    Raises MnistlabError when ``study`` holds none."""
+    try:
+        return (Path(study) / COMPARE_TABLE).read_text()
+    except OSError:
+        raise MnistlabError(f"{study} holds no comparison ({COMPARE_TABLE}); run mnistlab compare first") from None
+
+
+def read_record(study: Path) -> dict[str, Any]:
+    """A study's compare.json, as :func:`write_outputs` wrote it: ``{"rows": [table_records row, ...],
+    "runs": {config name: [run summary with "seed", ...]}}``.
+
+    Raises MnistlabError when ``study`` holds none or it is not that shape."""
+    path = Path(study) / COMPARE_RECORD
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise MnistlabError(f"{path} is missing or unreadable; run mnistlab compare again") from None
+    if not (isinstance(doc, dict) and isinstance(doc.get("rows"), list) and isinstance(doc.get("runs"), dict)):
+        raise MnistlabError(f"{path} is not a comparison's record (rows, runs)")
+    return doc

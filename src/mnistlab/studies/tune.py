@@ -39,13 +39,21 @@ from ..core import checkpoint, checks, config, data, datasets
 from ..core.experiment import StopRun, resume, run
 from ..core.metrics import summarize
 from ..core.observers import EpochObserver, OnEpoch, RunStart
-from ..core.runs import RUN_FILES, RunDir, atomic_write, check_study_dir, write_study
+from ..core.runs import (
+    LOCK_FILE,
+    RUN_FILES,
+    STUDY_FILE,
+    TUNE_RECORD,
+    RunDir,
+    atomic_write,
+    check_study_dir,
+    study_tracking,
+)
 from ..errors import ConfigError, DivergenceError, MnistlabError
 from ..text import plural
 from .space import Param, space_to_dict
 
 Log = Callable[[str], None]
-STUDY_FILE = "tune.json"
 DEFAULT_STORAGE = "study.db"  # in the study directory; recorded relative, so a moved study resumes
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "none")
@@ -510,7 +518,7 @@ def _same_storage(old: Any, new: str) -> bool:
 
 def _existing_tag(out: Path, record: dict[str, Any]) -> str | None:
     """The tag of the study ``out`` holds (None: a new study); refuse a directory that holds another study."""
-    path = out / STUDY_FILE
+    path = out / TUNE_RECORD
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -520,7 +528,7 @@ def _existing_tag(out: Path, record: dict[str, Any]) -> str | None:
             if not (_same_storage(old.get(k), record[k]) if k == "storage" else old.get(k) == record[k]):
                 raise MnistlabError(f"{out} holds another study (its {k} differs); choose another --out")
         return old["tag"]
-    if out.is_dir() and not {p.name for p in out.iterdir()} <= {".mnistlab.lock", DEFAULT_STORAGE, "study.json"}:
+    if out.is_dir() and not {p.name for p in out.iterdir()} <= {LOCK_FILE, DEFAULT_STORAGE, STUDY_FILE}:
         raise MnistlabError(f"{out} is not empty and holds no study; choose another --out")
     return None
 
@@ -570,26 +578,38 @@ def tune(
         ) from None
     if tag is None:
         tag = uuid.uuid4().hex
-        atomic_write(out / STUDY_FILE, json.dumps({**record, "tag": tag}, indent=1) + "\n")
-    write_study(out, "tune")
-    dataset = datasets.load_config(base, log)
-    trials_dir = out / "trials"
-    trials_dir.mkdir(exist_ok=True)
-    deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
-    search = _Search(
-        study, storage, base, params, trials, trials_dir, dataset, tag, options, log, tracker, show_progress, deadline
-    )
-    try:
-        if ray_options is None:
-            _search_here(search, epoch_lines)
-        else:
-            _search_on_ray(search, ray_options, epoch_lines)
-    except BaseException:
-        # the finished trials' tables and best.toml, whatever stopped the search (its error is the one to report)
-        with contextlib.suppress(Exception):
-            write_outputs(study, base, params, out)
-        raise
-    best = write_outputs(study, base, params, out)
+        atomic_write(out / TUNE_RECORD, json.dumps({**record, "tag": tag}, indent=1) + "\n")
+    with study_tracking(out, "tune", tracker):  # study.json: the kind and the trackers' identity
+        dataset = datasets.load_for(base, log)
+        trials_dir = out / "trials"
+        trials_dir.mkdir(exist_ok=True)
+        deadline = None if timeout_minutes is None else time.monotonic() + 60 * timeout_minutes
+        search = _Search(
+            study,
+            storage,
+            base,
+            params,
+            trials,
+            trials_dir,
+            dataset,
+            tag,
+            options,
+            log,
+            tracker,
+            show_progress,
+            deadline,
+        )
+        try:
+            if ray_options is None:
+                _search_here(search, epoch_lines)
+            else:
+                _search_on_ray(search, ray_options, epoch_lines)
+        except BaseException:
+            # the finished trials' tables and best.toml, whatever stopped the search (its error is the one to report)
+            with contextlib.suppress(Exception):
+                write_outputs(study, base, params, out)
+            raise
+        best = write_outputs(study, base, params, out)
     S = optuna.trial.TrialState
     spent = len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED))) >= trials
     if search.timed_out and not spent:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..core import data
-from ..core.config import Config
-from ..core.train import Split, Trainer
+from . import data
+from .config import Config
 from .numpy_mlp import NumpyMLP
+from .train import Split, Trainer
 
 
 class NumpyTrainer(Trainer):
