@@ -64,6 +64,28 @@ def trained_run(tmp_path_factory) -> Path:
     return out
 
 
+def train_tiny(data_dir: Path | str, out: Path | str, *extra: str, epochs: int = 1, hidden: int = 8) -> int:
+    """``mnistlab train`` of a tiny MLP (one hidden layer of ``hidden`` units) on ``data_dir`` into ``out``,
+    quietly; ``extra``: more command-line arguments. Returns the command's exit code."""
+    from mnistlab.cli import main
+
+    return main(
+        [
+            "train",
+            "--data-dir",
+            str(data_dir),
+            "--epochs",
+            str(epochs),
+            "--hidden",
+            str(hidden),
+            "--quiet",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
 def interrupt_at_epoch(monkeypatch, n: int) -> None:
     """Make the n-th call of Trainer.train_epoch (counted across trainers) raise KeyboardInterrupt,
     as Ctrl-C would; ``monkeypatch.undo()`` restores training."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import train_tiny
 from mnistlab.analysis import activations
 from mnistlab.cli import main
 from mnistlab.core import data
@@ -62,23 +63,7 @@ def test_activations_command(small_mnist_dir, tmp_path, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def short_run(small_mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report_run") / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "6",
-                "--hidden",
-                "32",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, out, epochs=6, hidden=32) == 0
     return out
 
 

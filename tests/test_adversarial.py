@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_trained
+from conftest import tiny_trained, train_tiny
 from mnistlab.analysis import evaluate as ev
 from mnistlab.cli import main
 from mnistlab.core import adversarial, checkpoint, checks, config, data
@@ -63,27 +63,18 @@ def noisy_ema_run(small_mnist_dir, tmp_path_factory):
     """A run whose training is random (dropout, noise) and whose saved weights are an EMA."""
     out = tmp_path_factory.mktemp("adv") / "run"
     assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "1",
-                "--hidden",
-                "32",
-                "--quiet",
-                "--set",
-                "model.dropout=0.3",
-                "--set",
-                "model.noise_std=0.3",
-                "--set",
-                "regularize.ema=true",
-                "--set",
-                "regularize.ema_decay=0.9",
-                "--out",
-                str(out),
-            ]
+        train_tiny(
+            small_mnist_dir,
+            out,
+            "--set",
+            "model.dropout=0.3",
+            "--set",
+            "model.noise_std=0.3",
+            "--set",
+            "regularize.ema=true",
+            "--set",
+            "regularize.ema_decay=0.9",
+            hidden=32,
         )
         == 0
     )

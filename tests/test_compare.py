@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import interrupt_at_epoch
+from conftest import interrupt_at_epoch, train_tiny
 from mnistlab.cli import main
 from mnistlab.core.runs import study_run_dir
 from mnistlab.errors import MnistlabError
@@ -90,25 +90,7 @@ def test_ensemble_command(small_mnist_dir, tmp_path, capsys):
     dirs = []
     for seed in (1, 2):
         out = tmp_path / f"r{seed}"
-        assert (
-            main(
-                [
-                    "train",
-                    "--data-dir",
-                    str(small_mnist_dir),
-                    "--epochs",
-                    "1",
-                    "--hidden",
-                    "16",
-                    "--seed",
-                    str(seed),
-                    "--quiet",
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+        assert train_tiny(small_mnist_dir, out, "--seed", str(seed), hidden=16) == 0
         dirs.append(str(out))
     capsys.readouterr()
     assert main(["ensemble", *dirs]) == 0
@@ -118,23 +100,7 @@ def test_ensemble_command(small_mnist_dir, tmp_path, capsys):
 def test_final_model_mode(small_mnist_dir, tmp_path, capsys):
     """`mnistlab final RUN_DIR`: train + validation, for the epoch count validation chose."""
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "4",
-                "--hidden",
-                "16",
-                "--quiet",
-                "--out",
-                str(run),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, run, epochs=4, hidden=16) == 0
     best = json.loads((run / "run.json").read_text())["summary"]["best_epoch"]
     out = tmp_path / "final"
     assert main(["final", str(run), "--out", str(out), "--quiet"]) == 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_tiny
 from mnistlab.analysis import evaluate as ev
 from mnistlab.cli import main
 
@@ -108,46 +109,12 @@ def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, cap
     assert main(["evaluate", str(tmp_path / "empty")]) == 2
     assert "not a trained run directory" in capsys.readouterr().err
     other = tmp_path / "other"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--out",
-                str(other),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, other) == 0
     assert main(["evaluate", str(trained_run), str(other), "--out", str(tmp_path / "ev2")]) == 2
     err = capsys.readouterr().err
     assert "trained on other data" in err and err.count("\n") == 1
     final = tmp_path / "final"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--set",
-                "data.train_on_val=true",
-                "--out",
-                str(final),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, final, "--set", "data.train_on_val=true") == 0
     capsys.readouterr()
     assert main(["evaluate", str(final), "--split", "val", "--out", str(tmp_path / "ev3")]) == 2
     err = capsys.readouterr().err
@@ -157,23 +124,7 @@ def test_evaluate_command_end_to_end(trained_run, small_mnist_dir, tmp_path, cap
 def test_validation_split_is_the_runs_own(small_mnist_dir, tmp_path):
     """--split val rebuilds the run's validation images: its accuracy equals the run's best val_acc."""
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "2",
-                "--hidden",
-                "16",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, out, epochs=2, hidden=16) == 0
     e = ev.evaluate_run(out, "val")[0]
     info = json.loads((out / "run.json").read_text())
     assert e.accuracy == pytest.approx(info["summary"]["best_val_acc"], abs=1e-6)

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import idx_bytes
+from conftest import idx_bytes, train_tiny
 from mnistlab.cli import main
 from mnistlab.core import checkpoint, data
 from mnistlab.core.runs import RunDir, study_lock
@@ -72,20 +72,7 @@ def test_full_disk_is_one_line_and_leaves_consistent_files(small_mnist_dir, tiny
 
     filler = threading.Thread(target=fill_when_two_epochs_are_written)
     filler.start()
-    code = main(
-        [
-            "train",
-            "--data-dir",
-            str(small_mnist_dir),
-            "--epochs",
-            "300",
-            "--hidden",
-            "256",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    code = train_tiny(small_mnist_dir, out, epochs=300, hidden=256)
     filler.join()
     assert code == 2
     _one_line(capsys, "cannot write", "No space left on device")
@@ -110,24 +97,7 @@ def test_out_into_a_folder_of_other_files_is_refused(small_mnist_dir, tmp_path, 
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
     for extra in ([], ["--overwrite"]):
-        assert (
-            main(
-                [
-                    "train",
-                    "--data-dir",
-                    str(small_mnist_dir),
-                    "--epochs",
-                    "1",
-                    "--hidden",
-                    "8",
-                    "--quiet",
-                    "--out",
-                    str(out),
-                    *extra,
-                ]
-            )
-            == 2
-        )
+        assert train_tiny(small_mnist_dir, out, *extra) == 2
         _one_line(capsys, "holds files that are not a run's (notes.txt)")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -149,23 +119,7 @@ def test_stale_temporary_files_are_removed_on_resume(small_mnist_dir, tmp_path, 
 
     out = tmp_path / "run"
     interrupt_at_epoch(monkeypatch, 2)
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "2",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 130
-    )
+    assert train_tiny(small_mnist_dir, out, epochs=2) == 130
     monkeypatch.undo()
     (out / ".metrics.csv.x1y2.tmp").write_text("half")  # what a kill mid-write leaves
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
@@ -293,25 +247,7 @@ _json_values = st.recursive(
 @pytest.fixture(scope="module")
 def good_checkpoint(small_mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "1",
-                "--hidden",
-                "4",
-                "--quiet",
-                "--out",
-                str(out),
-                "--set",
-                "optim.momentum=0.5",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, out, "--set", "optim.momentum=0.5", hidden=4) == 0
     return checkpoint.load(RunDir(out))
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import interrupt_at_epoch
+from conftest import interrupt_at_epoch, train_tiny
 from mnistlab.cli import main
 from mnistlab.core import checkpoint
 
@@ -144,23 +144,7 @@ def test_kill_between_a_runs_files_resumes_exactly(small_mnist_dir, tmp_path, wr
 
 def test_resume_refusals(small_mnist_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, out) == 0
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--quiet"]) == 2
     assert "already complete" in capsys.readouterr().err
@@ -178,25 +162,7 @@ def stopped_run(small_mnist_dir, tmp_path, monkeypatch):
     """A run interrupted after 2 of 4 epochs (momentum: optimizer state in the checkpoint)."""
     out = tmp_path / "run"
     interrupt_at_epoch(monkeypatch, 3)
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "4",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--out",
-                str(out),
-                "--set",
-                "optim.momentum=0.9",
-            ]
-        )
-        == 130
-    )
+    assert train_tiny(small_mnist_dir, out, "--set", "optim.momentum=0.9", epochs=4) == 130
     monkeypatch.undo()
     return out
 
@@ -278,23 +244,7 @@ def test_changed_config_on_resume_is_refused(stopped_run, capsys, config_text, m
 def test_run_killed_before_its_first_epoch_says_what_to_do(small_mnist_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "early"
     interrupt_at_epoch(monkeypatch, 1)
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "2",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--out",
-                str(out),
-            ]
-        )
-        == 130
-    )
+    assert train_tiny(small_mnist_dir, out, epochs=2) == 130
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert "before its first epoch finished" in err and "kept" not in err
@@ -305,25 +255,7 @@ def test_run_killed_before_its_first_epoch_says_what_to_do(small_mnist_dir, tmp_
 
 def test_checkpoint_files_hold_no_pickle(small_mnist_dir, tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--quiet",
-                "--out",
-                str(out),
-                "--set",
-                "optim.name='adam'",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, out, "--set", "optim.name='adam'") == 0
     for name in ("checkpoint.safetensors", "best.safetensors"):
         raw = (out / name).read_bytes()
         header_len = int.from_bytes(raw[:8], "little")

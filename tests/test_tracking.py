@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import train_tiny
 from mnistlab.cli import main
 
 
@@ -25,27 +26,7 @@ def test_train_tracked_in_tensorboard_and_mlflow(small_mnist_dir, tmp_path, mlfl
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data-dir",
-                str(small_mnist_dir),
-                "--epochs",
-                "3",
-                "--hidden",
-                "16",
-                "--quiet",
-                "--out",
-                str(out),
-                "--track",
-                "tensorboard",
-                "--track",
-                "mlflow",
-            ]
-        )
-        == 0
-    )
+    assert train_tiny(small_mnist_dir, out, "--track", "tensorboard", "--track", "mlflow", epochs=3, hidden=16) == 0
     history = json.loads((out / "metrics.json").read_text())
 
     acc = EventAccumulator(str(out / "tensorboard"))
