@@ -580,17 +580,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .deploy.export import check_onnx, export_onnx
+    from .deploy.export import export_onnx
 
-    export_onnx(args.run_dir, args.onnx)
-    c = check_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)
+    c = export_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)  # written only when its check passed
     print(
-        f"wrote {args.onnx}; onnxruntime check on {c.images:,} test images: max |logit difference| "
-        f"{c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
+        f"{'wrote' if c.ok else 'did not write'} {args.onnx}; onnxruntime check on {c.images:,} test images: max "
+        f"|logit difference| {c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
         f"test accuracy {c.onnx_test_acc:.2f}% (torch {c.torch_test_acc:.2f}%)"
     )
     if not c.ok:
-        print("mnistlab: error: the ONNX model does not reproduce the torch model", file=sys.stderr)
+        print("mnistlab: error: the ONNX model does not reproduce the torch model; nothing written", file=sys.stderr)
         return 1
     return 0
 
