@@ -718,3 +718,62 @@ def test_the_web_page_and_api_speak_the_runs_classes(fashion_run, tmp_path):
     body = client.post("/api/predict", content=Path(path).read_bytes(), headers={"Content-Type": "image/png"}).json()
     assert body["classes"] == list(FASHION_CLASSES) and body["label"] == FASHION_CLASSES[body["prediction"]]
     assert client.get("/api/health").json()["dataset"] == "fashion-mnist"
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_readers_of_a_run_say_the_folder_is_not_the_runs_data(trained_run, tmp_path, capsys):
+    """export, ensemble, final and evaluate have no --dataset: a --data-dir holding another dataset is "not
+    the run's data", naming the dataset the run was trained on (the hint was "pass --dataset X")."""
+    other = ["--data-dir", str(FASHION_DIR)]
+    for cmd in (
+        ["export", str(trained_run), "--onnx", str(tmp_path / "m.onnx")],
+        ["ensemble", str(trained_run)],
+        ["final", str(trained_run), "--quiet", "--out", str(tmp_path / "f")],
+        ["evaluate", str(trained_run), "--out", str(tmp_path / "ev")],
+    ):
+        assert main([*cmd, *other]) == 2, cmd
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"{FASHION_DIR} holds fashion-mnist, not the run's data: {trained_run} was trained on mnist" in err
+        assert "--dataset" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["ensemble", str(trained_run)]) == 0  # the easy case: the run's own (bundled) data
+
+
+def test_read_only_commands_never_create_or_fetch_into_a_data_dir(fashion_run, tmp_path, capsys, monkeypatch):
+    """A mistyped --data-dir on evaluate, ensemble, export or final was created and fetched into (a
+    Fashion-MNIST run left /nonexist/.mnistlab-fetch.lock): a folder that does not exist and a path that is a
+    file are one line, exit 2, nothing created. Training still fetches into a new folder."""
+    monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "cache"))
+    missing, a_file = tmp_path / "nonexist", tmp_path / "file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "out"
+    commands = [
+        ["evaluate", str(fashion_run), "--out", str(out / "ev")],
+        ["ensemble", str(fashion_run)],
+        ["export", str(fashion_run), "--onnx", str(out / "m.onnx")],
+        ["final", str(fashion_run), "--quiet", "--out", str(out / "f")],
+    ]
+    for cmd in commands:
+        for path, says in ((missing, "does not exist"), (a_file, "is not a directory")):
+            assert main([*cmd, "--data-dir", str(path)]) == 2, cmd
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"--data-dir {path} {says}" in err, (cmd, err)
+    assert not missing.exists() and not out.exists() and not (tmp_path / "cache").exists()
+    assert a_file.read_text() == "not a folder"
+    assert main([*commands[1], "--data-dir", str(FASHION_DIR)]) == 0  # the easy case: the run's data, found
+
+
+def test_evaluate_checks_every_runs_data_before_writing_anything(trained_run, fashion_run, tmp_path, capsys):
+    """`evaluate RUN_A RUN_B` with runs of different datasets evaluated A in full (11 files) and then
+    refused: now every run's data is checked first, and --out is made only when the work starts."""
+    for pair in ((trained_run, fashion_run), (fashion_run, trained_run)):
+        out = tmp_path / "ev"
+        assert main(["evaluate", *map(str, pair), "--attack-images", "0", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "was trained on other data" in err and "one dataset" in err, err
+        assert not out.exists()
+    # the easy case: two runs of one dataset are evaluated side by side
+    out = tmp_path / "ok"
+    assert main(["evaluate", str(fashion_run), str(fashion_run), "--attack-images", "0", "--out", str(out)]) == 0
+    assert (out / "compare.md").is_file() and (out / "report_mlp_2" / "summary.json").is_file()
