@@ -345,13 +345,20 @@ def test_datasets_command_lists_the_family(capsys, cache):
     out = capsys.readouterr().out
     for name in ("mnist", "fashion-mnist", "kmnist", "qmnist", "emnist-balanced", "emnist-letters", "emnist-digits"):
         assert f"| {name} |" in out
-    assert "| mnist | 10 | 60,000 / 10,000 | CC BY-SA 3.0 | bundled (offline) |" in out
+    assert "| mnist | 10 | 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 | 60,000 / 10,000 | CC BY-SA 3.0 | bundled (offline) |" in out
+    assert (
+        "| fashion-mnist | 10 | T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot |"
+        in out
+    )
+    assert "| emnist-letters | 26 | A/a, B/b, C/c, D/d, E/e, F/f, G/g, H/h, I/i, J/j, ... |" in out
     assert "CC BY-SA 4.0" in out and "MIT (Zalando SE)" in out and str(cache) in out
     if FASHION_DIR.is_dir():
         assert f"installed at {FASHION_DIR} (offline)" in out
     assert main(["datasets", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["emnist-letters"]["classes"] == 26 and "transposed" in rows["emnist-letters"]["quirks"]
+    assert rows["fashion-mnist"]["class_names"] == list(FASHION_CLASSES)  # issue 21: the classes by name
+    assert rows["kmnist"]["class_names"][0] == "お (o)" and len(rows["emnist-balanced"]["class_names"]) == 47
     assert "1812.01718" in rows["kmnist"]["citation"]
 
 
@@ -670,6 +677,8 @@ def test_the_reports_mlp_on_real_fashion_mnist(fashion_run, tmp_path, capsys):
     )
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Fashion-MNIST's 60,000 training images" in md and "the 10,000 test images" in md
+    assert md.startswith("# Artificial Neural Networks on Fashion-MNIST: a report generated from real runs\n")
+    assert "<title>Artificial Neural Networks on Fashion-MNIST" in (tmp_path / "report" / "report.html").read_text()
     pairs = next(line for line in md.splitlines() if line.startswith("Most confused pairs"))
     assert sum(name in pairs for name in FASHION_CLASSES) >= 2, pairs
     capsys.readouterr()
@@ -714,6 +723,7 @@ def test_the_web_page_and_api_speak_the_runs_classes(fashion_run, tmp_path):
     client = TestClient(create_app(fashion_run))
     page = client.get("/").text
     assert "<h1>Draw: fashion-mnist</h1>" in page and "Ankle boot" in page
+    assert "like any Fashion-MNIST item: " in page and "like a digit" not in page  # its items, not digits
     (path,) = _fashion_test_pngs(tmp_path, 1)
     body = client.post("/api/predict", content=Path(path).read_bytes(), headers={"Content-Type": "image/png"}).json()
     assert body["classes"] == list(FASHION_CLASSES) and body["label"] == FASHION_CLASSES[body["prediction"]]

@@ -136,6 +136,7 @@ def test_too_few_epochs_to_judge_convergence_is_said_so(trained_run, tmp_path):
     """The session's run has 2 epochs; the convergence rule needs 5: no "from epoch - on"."""
     assert main(["report", str(trained_run), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.startswith("# Artificial Neural Networks on MNIST: a report generated from real runs\n")  # its dataset
     assert "Convergence cannot be judged from 2 epochs (the rule needs at least 5)" in md
     assert "from epoch **-**" not in md and "best validation accuracy" in md.lower()
 

@@ -443,3 +443,11 @@ def test_binary_noise_is_flagged_and_digits_are_not(trained_run, mnist):
         assert sum("scattered" in p.unlike_digit for p in preds) >= 8, side
     digits = clf.predict(list(mnist.test_images[:300].numpy()))
     assert not any(p.unlike_digit and "scattered" in p.unlike_digit for p in digits)
+
+
+def test_predicting_no_images_is_one_line(trained_run, mnist):
+    """predict([]) was numpy's "need at least one array to stack"; one image is the easy case."""
+    clf = mnistlab.load_model(trained_run)
+    with pytest.raises(predict.ImageError, match=r"^no images given$"):
+        clf.predict([])
+    assert clf.predict(mnist.test_images[0].numpy())[0].prediction == int(mnist.test_labels[0])

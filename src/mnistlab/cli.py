@@ -620,6 +620,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             "name": s.name,
             "title": s.title,
             "classes": s.n_classes,
+            "class_names": list(s.classes),  # by label
             "train": s.sizes[0],
             "test": s.sizes[1],
             "download_bytes": s.download_bytes(),
@@ -634,10 +635,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return 0
-    print("| dataset | classes | train / test images | licence | available |")
-    print("| --- | ---: | ---: | --- | --- |")
-    for r in rows:
-        print(f"| {r['name']} | {r['classes']} | {r['train']:,} / {r['test']:,} | {r['licence']} | {r['available']} |")
+    from .text import md_cell
+
+    print("| dataset | classes | class names | train / test images | licence | available |")
+    print("| --- | ---: | --- | ---: | --- | --- |")
+    for r, spec in zip(rows, (datasets.REGISTRY[n] for n in datasets.names()), strict=True):
+        names = ", ".join(spec.classes[:10]) + (", ..." if spec.n_classes > 10 else "")
+        print(
+            f"| {r['name']} | {r['classes']} | {md_cell(names)} | {r['train']:,} / {r['test']:,} | {r['licence']} "
+            f"| {r['available']} |"
+        )
     print(
         f"cache: {datasets.cache_dir()} (set {datasets.CACHE_ENV} to move it); fetch ahead with "
         f"`mnistlab datasets --fetch NAME`"

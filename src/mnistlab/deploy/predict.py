@@ -508,9 +508,11 @@ class Classifier:
 
     def predict(self, images: Sequence[Any] | Any) -> list[Prediction]:
         """Predict file paths, bytes, PIL images, NumPy arrays or torch tensors (one or a list), each read by
-        :func:`preprocess`; raises :class:`ImageError` for one that holds no readable digit."""
+        :func:`preprocess`; raises :class:`ImageError` for one that holds no readable digit, or for none at all."""
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if not images:
+            raise ImageError("no images given")
         inputs = np.stack([preprocess(im, frame=self.frame) for im in images])
         probs = self.probabilities(inputs)
         names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
