@@ -345,13 +345,20 @@ def test_datasets_command_lists_the_family(capsys, cache):
     out = capsys.readouterr().out
     for name in ("mnist", "fashion-mnist", "kmnist", "qmnist", "emnist-balanced", "emnist-letters", "emnist-digits"):
         assert f"| {name} |" in out
-    assert "| mnist | 10 | 60,000 / 10,000 | CC BY-SA 3.0 | bundled (offline) |" in out
+    assert "| mnist | 10 | 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 | 60,000 / 10,000 | CC BY-SA 3.0 | bundled (offline) |" in out
+    assert (
+        "| fashion-mnist | 10 | T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot |"
+        in out
+    )
+    assert "| emnist-letters | 26 | A/a, B/b, C/c, D/d, E/e, F/f, G/g, H/h, I/i, J/j, ... |" in out
     assert "CC BY-SA 4.0" in out and "MIT (Zalando SE)" in out and str(cache) in out
     if FASHION_DIR.is_dir():
         assert f"installed at {FASHION_DIR} (offline)" in out
     assert main(["datasets", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["emnist-letters"]["classes"] == 26 and "transposed" in rows["emnist-letters"]["quirks"]
+    assert rows["fashion-mnist"]["class_names"] == list(FASHION_CLASSES)  # issue 21: the classes by name
+    assert rows["kmnist"]["class_names"][0] == "お (o)" and len(rows["emnist-balanced"]["class_names"]) == 47
     assert "1812.01718" in rows["kmnist"]["citation"]
 
 
@@ -670,6 +677,8 @@ def test_the_reports_mlp_on_real_fashion_mnist(fashion_run, tmp_path, capsys):
     )
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Fashion-MNIST's 60,000 training images" in md and "the 10,000 test images" in md
+    assert md.startswith("# Artificial Neural Networks on Fashion-MNIST: a report generated from real runs\n")
+    assert "<title>Artificial Neural Networks on Fashion-MNIST" in (tmp_path / "report" / "report.html").read_text()
     pairs = next(line for line in md.splitlines() if line.startswith("Most confused pairs"))
     assert sum(name in pairs for name in FASHION_CLASSES) >= 2, pairs
     capsys.readouterr()
@@ -714,7 +723,67 @@ def test_the_web_page_and_api_speak_the_runs_classes(fashion_run, tmp_path):
     client = TestClient(create_app(fashion_run))
     page = client.get("/").text
     assert "<h1>Draw: fashion-mnist</h1>" in page and "Ankle boot" in page
+    assert "like any Fashion-MNIST item: " in page and "like a digit" not in page  # its items, not digits
     (path,) = _fashion_test_pngs(tmp_path, 1)
     body = client.post("/api/predict", content=Path(path).read_bytes(), headers={"Content-Type": "image/png"}).json()
     assert body["classes"] == list(FASHION_CLASSES) and body["label"] == FASHION_CLASSES[body["prediction"]]
     assert client.get("/api/health").json()["dataset"] == "fashion-mnist"
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_readers_of_a_run_say_the_folder_is_not_the_runs_data(trained_run, tmp_path, capsys):
+    """export, ensemble, final and evaluate have no --dataset: a --data-dir holding another dataset is "not
+    the run's data", naming the dataset the run was trained on (the hint was "pass --dataset X")."""
+    other = ["--data-dir", str(FASHION_DIR)]
+    for cmd in (
+        ["export", str(trained_run), "--onnx", str(tmp_path / "m.onnx")],
+        ["ensemble", str(trained_run)],
+        ["final", str(trained_run), "--quiet", "--out", str(tmp_path / "f")],
+        ["evaluate", str(trained_run), "--out", str(tmp_path / "ev")],
+    ):
+        assert main([*cmd, *other]) == 2, cmd
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"{FASHION_DIR} holds fashion-mnist, not the run's data: {trained_run} was trained on mnist" in err
+        assert "--dataset" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["ensemble", str(trained_run)]) == 0  # the easy case: the run's own (bundled) data
+
+
+def test_read_only_commands_never_create_or_fetch_into_a_data_dir(fashion_run, tmp_path, capsys, monkeypatch):
+    """A mistyped --data-dir on evaluate, ensemble, export or final was created and fetched into (a
+    Fashion-MNIST run left /nonexist/.mnistlab-fetch.lock): a folder that does not exist and a path that is a
+    file are one line, exit 2, nothing created. Training still fetches into a new folder."""
+    monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "cache"))
+    missing, a_file = tmp_path / "nonexist", tmp_path / "file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "out"
+    commands = [
+        ["evaluate", str(fashion_run), "--out", str(out / "ev")],
+        ["ensemble", str(fashion_run)],
+        ["export", str(fashion_run), "--onnx", str(out / "m.onnx")],
+        ["final", str(fashion_run), "--quiet", "--out", str(out / "f")],
+    ]
+    for cmd in commands:
+        for path, says in ((missing, "does not exist"), (a_file, "is not a directory")):
+            assert main([*cmd, "--data-dir", str(path)]) == 2, cmd
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"--data-dir {path} {says}" in err, (cmd, err)
+    assert not missing.exists() and not out.exists() and not (tmp_path / "cache").exists()
+    assert a_file.read_text() == "not a folder"
+    assert main([*commands[1], "--data-dir", str(FASHION_DIR)]) == 0  # the easy case: the run's data, found
+
+
+def test_evaluate_checks_every_runs_data_before_writing_anything(trained_run, fashion_run, tmp_path, capsys):
+    """`evaluate RUN_A RUN_B` with runs of different datasets evaluated A in full (11 files) and then
+    refused: now every run's data is checked first, and --out is made only when the work starts."""
+    for pair in ((trained_run, fashion_run), (fashion_run, trained_run)):
+        out = tmp_path / "ev"
+        assert main(["evaluate", *map(str, pair), "--attack-images", "0", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "was trained on other data" in err and "one dataset" in err, err
+        assert not out.exists()
+    # the easy case: two runs of one dataset are evaluated side by side
+    out = tmp_path / "ok"
+    assert main(["evaluate", str(fashion_run), str(fashion_run), "--attack-images", "0", "--out", str(out)]) == 0
+    assert (out / "compare.md").is_file() and (out / "report_mlp_2" / "summary.json").is_file()

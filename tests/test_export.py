@@ -63,3 +63,39 @@ def test_export_bad_run_dir(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--onnx", str(tmp_path / "x.onnx")]) == 2
     assert "not a trained run directory" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_writes_nothing_when_the_data_is_refused(trained_run, small_mnist_dir, tmp_path, capsys):
+    """The run's data is checked before the export: other data (here a 2,000-image cut of MNIST, not the
+    run's) is one line, exit 2, and no .onnx file (it used to be written before the check refused)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["export", str(trained_run), "--onnx", str(out / "m.onnx"), "--data-dir", str(small_mnist_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained on other data" in err, err
+    assert list(out.iterdir()) == []  # nor a temporary file
+
+
+def test_export_writes_nothing_when_the_onnxruntime_check_fails(trained_run, tmp_path, capsys, monkeypatch):
+    """An ONNX graph that does not reproduce the torch model (its weights perturbed) fails the check: exit 1,
+    the numbers printed, and no file left."""
+    import copy
+
+    from mnistlab.deploy import export
+
+    real = export.onnx_bytes
+
+    def perturbed(model, cfg):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(torch.randn_like(p) * 0.5, alpha=1.0)
+        return real(other, cfg)
+
+    monkeypatch.setattr(export, "onnx_bytes", perturbed)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["export", str(trained_run), "--onnx", str(out / "m.onnx")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"did not write {out / 'm.onnx'}") and "nothing written" in captured.err
+    assert list(out.iterdir()) == []

@@ -51,6 +51,16 @@ def run_copy(trained_run, tmp_path):
         (HEADER.encode() + b"\n2,0.4,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n", "epochs must run 1, 2, 3"),
         (HEADER.encode() + b"\n1,0.4,0.26,nan,0.25,92.8,0.1,1.0,0.1\n", "not an accuracy"),
         (b"a,b\n1,2\n", "no valid header"),
+        # every column the writer writes is required (`cut -d, -f1-4 metrics.csv` was a KeyError in report)
+        (b"epoch,train_loss,val_loss,val_acc\n1,0.4,0.26,92.4\n", "lacks the columns test_loss, test_acc, lr"),
+        # a finished epoch has its test cells (empty ones were a TypeError formatting None)
+        (HEADER.encode() + b"\n1,0.4,0.26,92.4,,,0.1,1.0,0.1\n", "epoch 1 has no test_loss, test_acc"),
+        # validated in epoch 1, validated in every epoch
+        (
+            HEADER.encode() + b"\n1,0.4,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n2,0.3,,,0.21,93.6,0.1,1.0,0.1\n",
+            "epoch 2 has no val_loss, val_acc",
+        ),
+        (HEADER.encode() + b"\n2.0,0.4,0.26,92.4,0.25,92.8,0.1,1.0,0.1\n", "row 1 is epoch 2;"),  # not "2.0"
     ],
 )
 def test_broken_histories_are_one_line_and_exit_2(run_copy, tmp_path, capsys, content, needle):
@@ -62,6 +72,20 @@ def test_broken_histories_are_one_line_and_exit_2(run_copy, tmp_path, capsys, co
     _one_line_error(capsys, "metrics.csv", needle)
     assert main(["report", str(run_copy), "--out", str(tmp_path / "rep")]) == 2
     _one_line_error(capsys, "metrics.csv", needle)
+    assert not (tmp_path / "rep").exists()  # refused before --out was made
+
+
+def test_a_history_without_validation_is_reported_without_none(run_copy, tmp_path):
+    """A run trained on train + validation (data.train_on_val) has empty validation cells in every row:
+    summarised and reported from its test column, "-" in the table, never a formatted None."""
+    rows = ["1,0.42,,,0.25,92.81,0.1,1.0,0.1", "2,0.31,,,0.21,93.60,0.1,1.0,0.1"]
+    (run_copy / "metrics.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    s = metrics.summarize(RunDir(run_copy).read_history())
+    assert s == {"epochs_run": 2, "final_test_acc": 93.6, "final_val_acc": None, "final_train_loss": 0.31}
+    assert main(["report", str(run_copy), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "the last epoch is its model (test accuracy 93.60%)" in md
+    assert "| 2 | 0.31000 | - | - | 0.2100 | 93.60 |" in md and "None" not in md
 
 
 def _diverged_history(run_dir, rows: list[str]) -> None:
@@ -112,6 +136,7 @@ def test_too_few_epochs_to_judge_convergence_is_said_so(trained_run, tmp_path):
     """The session's run has 2 epochs; the convergence rule needs 5: no "from epoch - on"."""
     assert main(["report", str(trained_run), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.startswith("# Artificial Neural Networks on MNIST: a report generated from real runs\n")  # its dataset
     assert "Convergence cannot be judged from 2 epochs (the rule needs at least 5)" in md
     assert "from epoch **-**" not in md and "best validation accuracy" in md.lower()
 

@@ -136,6 +136,7 @@ def test_openapi_describes_the_api(client):
     assert client.get("/api/health").json()["status"] == "ok"
     page = client.get("/").text
     assert "<canvas" in page and "http://" not in page and "https://" not in page  # works offline
+    assert "this does not look like a digit: " in page  # an MNIST model: digits (other datasets: their items)
 
 
 def test_cli_binds_to_loopback_by_default(trained_run, monkeypatch):

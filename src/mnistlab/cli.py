@@ -564,17 +564,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .deploy.export import check_onnx, export_onnx
+    from .deploy.export import export_onnx
 
-    export_onnx(args.run_dir, args.onnx)
-    c = check_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)
+    c = export_onnx(args.run_dir, args.onnx, data_dir=args.data_dir)  # written only when its check passed
     print(
-        f"wrote {args.onnx}; onnxruntime check on {c.images:,} test images: max |logit difference| "
-        f"{c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
+        f"{'wrote' if c.ok else 'did not write'} {args.onnx}; onnxruntime check on {c.images:,} test images: max "
+        f"|logit difference| {c.max_abs_logit_diff:.2e}, identical predictions {c.same_predictions:,}/{c.images:,}, "
         f"test accuracy {c.onnx_test_acc:.2f}% (torch {c.torch_test_acc:.2f}%)"
     )
     if not c.ok:
-        print("mnistlab: error: the ONNX model does not reproduce the torch model", file=sys.stderr)
+        print("mnistlab: error: the ONNX model does not reproduce the torch model; nothing written", file=sys.stderr)
         return 1
     return 0
 
@@ -605,6 +604,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             "name": s.name,
             "title": s.title,
             "classes": s.n_classes,
+            "class_names": list(s.classes),  # by label
             "train": s.sizes[0],
             "test": s.sizes[1],
             "download_bytes": s.download_bytes(),
@@ -619,10 +619,16 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return 0
-    print("| dataset | classes | train / test images | licence | available |")
-    print("| --- | ---: | ---: | --- | --- |")
-    for r in rows:
-        print(f"| {r['name']} | {r['classes']} | {r['train']:,} / {r['test']:,} | {r['licence']} | {r['available']} |")
+    from .text import md_cell
+
+    print("| dataset | classes | class names | train / test images | licence | available |")
+    print("| --- | ---: | --- | ---: | --- | --- |")
+    for r, spec in zip(rows, (datasets.REGISTRY[n] for n in datasets.names()), strict=True):
+        names = ", ".join(spec.classes[:10]) + (", ..." if spec.n_classes > 10 else "")
+        print(
+            f"| {r['name']} | {r['classes']} | {md_cell(names)} | {r['train']:,} / {r['test']:,} | {r['licence']} "
+            f"| {r['available']} |"
+        )
     print(
         f"cache: {datasets.cache_dir()} (set {datasets.CACHE_ENV} to move it); fetch ahead with "
         f"`mnistlab datasets --fetch NAME`"

@@ -238,7 +238,7 @@ def _data(run: RunDir, cfg: Any, data_dir: str | Path | None, dataset: str | Non
             + (f"it evaluates {', '.join(spec.evaluates)} models" if spec.evaluates else "another dataset")
             + ")"
         )
-    return datasets.load(dataset, data_dir)
+    return datasets.load(dataset, data_dir and datasets.existing_dir(data_dir))  # never fetched into a new folder
 
 
 def _split(run: RunDir, cfg: Any, split: str, ds: data.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,22 +261,36 @@ def _split(run: RunDir, cfg: Any, split: str, ds: data.Dataset) -> tuple[torch.T
     return data.to_float(ds.train_images[val_idx]), ds.train_labels[val_idx]
 
 
+Loaded = tuple[torch.nn.Module, Any, data.Dataset]  # a run's best model, its config and its checked data
+
+
+def load_run(path: Path, split: str = "test", data_dir: str | Path | None = None, dataset: str | None = None) -> Loaded:
+    """What evaluating a run reads, every check done (the run, its data's checksum, the split) and nothing
+    written: (best-validation model, config, data). Raises MnistlabError (DataError for the data)."""
+    run = RunDir(path)
+    model, cfg = checkpoint.load_best_model(path)
+    ds = _data(run, cfg, data_dir, dataset)
+    _split(run, cfg, split, ds)  # a split the data does not have: refused now
+    return model, cfg, ds
+
+
 def evaluate_run(
     path: Path,
     split: str = "test",
     attack_images: int = ATTACK_IMAGES,
     data_dir: str | Path | None = None,
     dataset: str | None = None,
+    loaded: Loaded | None = None,
 ) -> tuple[Evaluation, torch.nn.Module, torch.Tensor, np.ndarray, np.ndarray, str]:
     """Evaluate one run's best-validation model (in eval mode; the weight average for runs with
     ``regularize.ema``): (evaluation, model, images, labels, probabilities, data checksum). The attacks use
     the first ``attack_images`` images of the split (all when it holds fewer; 0 skips them). ``data_dir``:
     where the run's data is now; ``dataset``: another dataset whose test set evaluates the run's models
     (e.g. ``qmnist`` for an MNIST run); ``split``: test, val or the dataset's named test subsets (QMNIST's
-    test50k). Data that is not the run's is refused (:class:`DataError`)."""
+    test50k). Data that is not the run's is refused (:class:`DataError`). ``loaded``: what
+    :func:`load_run` returned for these arguments (read once, checked before anything is written)."""
     run = RunDir(path)
-    model, cfg = checkpoint.load_best_model(path)
-    ds = _data(run, cfg, data_dir, dataset)
+    model, cfg, ds = loaded if loaded is not None else load_run(path, split, data_dir, dataset)
     x, y = _split(run, cfg, split, ds)
     checksum = ds.checksum
     k = len(datasets.classes_of(cfg))
@@ -692,20 +706,28 @@ def evaluate_runs(
     """Evaluate each run into ``out/NAME/``; with several, also ``out/compare.md/.json`` and one robustness plot,
     and ``out/adversarial.md/.png`` side by side. The FGSM and PGD attacks use the first ``attack_images``
     images of the split (0 skips them). Runs of the same name get ``NAME_2``, ``NAME_3``... in the order given;
-    each log line names its run directory. ``data_dir``, ``dataset``: see :func:`evaluate_run`."""
+    each log line names its run directory. ``data_dir``, ``dataset``: see :func:`evaluate_run`.
+
+    Every run and its data (dataset and checksum) are checked before anything is written, and ``out`` is
+    made only then: a refusal leaves no output (not one run evaluated, nor an empty folder)."""
     if attack_images < 0:
         raise MnistlabError(f"--attack-images must be >= 0 (0 skips the attacks), got {attack_images}")
     if dataset is not None:
         datasets.get(dataset)  # an unknown name, before any work
-    evals: list[Evaluation] = []
-    checksum0 = None
-    out.mkdir(parents=True, exist_ok=True)
+    runs: list[Loaded] = []
     for path in paths:
-        ev, model, x, labels, probs, checksum = evaluate_run(Path(path), split, attack_images, data_dir, dataset)
-        if checksum0 is None:
-            checksum0 = checksum
-        elif checksum != checksum0:
-            raise MnistlabError(f"{path} was trained on other data than {paths[0]}: a comparison needs one dataset")
+        model, cfg, ds = load_run(Path(path), split, data_dir, dataset)
+        if runs and ds.checksum != runs[0][2].checksum:
+            raise MnistlabError(
+                f"{path} was trained on other data ({cfg.data.dataset}, SHA-256 {ds.checksum[:12]}...) than "
+                f"{paths[0]} ({runs[0][1].data.dataset}, {runs[0][2].checksum[:12]}...): a comparison needs one "
+                f"dataset; nothing written"
+            )
+        runs.append((model, cfg, runs[0][2] if runs else ds))  # one copy of the shared data
+    evals: list[Evaluation] = []
+    out.mkdir(parents=True, exist_ok=True)
+    for path, loaded in zip(paths, runs, strict=True):
+        ev, model, x, labels, probs, _ = evaluate_run(Path(path), split, attack_images, data_dir, dataset, loaded)
         name, k = ev.name, 2
         while name in {e.name for e in evals}:
             name, k = f"{ev.name}_{k}", k + 1

@@ -45,6 +45,15 @@ LOCK_FILE = ".mnistlab-fetch.lock"
 STAGING = ".partial"  # downloads land here until their checksum matched
 
 
+class OtherDatasetError(DataError):
+    """A folder that holds another registered dataset than the one asked for (``found``, not ``wanted``).
+    The message's hint is the training commands' (``--dataset``); readers of a run say it their own way."""
+
+    def __init__(self, where: str | Path, found: str, wanted: str) -> None:
+        self.where, self.found, self.wanted = str(where), found, wanted
+        super().__init__(f"{where} holds {found}, not {wanted} (pass --dataset {found})")
+
+
 @dataclass(frozen=True)
 class Artefact:
     """A file as its publisher serves it: its name (the end of its URLs) and the publisher's checksum."""
@@ -549,7 +558,7 @@ def _verify(spec: DatasetSpec, ds: Dataset, published: bool, where: str) -> None
             return
         other = identify(ds)
         if other is not None:
-            raise DataError(f"{where} holds {other}, not {spec.name} (pass --dataset {other})")
+            raise OtherDatasetError(where, other, spec.name)
         key = next(k for k in KEYS if ds.sha256[k] != spec.content_sha256[k])
         raise DataError(
             f"{where}: {key} fails {spec.name}'s SHA-256 check (expected "
@@ -559,7 +568,7 @@ def _verify(spec: DatasetSpec, ds: Dataset, published: bool, where: str) -> None
     if not published:
         other = identify(ds)
         if other is not None:
-            raise DataError(f"{where} holds {other}, not {spec.name} (pass --dataset {other})")
+            raise OtherDatasetError(where, other, spec.name)
         wanted = ", ".join(a.name for a in spec.artefacts)
         raise DataError(
             f"cannot verify {where} as {spec.name}: mnistlab checks {spec.name} by its publisher's "
@@ -592,7 +601,7 @@ def load(
             ds = data.load(directory)
             other = identify(ds) or _identify_files(dict(data.find_files(directory)))
             if other is not None and other != spec.name:
-                raise DataError(f"{directory} holds {other}, not {spec.name} (pass --dataset {other})")
+                raise OtherDatasetError(directory, other, spec.name)
             return dataclasses.replace(ds, verified=ds.sha256 == spec.content_sha256)
         if not directory.is_dir() or not _complete(spec, directory):
             if directory.is_dir() and any(directory.iterdir()):
@@ -635,21 +644,42 @@ def pin_dir(cfg: Config) -> Config:
     )
 
 
+def existing_dir(path: str | Path, what: str = "--data-dir") -> Path:
+    """``path``, which must be an existing directory: commands that read data (evaluate, ensemble, export,
+    final) never create a folder or fetch into one; only training fetches into a new folder. Raises
+    :class:`DataError` in one line ("... does not exist", "... is not a directory")."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"{what} {path} is not a directory")
+    return path
+
+
 def load_for_run(run_dir: str | Path, cfg: Config, data_dir: str | Path | None = None, log: Log = print) -> Dataset:
     """The data a run trained on, checked against the SHA-256 in its ``run.json``.
 
-    ``data_dir`` replaces the recorded ``data.dir`` (the data moved). Data that differs from the run's is a
-    :class:`DataError` naming both checksums; so is a recorded folder that no longer exists.
+    ``data_dir`` replaces the recorded ``data.dir`` (the data moved). Either folder must exist: reading a
+    run never creates one nor fetches into it (:func:`existing_dir`). Data that differs from the run's is a
+    :class:`DataError` naming both checksums; another registered dataset is named, with the run's own.
     """
     from .runs import RunDir
 
     run = RunDir(run_dir)
+    if data_dir:
+        existing_dir(data_dir)
+    elif cfg.data.dir:
+        try:
+            existing_dir(cfg.data.dir, "the run's data folder")
+        except DataError as e:
+            raise DataError(f"{e} (the run's data moved? pass --data-dir)") from None
     try:
         ds = load(cfg.data.dataset, data_dir or cfg.data.dir or None, log=log)
-    except DataError as e:
-        if data_dir is None and cfg.data.dir and not Path(cfg.data.dir).is_dir():
-            raise DataError(f"{e} (the run's data moved? pass --data-dir)") from None
-        raise
+    except OtherDatasetError as e:  # readers of a run have no --dataset: the run decides the dataset
+        raise DataError(
+            f"{e.where} holds {e.found}, not the run's data: {run.path} was trained on {e.wanted} "
+            f"(pass --data-dir with its data)"
+        ) from None
     info = run.read_info() if run.file("run.json").is_file() else {}
     recorded = (info.get("environment") or {}).get("data_sha256")
     if recorded and ds.checksum != recorded:

@@ -278,7 +278,10 @@ class RunDir:
                 f"{path} has no valid header (expected the columns {','.join(CSV_COLUMNS)}; "
                 f"got {','.join(header)[:80]})"
             )
-        rows = []
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:  # every consumer may read every column the writer writes
+            raise MnistlabError(f"{path} lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        rows: list[dict[str, Any]] = []
         for i, cells in enumerate(reader, 1):
             if len(cells) != len(header):
                 raise MnistlabError(
@@ -291,15 +294,38 @@ class RunDir:
                 except ValueError:
                     raise MnistlabError(f"{path}: row {i}: {key} is {cell[:20]!r}, not a number") from None
             if row["epoch"] != i:
-                raise MnistlabError(f"{path}: row {i} is epoch {row['epoch']}; epochs must run 1, 2, 3, ...")
+                epoch = row["epoch"]
+                shown = "missing" if epoch is None else f"{epoch:.0f}" if epoch.is_integer() else str(epoch)
+                raise MnistlabError(f"{path}: row {i} is epoch {shown}; epochs must run 1, 2, 3, ...")
             row["epoch"] = i
             for key in ("val_acc", "test_acc"):
                 if row.get(key) is not None and not 0 <= row[key] <= 100:
                     raise MnistlabError(f"{path}: epoch {i}: {key} is {row[key]}, not an accuracy in [0, 100]")
+            _check_cells(path, row, rows[0] if rows else None)
             rows.append(row)
         if not rows and not allow_empty:
             raise MnistlabError(f"{path} holds no epochs (a header only)")
         return rows
+
+
+# cells a finished epoch always has (a diverged epoch only ALWAYS_CELLS); the validation columns are empty in
+# every row of a run without a validation set (data.train_on_val) and filled in every row otherwise
+ALWAYS_CELLS = ("train_loss", "lr", "seconds")
+EVALUATED_CELLS = ("test_loss", "test_acc", "eval_seconds")
+VALIDATION_CELLS = ("val_loss", "val_acc")
+
+
+def _check_cells(path: Path, row: dict[str, Any], first: dict[str, Any] | None) -> None:
+    """Refuse a row with an empty cell the writer always fills: what readers may take as present."""
+    loss = row["train_loss"]
+    evaluated = loss is not None and math.isfinite(loss)  # a diverged epoch was never evaluated
+    required = ALWAYS_CELLS + (EVALUATED_CELLS if evaluated else ())
+    reference = row if first is None else first
+    if evaluated and any(reference[k] is not None for k in VALIDATION_CELLS):
+        required += VALIDATION_CELLS  # validated in the first epoch: validated in every epoch, both cells
+    empty = [k for k in required if row[k] is None]
+    if empty:
+        raise MnistlabError(f"{path}: epoch {row['epoch']} has no {', '.join(empty)} (an empty cell)")
 
 
 def study_run_dir(study: str | Path, name: str, seed: int | str) -> Path:

@@ -1,6 +1,7 @@
 """ONNX export: float32 pixels in [0, 1], shape (N, 1, 28, 28), to logits (N, K), K the dataset's classes
 (whose names are in the model's metadata, ``classes``, a JSON list by label); normalisation (when the model
-has it) inside the graph; a dynamic batch. The export checks itself with onnxruntime on the run's test set."""
+has it) inside the graph; a dynamic batch. The export checks itself with onnxruntime on the run's test set
+before the file is written."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 
 from ..core import data, datasets
 from ..core.checkpoint import load_best_model
+from ..core.config import Config
+from ..core.data import Dataset
 from ..core.runs import atomic_write
 from ..errors import MnistlabError
 
@@ -44,10 +47,29 @@ def _require():
     return onnx, onnxruntime
 
 
-def export_onnx(run_dir: str | Path, out: str | Path) -> None:
-    """Write the run's best-validation model as an ONNX file (atomically), its class names in the metadata."""
-    onnx, _ = _require()
+def export_onnx(
+    run_dir: str | Path, out: str | Path, data_dir: str | Path | None = None, batch_size: int = 1000
+) -> ExportCheck:
+    """Export the run's best-validation model to ONNX (its class names in the metadata), check the export with
+    onnxruntime against torch on the run's test set, and write ``out`` (atomically) only when it passed.
+
+    The run's data (``data_dir`` where it moved) is loaded and checked against the SHA-256 the run recorded
+    before anything is exported, and the check runs on the file's bytes in memory: data that is refused, an
+    export error or a failed check leaves no file at ``out`` (nor a temporary one). Raises MnistlabError
+    (DataError) for the run or its data; returns the check (``ok`` False: nothing was written).
+    """
     model, cfg = load_best_model(run_dir)
+    ds = datasets.load_for_run(run_dir, cfg, data_dir)  # refused data: nothing exported, nothing written
+    raw = onnx_bytes(model, cfg)
+    check = _compare(model, raw, ds, batch_size)
+    if check.ok:
+        atomic_write(Path(out), raw)
+    return check
+
+
+def onnx_bytes(model: torch.nn.Module, cfg: Config) -> bytes:
+    """The ONNX file of ``model`` (trained with ``cfg``), checked by onnx's checker, as bytes."""
+    onnx, _ = _require()
     classes = datasets.classes_of(cfg)
     model = model.float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # nn.Module.to takes memory_format; torch's stubs omit it
     example = torch.rand(2, 1, 28, 28)
@@ -82,20 +104,26 @@ def export_onnx(run_dir: str | Path, out: str | Path) -> None:
     onnx.checker.check_model(proto)
     buf = io.BytesIO()
     onnx.save_model(proto, buf)
-    atomic_write(Path(out), buf.getvalue())
+    return buf.getvalue()
 
 
 def check_onnx(
-    run_dir: str | Path, onnx_path: str | Path, batch_size: int = 1000, data_dir: str | Path | None = None
+    run_dir: str | Path, onnx_model: str | Path | bytes, batch_size: int = 1000, data_dir: str | Path | None = None
 ) -> ExportCheck:
-    """Run the ONNX file with onnxruntime and the torch model on the run's test set and compare. The test
-    set is the run's data (``data_dir`` where it moved), checked against the SHA-256 the run recorded."""
-    _, ort = _require()
+    """Run an ONNX model (a file, or its bytes) with onnxruntime and the run's torch model on the run's test
+    set and compare. The test set is the run's data (``data_dir`` where it moved), checked against the
+    SHA-256 the run recorded."""
     model, cfg = load_best_model(run_dir)
     ds = datasets.load_for_run(run_dir, cfg, data_dir)
+    return _compare(model, onnx_model if isinstance(onnx_model, bytes) else str(onnx_model), ds, batch_size)
+
+
+def _compare(model: torch.nn.Module, onnx_model: str | bytes, ds: Dataset, batch_size: int) -> ExportCheck:
+    """Logits of onnxruntime and torch on ``ds``'s test set, ``batch_size`` images at a time."""
+    _, ort = _require()
     x = data.to_float(ds.test_images)  # (N, 1, 28, 28)
     y = ds.test_labels.numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
     diffs, same, correct_onnx, correct_torch = 0.0, 0, 0, 0
     for i in range(0, len(x), batch_size):
         chunk = x[i : i + batch_size]

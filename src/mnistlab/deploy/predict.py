@@ -15,6 +15,7 @@ thinned or hollowed) and the paper's grain is cut off. Image operations use Open
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,14 @@ INK_COVERAGE_RANGE = (0.02, 0.35)  # that range with a margin; outside it an inp
 # above 0.5 on all 60,000 MNIST training digits (1.33 typically; tests/test_predict.py recomputes it); pure
 # noise, even after preprocessing, is mostly faint speckle (6 to thousands of times).
 FAINT_INK_RATIO_MAX = 3.0
+# Drawn in strokes, not scattered: the boundary of the solid ink (above 0.5), counted in pixel edges between ink
+# and non-ink (4-neighbours, the frame's border counting as non-ink), is at most 19.0 times the square root of
+# the ink's area on all 60,000 MNIST training digits (10.3 typically; 99.9% within 17.0; the ratio is
+# scale-free: a disc has 8 / sqrt(pi) = 4.5, pixel edges running along the axes, a straight stroke of
+# length L and width w about 2 sqrt(L / w)).
+# tests/test_predict.py recomputes it. Binary salt-and-pepper noise at 28-64 pixels, after preprocessing,
+# measures 25.5 and more (50% density): its ink is many fragments with holes.
+EDGE_RATIO_MAX = 20.0
 LOW_CONFIDENCE = 0.5  # a top probability below this: the model cannot tell
 WORK_SIDE = 1024  # larger images are box-averaged to at most this many pixels a side before preprocessing
 
@@ -156,15 +165,28 @@ def _unit_range(arr: np.ndarray, name: str) -> np.ndarray:
     raise ImageError(f"{name}: unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
 
 
-def _alpha_composite(grey: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Grey with its alpha channel -> grey on white paper. Where the background is transparent (most of the
-    image), the drawing is the alpha channel itself, whatever colour its strokes are: a canvas export of
-    white strokes on a transparent background reads like black on white."""
+# the opaque pixels of a drawing made in one colour span at most this much grey (1st to 99th percentile);
+# anti-aliased canvas strokes keep their colour and vary only in alpha, while a picture (paper and ink) spans
+# its ink contrast as soon as ink is 1% of it
+ONE_COLOUR_SPREAD = 0.1
+
+
+def _alpha_composite(grey: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Grey (H, W) with its alpha channel (H, W), both in [0, 1] -> (grey on white paper, whether the alpha
+    channel is the drawing: then the transparent pixels are the paper, white, however little of them there is).
+
+    Decided by colour, not by area: when the opaque pixels (alpha at least half its maximum) are (nearly)
+    one colour (their grey spans at most :data:`ONE_COLOUR_SPREAD`), the alpha channel is the drawing,
+    whatever that colour and however much of the image it covers (a canvas export of white strokes on a
+    transparent background reads like black on white). Only a picture whose colours vary is composited onto
+    white paper (an opaque photo with transparent margins stays the photo)."""
     if float(alpha.max() - alpha.min()) < 1 / 255:  # uniform alpha carries nothing
-        return grey if float(alpha.min()) > 0 else np.ones_like(grey)
-    if float((alpha > 0.5).mean()) < 0.5:
-        return 1.0 - alpha
-    return alpha * grey + (1.0 - alpha)
+        return (grey if float(alpha.min()) > 0 else np.ones_like(grey)), False
+    opaque = grey[alpha >= 0.5 * float(alpha.max())]
+    low, high = np.percentile(opaque, [1, 99])
+    if high - low <= ONE_COLOUR_SPREAD:
+        return 1.0 - alpha, True
+    return alpha * grey + (1.0 - alpha), False
 
 
 def to_grey(source: np.ndarray | torch.Tensor | Image.Image, name: str = "array") -> np.ndarray:
@@ -172,7 +194,14 @@ def to_grey(source: np.ndarray | torch.Tensor | Image.Image, name: str = "array"
     float in [0, 1] or 0-255) or a PIL image -> float32 (H, W) grey in [0, 1].
 
     Colour becomes BT.601 luma; an alpha channel is composited on white paper, or taken as the ink where
-    the background is transparent. Raises :class:`ImageError` naming the shape or dtype it cannot take."""
+    it carries a drawing of one colour (:func:`_alpha_composite`). Raises :class:`ImageError` naming the
+    shape or dtype it cannot take."""
+    return _grey_and_paper(source, name)[0]
+
+
+def _grey_and_paper(source: np.ndarray | torch.Tensor | Image.Image, name: str) -> tuple[np.ndarray, float | None]:
+    """:func:`to_grey`, and the paper's grey level where the image says what it is (1.0, white, where the
+    alpha channel is the drawing: the transparent pixels), else None (the framing estimates it)."""
     arr = _pil_array(source) if isinstance(source, Image.Image) else _to_numpy(source)
     shape = arr.shape
     if arr.ndim == 3 and shape[-1] in (1, 3, 4):
@@ -187,9 +216,12 @@ def to_grey(source: np.ndarray | torch.Tensor | Image.Image, name: str = "array"
         raise ImageError(f"{name}: image too large ({arr.shape[1]}x{arr.shape[0]} pixels; limit {MAX_PIXELS:,})")
     x = _unit_range(arr, name)
     if x.ndim == 2:
-        return x
+        return x, None
     grey = x[..., 0] if x.shape[-1] == 1 else x[..., :3] @ LUMA
-    return np.clip(_alpha_composite(grey, x[..., 3]), 0, 1) if x.shape[-1] == 4 else grey
+    if x.shape[-1] != 4:
+        return grey, None
+    grey, drawing = _alpha_composite(grey, x[..., 3])
+    return np.clip(grey, 0, 1), (1.0 if drawing else None)
 
 
 def _robust_std(v: np.ndarray) -> float:
@@ -248,31 +280,36 @@ def otsu_threshold(x: np.ndarray) -> float:
     return (float(t) + 0.5) / 255
 
 
-def _normalise(grey: np.ndarray, name: str) -> np.ndarray:
+def _normalise(grey: np.ndarray, name: str, paper: float | None = None) -> np.ndarray:
     """Grey (H, W) in [0, 1] of either polarity -> light ink on a black background, ink at 1.
 
     The ink is on the side where more of the image departs from the paper's level (:func:`_background`):
     dark ink on light paper is inverted, and the paper's level divided out (a flat-field correction), a
     light ink has the ground's level subtracted; the paper's grain is cut at its 99th percentile. On a clean
     image (uniform background, no grain) the correction and the cut do nothing, so an MNIST digit keeps its grey levels.
+    ``paper``, where known (a drawing carried by alpha), is the paper's level: used as the background, not
+    estimated (a tightly cropped drawing, mostly ink, would otherwise have its ink taken for the paper).
     A blank image (ink less than 0.1 above the paper, relative to the paper's level for dark ink) raises
     ImageError."""
-    background, cut = _background(grey)
+    if paper is None:
+        background, cut = _background(grey)
+    else:  # as _background finds a uniform background: exactly its level, the cut at its floor
+        background, cut = np.full_like(grey, paper), 0.02 * max(float(grey.max() - grey.min()), 1e-3)
     r = grey - background
     dark_ink = float(np.clip(-r - cut, 0, None).sum()) > float(np.clip(r - cut, 0, None).sum())
     # dark ink on paper: light falling unevenly scales paper and ink alike, so divide it out (a flat field);
     # light ink on a dark ground: subtract (dividing by a ground near black would only amplify its noise)
     x = -r / np.maximum(background, 0.05) if dark_ink else r
-    paper = np.abs(r) <= cut
+    bare = np.abs(r) <= cut  # the paper's pixels
     peak = max(float(x.max()), 1e-6)
     t = otsu_threshold(x / peak) * peak  # on the ink's own range: 256 levels even for faint 16-bit ink
     ink = x > t
-    paper &= ~ink
-    if not ink.any() or not paper.any():
+    bare &= ~ink
+    if not ink.any() or not bare.any():
         raise ImageError(f"{name}: no digit found (the image is blank)")
-    if float(x[ink].mean() - x[paper].mean()) < 0.1:  # less contrast than this is shading, not ink
+    if float(x[ink].mean() - x[bare].mean()) < 0.1:  # less contrast than this is shading, not ink
         raise ImageError(f"{name}: no digit found (the image is blank)")
-    low = min(max(float(np.percentile(x[paper], 99)), 0.0), 0.5 * t)
+    low = min(max(float(np.percentile(x[bare], 99)), 0.0), 0.5 * t)
     top = float(np.percentile(x[ink], 95))
     if top - low < 1e-3:
         raise ImageError(f"{name}: no digit found (the image is blank)")
@@ -298,14 +335,15 @@ def _framed(x: np.ndarray) -> bool:
     return 17 <= box * 28 / h <= 22 and 13 <= cy <= 15 and 13 <= cx <= 15
 
 
-def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
+def mnist_style(grey: np.ndarray, name: str = "image", paper: float | None = None) -> np.ndarray:
     """A grey image (H, W) in [0, 1], any size and polarity -> (28, 28) float32 in [0, 1], as MNIST was made.
 
     The ink (above half its level, specks under 2% of the largest stroke dropped) gives a bounding box whose
     longer side is scaled to 20 pixels (area-averaged when shrinking: anti-aliased, as MNIST's digits); the
     faint edges around it are kept and scaled alike. The result is placed in a 28x28 frame with its centre
     of mass at pixel (14, 14), MNIST's convention (LeCun et al., "The MNIST database": centred by mass).
-    An MNIST digit passes unchanged. Raises :class:`ImageError` when there is no digit to find."""
+    An MNIST digit passes unchanged. ``paper``: the paper's grey level where known (see :func:`_normalise`).
+    Raises :class:`ImageError` when there is no digit to find."""
     cv2 = _cv2()
     g = np.asarray(grey, np.float32)
     if g.ndim != 2 or g.size == 0:
@@ -313,7 +351,7 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     if max(g.shape) > WORK_SIDE:
         f = -(-max(g.shape) // WORK_SIDE)
         g = cv2.resize(g, (max(1, g.shape[1] // f), max(1, g.shape[0] // f)), interpolation=cv2.INTER_AREA)
-    x = _normalise(g, name)
+    x = _normalise(g, name, paper)
     if _framed(x):  # already an MNIST digit's frame: only resized (an MNIST digit itself: unchanged)
         return x if x.shape == (28, 28) else cv2.resize(x, (28, 28), interpolation=cv2.INTER_AREA)
     mask = (x > 0.5).astype(np.uint8)
@@ -348,15 +386,20 @@ def mnist_style(grey: np.ndarray, name: str = "image") -> np.ndarray:
     return out
 
 
-def fill_frame(grey: np.ndarray, name: str = "image") -> np.ndarray:
+def fill_frame(grey: np.ndarray, name: str = "image", paper: float | None = None) -> np.ndarray:
     """A grey image of an object of any size and polarity -> (28, 28) float32, as Fashion-MNIST was made
     (Xiao et al. 2017, section 2): light on a dark background (inverted when the image is dark-on-light),
     trimmed to the object, its longer side scaled to 28 pixels, centred in the 28x28 frame. A 28x28 image
-    of the dataset itself passes through unchanged (but for centring)."""
+    of the dataset itself passes through unchanged (but for centring). ``paper``: the background's grey level
+    where known (a drawing carried by alpha), else the median of the image's border."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    x = 1.0 - grey if np.median(border) > 0.5 else grey
-    paper = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])))
-    x = np.clip((x - paper) / max(1.0 - paper, 1e-6), 0, 1)  # the background to 0
+    level = float(np.median(border)) if paper is None else paper
+    x = 1.0 - grey if level > 0.5 else grey
+    if paper is None:
+        ground = float(np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])))  # the background's level in x
+    else:
+        ground = 1.0 - paper if paper > 0.5 else paper
+    x = np.clip((x - ground) / max(1.0 - ground, 1e-6), 0, 1)  # the background to 0
     rows, cols = np.nonzero((x > 0.05).any(1))[0], np.nonzero((x > 0.05).any(0))[0]
     if not len(rows):
         raise ImageError(f"{name}: nothing found (the image is blank)")
@@ -387,14 +430,16 @@ def preprocess(
     style = FRAMES[frame]
     if isinstance(source, (str, Path, bytes)):
         label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-        return style(to_grey(open_image(source), label), label)
+        grey, paper = _grey_and_paper(open_image(source), label)
+        return style(grey, label, paper)
     label = name or ("image" if isinstance(source, Image.Image) else "array")
     if not isinstance(source, (Image.Image, np.ndarray, torch.Tensor)):
         raise ImageError(
             f"{label}: cannot read a {type(source).__name__} as an image (give a path, bytes, a PIL "
             f"image, a NumPy array or a torch tensor)"
         )
-    return style(to_grey(source, label), label)
+    grey, paper = _grey_and_paper(source, label)
+    return style(grey, label, paper)
 
 
 @dataclass
@@ -463,9 +508,11 @@ class Classifier:
 
     def predict(self, images: Sequence[Any] | Any) -> list[Prediction]:
         """Predict file paths, bytes, PIL images, NumPy arrays or torch tensors (one or a list), each read by
-        :func:`preprocess`; raises :class:`ImageError` for one that holds no readable digit."""
+        :func:`preprocess`; raises :class:`ImageError` for one that holds no readable digit, or for none at all."""
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if not images:
+            raise ImageError("no images given")
         inputs = np.stack([preprocess(im, frame=self.frame) for im in images])
         probs = self.probabilities(inputs)
         names = [str(im) if isinstance(im, (str, Path)) else f"<{type(im).__name__}>" for im in images]
@@ -480,18 +527,39 @@ def unlike_digit(x: np.ndarray, probs: np.ndarray) -> str | None:
 
     Models trained on MNIST are confident on anything (pure noise: "8" at 90%), so confidence alone is
     not enough: the input must also be drawn in strokes (faint ink at most ``FAINT_INK_RATIO_MAX`` times
-    the solid ink's area; noise is mostly faint speckle) and its ink coverage must look like a handwritten
-    digit's (``INK_COVERAGE_RANGE``). Both bounds are measured on MNIST's training digits."""
+    the solid ink's area; noise is mostly faint speckle), its solid ink must be strokes rather than scattered
+    fragments (:func:`ink_edge_ratio` at most ``EDGE_RATIO_MAX``; binary noise has no faint ink to give it
+    away) and its ink coverage must look like a handwritten digit's (``INK_COVERAGE_RANGE``). All three
+    bounds are measured on MNIST's training digits."""
     solid = float((x > 0.5).mean())
     faint = float((x > 0.1).mean())
     if faint > FAINT_INK_RATIO_MAX * solid:
         return f"its ink is speckle, not strokes (faint ink covers {faint:.0%} of the digit box, solid ink {solid:.0%})"
+    edge = ink_edge_ratio(x)
+    if edge > EDGE_RATIO_MAX:
+        return (
+            f"its ink is scattered fragments, not strokes (the ink's edge is {edge:.1f} times the square root of "
+            f"its area; digits: at most {EDGE_RATIO_MAX:g})"
+        )
     lo, hi = INK_COVERAGE_RANGE
     if not lo <= solid <= hi:
         return f"its ink covers {solid:.0%} of the digit box (digits: {lo:.0%}-{hi:.0%})"
     if float(probs.max()) < LOW_CONFIDENCE:
         return f"low confidence ({float(probs.max()):.0%})"
     return None
+
+
+def ink_edge_ratio(x: np.ndarray) -> float:
+    """The length of the solid ink's boundary over the square root of its area, for an image ``x`` (H, W) in
+    [0, 1]: solid ink is above 0.5; the boundary is counted in pixel edges between ink and non-ink
+    (4-neighbours, outside the image non-ink). Scale-free (a compactness measure, perimeter / sqrt(area);
+    the edges run along the axes, so a disc measures 8 / sqrt(pi) = 4.5); 0 for an image without ink."""
+    ink = np.pad(x > 0.5, 1).astype(np.int8)  # (H + 2, W + 2)
+    area = int(ink.sum())
+    if area == 0:
+        return 0.0
+    edges = int(np.abs(np.diff(ink, axis=0)).sum() + np.abs(np.diff(ink, axis=1)).sum())
+    return edges / math.sqrt(area)
 
 
 def load_model(run_dir: str | Path) -> Classifier:

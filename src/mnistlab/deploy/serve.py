@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..core import datasets
 from ..errors import MnistlabError
 from .predict import Classifier, ImageError, open_image, preprocess
 
@@ -264,10 +265,13 @@ def _page(clf: Classifier) -> str:
         return page
     names = ", ".join(clf.classes) if len(clf.classes) <= 12 else f"{', '.join(clf.classes[:12])}, ..."
     what = html.escape(f"one of the {len(clf.classes)} classes of {clf.dataset} ({names})")
+    spec = datasets.REGISTRY.get(clf.dataset)
+    unlike = f"this does not look like any {spec.title if spec else clf.dataset} item: "  # not "a digit"
     return (
         page.replace("<title>mnistlab: draw a digit</title>", f"<title>mnistlab: {html.escape(clf.dataset)}</title>")
         .replace("<h1>Draw a digit</h1>", f"<h1>Draw: {html.escape(clf.dataset)}</h1>")
         .replace("Draw one digit (0-9)", f"Draw {what}")
+        .replace('"this does not look like a digit: "', json.dumps(unlike).replace("</", "<\\/"))  # a JS string
     )
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 TEXT: dict[str, dict[str, str]] = {
     "en": {
-        "title": "Artificial Neural Networks on MNIST: a report generated from real runs",
+        "title": "Artificial Neural Networks on {dataset}: a report generated from real runs",
         "intro": "This report answers the four questions of the KECE470 homework (data, activation functions, "
         "the MLP and backpropagation, training and evaluation) with numbers and figures produced by "
         "mnistlab from the runs listed below. Every number here was measured; none was typed in.",
@@ -128,7 +128,7 @@ TEXT: dict[str, dict[str, str]] = {
         "value": "value",
     },
     "ko": {
-        "title": "MNIST 인공신경망 실험: 실제 실행 결과로 작성한 보고서",
+        "title": "{dataset} 인공신경망 실험: 실제 실행 결과로 작성한 보고서",
         "intro": "이 보고서는 KECE470 과제의 네 가지 질문(데이터, 활성화 함수, MLP와 역전파, 학습과 평가)에 "
         "아래 실행들로 mnistlab이 만든 수치와 그림으로 답한다. 모든 수치는 측정값이며 손으로 입력한 값은 없다.",
         "data": "1. 데이터와 검증 세트 분할",
@@ -261,6 +261,20 @@ def _copy_figure(src: Path, out: Path, name: str) -> str | None:
     return name
 
 
+def _dataset_title(info: dict[str, Any]) -> str:
+    """The title of the dataset a run's record names (MNIST for runs from before datasets had names)."""
+    from ..core.datasets import REGISTRY
+
+    name = info["config"]["data"].get("dataset", "mnist")
+    spec = REGISTRY.get(name)
+    return spec.title if spec is not None else name
+
+
+def report_title(t: dict[str, str], infos: list[dict[str, Any]]) -> str:
+    """The report's title, naming the runs' datasets (in the order given)."""
+    return t["title"].format(dataset=" / ".join(dict.fromkeys(_dataset_title(i) for i in infos)))
+
+
 def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
     cfg = info["config"]
     # the sizes the run recorded (any --data-dir); runs from before they were recorded used MNIST
@@ -282,10 +296,7 @@ def _section_data(t: dict[str, str], info: dict[str, Any]) -> str:
             [t["test_set"], f"{sizes['test']:,}", t["test_role"]],
         ]
     env = info["environment"]
-    from ..core.datasets import REGISTRY
-
-    spec = REGISTRY.get(cfg["data"].get("dataset", "mnist"))
-    title = spec.title if spec is not None else cfg["data"].get("dataset", "MNIST")
+    title = _dataset_title(info)
     n_train = sizes["train"] + sizes["val"]
     return (
         f"## {t['data']}\n\n"
@@ -596,9 +607,10 @@ def build_markdown(
     for r in runs:
         if not r.is_run() or not r.file("run.json").is_file():
             raise MnistlabError(f"{r.path} is not a run directory (needs run.json and metrics.csv)")
+        r.read_history()  # a damaged history is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     parts = [
-        f"# {t['title']}\n",
+        f"# {report_title(t, [r.read_info() for r in runs])}\n",
         t["intro"] + "\n",
         _section_data(t, runs[0].read_info()),
         _section_activations(t, out, activations_dir, lang),
@@ -672,5 +684,6 @@ def write_report(
         raise MnistlabError(f"--lang {lang!r} is unknown (choose from {', '.join(TEXT)})")
     md = build_markdown(run_dirs, out, lang, compare_dirs, activations_dir, evaluate_dir)
     atomic_write(out / "report.md", md)
-    atomic_write(out / "report.html", markdown_to_html(md, out, TEXT[lang]["title"], lang))
+    title = report_title(TEXT[lang], [RunDir(p).read_info() for p in run_dirs])
+    atomic_write(out / "report.html", markdown_to_html(md, out, title, lang))
     return out / "report.md", out / "report.html"
