@@ -49,17 +49,18 @@ class RunResult:
     info: dict[str, Any]
 
 
-def format_row(row: dict[str, Any]) -> str:
-    """One line of the per-epoch table."""
+def format_row(row: dict[str, Any], test: bool = True) -> str:
+    """One line of the per-epoch table; ``test=False`` leaves the test columns out (a search shows training
+    and validation only: the test set ranks nothing)."""
 
     def num(key: str, fmt: str) -> str:
         v = row.get(key)
         return "-" if v is None else format(v, fmt)
 
+    tested = f"  test_loss {num('test_loss', '.4f')}  test_acc {num('test_acc', '7.3f')}" if test else ""
     return (
         f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
-        f"val_acc {num('val_acc', '7.3f')}  test_loss {num('test_loss', '.4f')}  test_acc {num('test_acc', '7.3f')}"
-        f"  ({row.get('seconds', 0):.1f}s)"
+        f"val_acc {num('val_acc', '7.3f')}{tested}  ({row.get('seconds', 0):.1f}s)"
     )
 
 
@@ -170,6 +171,22 @@ def run(
     }
     run_dir.write_config(cfg)
     return _execute(trainer, run_dir, info, dataset.checksum, log, show_progress, observers)
+
+
+def outcome_of(train: Callable[[], object]) -> tuple[str, str]:
+    """Call ``train`` (a :func:`run` or :func:`resume`) and say how it ended, as a study records it:
+    ``("complete", "")``; ``("stopped", why)`` when an observer stopped it (:class:`StopRun`, e.g. a pruned
+    trial); ``("diverged", why)``; ``("rejected", why)`` for a config refused when the run was set up (e.g.
+    a batch larger than the training set). Any other error propagates."""
+    try:
+        train()
+    except StopRun as e:
+        return "stopped", str(e)
+    except DivergenceError as e:
+        return "diverged", str(e)
+    except ConfigError as e:
+        return "rejected", str(e)
+    return "complete", ""
 
 
 @_keeps_torch_threads

@@ -181,27 +181,18 @@ def train_in_tempdir(
     import torch
 
     from ..core import config
-    from ..core.experiment import StopRun, run
+    from ..core.experiment import outcome_of, run
     from ..core.observers import OnEpoch
-    from ..errors import ConfigError, DivergenceError
 
     observers = [*([OnEpoch(progress)] if progress is not None else []), *([observer] if observer is not None else [])]
 
     cfg = config.from_dict(cfg_dict)
     if not cfg.train.threads:
         torch.set_num_threads(threads)
-    outcome, reason = "complete", ""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mnistlab-run-") as tmp:
         path = Path(tmp) / "run"
-        try:
-            run(cfg, path, log=lambda msg: None, dataset=dataset, observers=observers)
-        except StopRun as e:
-            outcome, reason = "stopped", str(e)
-        except DivergenceError as e:
-            outcome, reason = "diverged", str(e)
-        except ConfigError as e:
-            outcome, reason = "rejected", str(e)
+        outcome, reason = outcome_of(lambda: run(cfg, path, log=lambda msg: None, dataset=dataset, observers=observers))
         files = (
             {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
             if path.is_dir()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import checkpoint, checks, config, data, datasets
-from ..core.experiment import StopRun, resume, run
+from ..core.experiment import StopRun, format_row, outcome_of, resume, run
 from ..core.metrics import summarize
 from ..core.observers import EpochObserver, OnEpoch, RunStart
 from ..core.runs import (
@@ -49,7 +49,7 @@ from ..core.runs import (
     check_study_dir,
     study_tracking,
 )
-from ..errors import ConfigError, DivergenceError, MnistlabError
+from ..errors import ConfigError, MnistlabError
 from ..text import plural
 from .space import Param, space_to_dict
 
@@ -321,8 +321,8 @@ def _run_here(
     (trackers, the pruning hook); a config refused when the run is set up (e.g. a batch larger than the
     training set) is the outcome "rejected", not an error."""
     start = time.perf_counter()
-    outcome, reason = "complete", ""
-    try:
+
+    def train() -> None:
         if continue_run:
             resume(path, log=log, show_progress=show_progress, dataset=dataset, observers=observers)
         else:
@@ -335,12 +335,8 @@ def _run_here(
                 dataset=dataset,
                 observers=observers,
             )
-    except StopRun as e:
-        outcome, reason = "stopped", str(e)
-    except DivergenceError as e:
-        outcome, reason = "diverged", str(e)
-    except ConfigError as e:
-        outcome, reason = "rejected", str(e)
+
+    outcome, reason = outcome_of(train)
     device = RunDir(path).read_info()["environment"]["device"] if RunDir(path).file("run.json").is_file() else None
     return TrialResult(
         outcome, time.perf_counter() - start, {"hostname": socket.gethostname(), "device": device}, reason
@@ -653,15 +649,7 @@ def _continue_here(s: _Search, frozen: Any, epoch_lines: bool) -> None:
 
 def epoch_line(row: dict[str, Any]) -> str:
     """A trial's epoch as the search shows it: training and validation only (the test set ranks nothing)."""
-
-    def num(key: str, fmt: str) -> str:
-        v = row.get(key)
-        return "-" if v is None else format(v, fmt)
-
-    return (
-        f"epoch {row['epoch']:3d}  train_loss {num('train_loss', '.6f')}  val_loss {num('val_loss', '.4f')}  "
-        f"val_acc {num('val_acc', '7.3f')}  ({row.get('seconds', 0):.1f}s)"
-    )
+    return format_row(row, test=False)
 
 
 def _run_trial(
