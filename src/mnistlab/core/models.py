@@ -236,6 +236,8 @@ class SmallCNN(nn.Module):
 class FastCNN(nn.Module):
     """Two strided convolutions and a dense head: cheap enough to train to 99% in seconds on a CPU."""
 
+    flatten_in_head = True  # the head flattens (B, 2w, 7, 7) in NCHW order itself
+
     def __init__(
         self,
         width: int = 32,
@@ -251,10 +253,10 @@ class FastCNN(nn.Module):
             nn.Conv2d(1, w, 5, stride=2, padding=2),
             act(),  # (B, w, 14, 14)
             nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
-            act(),  # (B, 2w, 7, 7)
+            act(),  # (B, 2w, 7, 7), channels-last in memory
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(),
+            *([nn.Flatten()] if self.flatten_in_head else []),
             nn.Linear(2 * w * 49, 4 * w),
             act(),
             *([Dropout(dropout)] if dropout else []),
@@ -265,7 +267,7 @@ class FastCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class SpeedCNN(nn.Module):
+class SpeedCNN(FastCNN):
     """:class:`FastCNN`'s layers laid out for a CPU: the dense head reads the features in channels-last
     (NHWC) order, the order oneDNN keeps them in memory.
 
@@ -275,6 +277,8 @@ class SpeedCNN(nn.Module):
     (A different layout from fastcnn's: the dense weights of the two are not interchangeable.)
     """
 
+    flatten_in_head = False  # forward flattens in HWC order
+
     def __init__(
         self,
         width: int = 16,
@@ -283,21 +287,7 @@ class SpeedCNN(nn.Module):
         normalize: bool = False,
         n_classes: int = 10,
     ) -> None:
-        super().__init__()
-        act, w = ACTIVATIONS[activation], width
-        self.features = nn.Sequential(
-            *([Normalize()] if normalize else []),
-            nn.Conv2d(1, w, 5, stride=2, padding=2),
-            act(),  # (B, w, 14, 14)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
-            act(),  # (B, 2w, 7, 7), channels-last in memory
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(49 * 2 * w, 4 * w),
-            act(),
-            *([Dropout(dropout)] if dropout else []),
-            nn.Linear(4 * w, n_classes),
-        )
+        super().__init__(width, activation, dropout, normalize, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x).permute(0, 2, 3, 1).flatten(1)  # (B, 7 * 7 * 2w), HWC order: a view when NHWC
