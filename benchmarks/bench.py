@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,24 +34,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import peak_rss  # noqa: E402 - benchmarks/ goes on sys.path first
+
 
 def timed_process(cmd: list[str]) -> dict:
     """Run ``cmd``: wall seconds and peak RSS (MiB) of that process alone (through benchmarks/peak_rss.py:
     a child forked from this driver would count the driver's memory as its own peak)."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as rss:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            check=False,
-        )
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}")
-        peak = json.loads(Path(rss.name).read_text())["peak_rss_mib"]
+    wall, peak, proc = peak_rss.measure(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}")
     return {"wall_s": round(wall, 2), "peak_rss_mib": peak, "output": proc.stdout}
 
 

@@ -10,6 +10,28 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def measure(cmd: list[str], **popen: object) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``cmd`` through this launcher (stdout and stderr together, as text): (wall seconds, its peak RSS in
+    MiB, the finished process). ``popen``: more arguments for ``subprocess.run`` (cwd, env, preexec_fn)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as rss:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-S", __file__, rss.name, "--", *cmd],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+            **popen,  # type: ignore[call-overload]  # subprocess.run's keyword arguments, passed through
+        )
+        wall = time.perf_counter() - start
+        peak = json.loads(Path(rss.name).read_text())["peak_rss_mib"] if proc.returncode == 0 else float("nan")
+    return wall, peak, proc
+
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -48,11 +48,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import peak_rss  # the launcher beside this script (a script's own folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_TOOLS = ("mnistlab", "torch", "jax_step", "jax_scan", "keras_jax", "sklearn")
@@ -414,22 +415,12 @@ def pin_to_one_cpu() -> None:
 def timed(cmd: list[str]) -> tuple[float, float, str]:
     """Run ``cmd``: wall seconds, its peak RSS in MiB (through benchmarks/peak_rss.py, so the driver's own
     memory is not counted) and its output; a failure stops the benchmark."""
-    with tempfile.NamedTemporaryFile(suffix=".json") as rss:
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-S", str(ROOT / "benchmarks" / "peak_rss.py"), rss.name, "--", *cmd],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=thread_env(),
-            check=False,
-            preexec_fn=pin_to_one_cpu if THREADS == 1 else None,
-        )
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise SystemExit(f"peers: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
-        return wall, json.loads(Path(rss.name).read_text())["peak_rss_mib"], proc.stdout
+    wall, peak, proc = peak_rss.measure(
+        cmd, cwd=ROOT, env=thread_env(), preexec_fn=pin_to_one_cpu if THREADS == 1 else None
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"peers: failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
+    return wall, peak, proc.stdout
 
 
 def run_mnistlab(tmp: Path, job: str, epochs: int, seed: int) -> dict:
