@@ -239,3 +239,27 @@ def test_run_study_from_the_library_records_the_study_and_writes_the_finished_ru
     with pytest.raises(MnistlabError, match="holds a `mnistlab tune` study"):
         compare.run_study(cfgs, 1, tuned, log=lambda _: None)
     assert sorted(p.name for p in tuned.iterdir()) == ["tune.json"]
+
+
+def test_a_study_of_an_auto_precision_config_extends_without_retraining(small_mnist_dir, tmp_path, capsys):
+    """A run records the precision it trained in ("auto" resolved); meeting it again, the study compares what
+    was asked, so extending a study of `precision = "auto"` (the speed recipe's) reuses its finished runs."""
+    a = _config(tmp_path / "a.toml", "auto", small_mnist_dir, 'precision = "auto"\n')
+    out = tmp_path / "study"
+    assert main(["compare", str(a), "--seeds", "1", "--out", str(out), "--quiet"]) == 0
+    run_json = out / "auto" / "seed123" / "run.json"
+    info = json.loads(run_json.read_text())
+    assert info["config"]["train"]["precision"] in ("fp32", "bf16") and info["precision_requested"] == "auto"
+    first = (out / "auto" / "seed123" / "metrics.csv").read_bytes()
+    assert main(["compare", str(a), "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    assert (out / "auto" / "seed123" / "metrics.csv").read_bytes() == first  # kept, not trained again
+    assert (out / "auto" / "seed124" / "run.json").is_file()
+    # a run made before the request was recorded: compared with "auto" as it resolves on this machine
+    del info["precision_requested"]
+    run_json.write_text(json.dumps(info))
+    assert main(["compare", str(a), "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    # what was asked still decides: a different precision is a different experiment
+    _config(a, "auto", small_mnist_dir, 'precision = "bf16"\n')
+    capsys.readouterr()
+    assert main(["compare", str(a), "--seeds", "2", "--out", str(out), "--quiet"]) == 2
+    assert "holds a run of a different auto config" in capsys.readouterr().err

@@ -72,6 +72,21 @@ def make_trainer(cfg: Config, dataset: data.Dataset, device: torch.device) -> Tr
     return Trainer(cfg, dataset, device)
 
 
+def resolve_precision(cfg: Config, device: torch.device, log: Log = lambda *a: None) -> Config:
+    """``cfg`` with ``train.precision`` as a run on ``device`` trains it: "auto" becomes what
+    :func:`mnistlab.core.hardware.auto_precision` picks, and bf16 falls back to fp32 (with a message) where
+    the device has no native bf16. A run's config records the result; run.json's ``precision_requested``
+    keeps what was asked, which is what a study compares when it meets the run again."""
+    if cfg.train.precision == "auto":  # resolved once, when a run starts
+        precision, reason = auto_precision(device) if cfg.train.engine == "torch" else ("fp32", "NumPy engine")
+        log(f"precision auto: {precision} ({reason})")
+        cfg = checks.set_values(cfg, {"train.precision": precision})
+    if cfg.train.precision == "bf16" and not bf16_supported(device):
+        log(f"note: {device} has no bf16 support; falling back to fp32")
+        cfg = checks.set_values(cfg, {"train.precision": "fp32"})
+    return cfg
+
+
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
     """Check the config, load the data (unless given) and resolve device and precision: "auto" becomes what
     :func:`mnistlab.core.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
@@ -82,13 +97,7 @@ def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    if cfg.train.precision == "auto":  # resolved once, here; the run's config records the choice
-        precision, reason = auto_precision(device) if cfg.train.engine == "torch" else ("fp32", "NumPy engine")
-        log(f"precision auto: {precision} ({reason})")
-        cfg = checks.set_values(cfg, {"train.precision": precision})
-    if cfg.train.precision == "bf16" and not bf16_supported(device):
-        log(f"note: {device} has no bf16 support; falling back to fp32")
-        cfg = checks.set_values(cfg, {"train.precision": "fp32"})
+    cfg = resolve_precision(cfg, device, log)
     if dataset is None:
         dataset = datasets.load_for(cfg, log)
     elif dataset.name != cfg.data.dataset:
@@ -151,6 +160,7 @@ def run(
     (:class:`~mnistlab.core.observers.EpochObserver`: trackers, a search's pruning hook) follow the run, in
     their order; one may end it with :class:`StopRun`.
     """
+    requested = cfg.train.precision  # "auto", or a bf16 that may fall back: the config records the result
     dataset, device, cfg = prepare(cfg, log, dataset)
     trainer = make_trainer(cfg, dataset, device)  # before creating the directory: config errors write nothing
     run_dir = RunDir.create(out, overwrite)
@@ -159,6 +169,7 @@ def run(
         "status": "running",
         "started": now(),
         "config": config_mod.to_dict(cfg),
+        "precision_requested": requested,
         "environment": environment(device, dataset.checksum, dataset.source, cfg.train.seed),
         "data_is_mnist": dataset.is_mnist,
         "parameters": count_parameters(trainer.model),

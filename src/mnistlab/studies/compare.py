@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core import checkpoint, checks, config, data, datasets
-from ..core.experiment import format_row, resume, run
+from ..core.experiment import format_row, resolve_precision, resume, run
+from ..core.hardware import resolve_device
 from ..core.metrics import predict_proba, summarize
 from ..core.runs import (
     COMPARE_RECORD,
@@ -125,6 +126,19 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, "label": "", "train": {**cfg["train"], "threads": 0}}
 
 
+def _same_experiment(info: dict[str, Any], planned: config.Config) -> bool:
+    """Whether the run recorded in ``info`` (run.json) is ``planned``'s. The run's config holds the precision
+    it trained in ("auto" resolved, bf16 fallen back to fp32), so the planned config is compared with the
+    precision the run was asked for (``precision_requested``); a run made before that was recorded is
+    compared with the planned precision as it resolves on this machine."""
+    recorded = info["config"]
+    if "precision_requested" in info:
+        recorded = {**recorded, "train": {**recorded["train"], "precision": info["precision_requested"]}}
+    else:
+        planned = resolve_precision(planned, resolve_device(planned.train.device))
+    return _comparable(recorded) == _comparable(config.to_dict(planned))
+
+
 def _run_summary(run_dir: RunDir) -> dict[str, Any]:
     """One finished run, read at its best-validation epoch (its last epoch when it has no validation set)."""
     info, history = run_dir.read_info(), run_dir.read_history()
@@ -176,7 +190,7 @@ def plan_study(cfgs: list[config.Config], seeds: int, out: Path) -> list[Job]:
             run_dir = RunDir(study_run_dir(out, cfg.name, seeded.train.seed))
             info = run_dir.read_info() if run_dir.file("run.json").is_file() else {}
             status = info.get("status")
-            if status is not None and _comparable(info["config"]) != _comparable(config.to_dict(seeded)):
+            if status is not None and not _same_experiment(info, seeded):
                 raise MnistlabError(
                     f"{run_dir.path} holds a run of a different {cfg.name} config; delete it or choose another --out"
                 )
