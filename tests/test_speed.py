@@ -79,3 +79,63 @@ def test_freeze_first_is_a_cnn_option():
     with pytest.raises(ConfigError, match="freeze_first"):
         models.check(checks.set_values(config.Config(), checks.parse_overrides(["model.freeze_first=true"])).model)
     models.check(_cfg("lenet5", width=32, freeze_first="true"))  # any CNN takes it
+
+
+def test_whitened_first_convolution_decorrelates_its_patches():
+    """Oracle: the filters' responses to the patches they were fitted on have second moment
+    diag(l / (l + eps)) (whitened, decorrelated), each filter's negative beside it, zero bias."""
+    from mnistlab.core import data
+
+    x = data.to_float(data.load().train_images[:500])  # (500, 1, 28, 28)
+    cfg = _cfg("speedcnn", whiten_first="true", normalize="true")
+    model = models.build_model(cfg, torch.Generator().manual_seed(0))
+    models.whiten_first_conv(model, x, eps=1e-2)
+    conv = models.first_conv(model)
+    w = conv.weight.detach().double().reshape(8, 25)
+    torch.testing.assert_close(w[4:], -w[:4])
+    assert torch.count_nonzero(conv.bias) == 0
+    assert isinstance(model.features[0], models.Normalize)
+    normalized = model.features[0](x).double()  # what the convolution sees
+    p = F.unfold(normalized, 5, padding=2, stride=2).transpose(1, 2).reshape(-1, 25)  # (N * 196, 25)
+    r = p @ w[:4].T  # (N * 196, 4) responses
+    second = r.T @ r / len(r)
+    eig = torch.linalg.eigvalsh(p.T @ p / len(p)).flip(0)[:4]
+    torch.testing.assert_close(second, torch.diag(eig / (eig + 1e-2)), atol=1e-6, rtol=1e-6)
+
+
+def test_whiten_first_needs_a_cnn_and_an_even_number_of_channels_within_the_patch_size():
+    with pytest.raises(ConfigError, match="whiten_first"):
+        models.check(checks.set_values(config.Config(), checks.parse_overrides(["model.whiten_first=true"])).model)
+    x = torch.rand(4, 1, 28, 28)
+    for width in (7, 52):  # odd; 26 pairs from 25-pixel patches
+        model = models.build_model(_cfg("speedcnn", width=width, whiten_first="true"), torch.Generator())
+        with pytest.raises(ConfigError, match="even and at most twice its 25-pixel patches"):
+            models.whiten_first_conv(model, x)
+
+
+def test_a_run_whitens_from_training_images_only_and_freezes_with_freeze_first(small_mnist_dir):
+    """The trainer fits the filters on its training split (the same filters whatever the validation and test
+    images are), and freeze_first keeps them through training."""
+    from mnistlab.core import experiment
+
+    sets = [
+        "model.arch='speedcnn'",
+        "model.width=8",
+        "model.init='default'",
+        "model.whiten_first=true",
+        "model.freeze_first=true",
+        f"data.dir='{small_mnist_dir}'",
+        "train.batch_size=50",
+        "train.epochs=1",
+        "train.device='cpu'",
+    ]
+    cfg = checks.set_values(config.Config(), checks.parse_overrides(sets))
+    dataset, device, cfg = experiment.prepare(cfg, lambda *a: None)
+    trainer = experiment.make_trainer(cfg, dataset, device)
+    fitted = models.first_conv(trainer.model).weight.detach().clone()
+    expected = models.build_model(cfg.model, torch.Generator().manual_seed(0))
+    train_x = trainer.train_split.x[trainer.train_idx]
+    models.whiten_first_conv(expected, train_x)
+    torch.testing.assert_close(fitted, models.first_conv(expected).weight.detach())
+    trainer.fit()
+    assert torch.equal(models.first_conv(trainer.model).weight, fitted)

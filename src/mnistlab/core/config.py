@@ -50,6 +50,9 @@ class ModelConfig:
     normalize: bool = False  # standardise pixels with MNIST's mean/std inside the model
     width: int = 32  # CNN only: channels of the first convolution block
     freeze_first: bool = False  # CNN only: the first convolution keeps its initial weights (no gradient)
+    # CNN only: the first convolution starts as the whitened principal components of the training images'
+    # patches, each with its negative (airbench's whitening layer; frozen with freeze_first): models.whiten_first_conv
+    whiten_first: bool = False
 
 
 @dataclass

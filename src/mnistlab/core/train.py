@@ -27,11 +27,12 @@ from . import adversarial, checkpoint, cudagraphs, data, fused
 from .augment import augment
 from .config import Config
 from .metrics import autocast, loss_and_accuracy
-from .models import STOCHASTIC_LAYERS, build_model, for_inference
+from .models import STOCHASTIC_LAYERS, build_model, for_inference, whiten_first_conv
 from .optim import apply_max_norm, build_optimizer, lr_factor, weight_ema
 
 AUG_SEED_OFFSET = 1_000_003  # keep the augmentation and dropout streams apart from the data stream
 DROPOUT_SEED_OFFSET = 2_000_003
+WHITEN_IMAGES = 5_000  # model.whiten_first: the training images whose patches the first convolution whitens
 EMA_PREFIX = "ema."  # checkpoint tensors of the weights' moving average (regularize.ema)
 
 
@@ -67,6 +68,8 @@ class Trainer:
         y_all = dataset.train_labels.to(device)
         self.train_split = Split(x_all, y_all)  # all training images, indexed through train_idx (no copy)
         self.train_idx = train_idx
+        if cfg.model.whiten_first:  # from training images only (never validation or test), before the optimizer
+            whiten_first_conv(self.model, x_all[train_idx[:WHITEN_IMAGES].to(device)])
         self.val = None if val_idx is None else Split(x_all[val_idx.to(device)], y_all[val_idx.to(device)])
         self.test = Split(data.to_float(dataset.test_images).to(device), dataset.test_labels.to(device))
 
