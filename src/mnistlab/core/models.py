@@ -513,6 +513,8 @@ def whiten_first_conv(model: nn.Module, x: torch.Tensor, eps: float = 1e-2) -> N
         pass
     finally:
         handle.remove()
+    if isinstance(conv.padding, str):  # "same"/"valid": not the numeric padding the patches are cut with here
+        raise ConfigError(f"config key 'model.whiten_first' needs a numeric padding, not {conv.padding!r}")
     patches = F.unfold(seen[0].double(), conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, in*k*k, L)
     p = patches.transpose(1, 2).reshape(-1, fan_in)  # (N * L, in*k*k)
     eigenvalues, eigenvectors = torch.linalg.eigh(p.T @ p / len(p))  # ascending
