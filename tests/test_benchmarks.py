@@ -104,3 +104,26 @@ def test_every_test_file_a_script_names_exists():
     assert named, "no script names a test file: the pattern no longer matches them"
     missing = sorted(path for path in named if not (ROOT / path).is_file())
     assert not missing, f"named by a script but missing: {missing}"
+
+
+def test_a_bf16_reproduce_that_fell_back_to_fp32_says_so():
+    """On a CPU without native bf16 the `--precision bf16` run trains in fp32: its row must not read as bf16."""
+
+    def row(precision: str | None) -> dict:
+        r = {"wall_s": 30.0, "peak_rss_mib": 600.0, "final_val_acc": 98.0, "final_test_acc": 98.1}
+        return {**r, "precision": precision} if precision else r
+
+    for bf16, fell_back in (("fp32", True), ("bf16", False)):
+        res = {
+            "kind": "avx512",
+            "kind_label": "AVX-512",
+            "reproduce": {
+                "machine": "CPU A",
+                "device": "cpu",
+                "date": "d",
+                "report_script": row(None),
+                "mnistlab_fp32": row("fp32"),
+                "mnistlab_bf16": row(bf16),
+            },
+        }
+        assert ("trained in fp32: no native bf16 here" in bench.markdown(res)) == fell_back
