@@ -8,9 +8,10 @@ Sections (``--sections``, default all):
   peak resident memory and final accuracies.
 * ``roofline``: achieved GFLOP/s of the training step (autograd and fused) against this machine's
   measured matrix-multiply peak for large square matrices, in fp32 and bf16.
-* ``speedrun``: ``experiments/speedrun.toml`` beside ``experiments/speedrun_fastcnn.toml`` (the recipe before
-  it; ``--recipes`` adds ``baseline``, the one before that), 10 seeds each (200-209), in turn: training
-  seconds, process wall time and test accuracy, and whether the target holds (<= 4 s, 99% mean, min 98.9%).
+* ``speedrun``: ``experiments/speedrun.toml`` beside ``experiments/speedrun_fastcnn.toml`` (issue 13's recipe;
+  ``--recipes`` also takes ``first``, issue 23's first recipe, ``speedrun_3epochs.toml``, and ``baseline``,
+  the recipe before issue 13's), 10 seeds each (200-209), in turn: training seconds, process wall time and
+  test accuracy, and whether the target holds (<= 4 s, 99% mean, min 98.9%).
 
 Every section records the machine it ran on (``mnistlab.core.hardware``: CPU model, the flags that decide speed,
 torch's build). Writes ``benchmarks/results/bench_KIND.json`` and ``.md``, one file per kind of CPU (amx,
@@ -47,7 +48,7 @@ def timed_process(cmd: list[str]) -> dict:
 
 
 def section_reproduce(epochs: int, device: str) -> dict:
-    res = {}
+    res: dict = {"epochs": epochs}
     dev = ["--device", device]
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
@@ -177,7 +178,7 @@ def section_roofline() -> dict:
 
 SPEEDRUN_CONFIGS = {
     "speedrun": "experiments/speedrun.toml",  # the recipe (issue 23): speedcnn, batch 192, 2 epochs, precision auto
-    "first": "experiments/speedrun_3epochs.toml",  # issue 23's first recipe: batch 256, 3 epochs (4.74 s on avx512)
+    "first": "experiments/speedrun_3epochs.toml",  # issue 23's first recipe: batch 256, 3 epochs (4.6-4.7 s on avx512)
     "previous": "experiments/speedrun_fastcnn.toml",  # issue 13's recipe: fastcnn width 32, bf16
     "baseline": "experiments/speedrun_baseline.toml",  # the recipe before issue 13: small VGG-style CNN
 }
@@ -280,7 +281,8 @@ def markdown(res: dict) -> str:
             "## The report's experiment, end to end",
             "",
             *_measured_on(r),
-            "| run (30 epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | final test % |",
+            f"| run ({r.get('epochs', 30)} epochs, report config) | wall s | speed-up | peak RSS MiB | final val % | "
+            "final test % |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for name, label in (
@@ -404,6 +406,14 @@ def main() -> None:
         "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
     }
     sections = args.sections.split(",")
+    unknown = sorted({*sections} - {"reproduce", "roofline", "speedrun"}) or sorted(
+        {*args.recipes.split(",")} - set(SPEEDRUN_CONFIGS)
+    )
+    if unknown:  # before minutes of measuring, not after
+        parser.error(
+            f"unknown section or recipe {unknown[0]!r}: sections are reproduce, roofline, speedrun; "
+            f"recipes are {', '.join(SPEEDRUN_CONFIGS)}"
+        )
     name = (
         args.name or f"bench_{kind}{f'_{args.threads}t' if args.threads else ''}"
     )  # one results file per kind of CPU: figures differ by kind

@@ -127,3 +127,14 @@ def test_a_bf16_reproduce_that_fell_back_to_fp32_says_so():
             },
         }
         assert ("trained in fp32: no native bf16 here" in bench.markdown(res)) == fell_back
+
+
+def test_bench_refuses_an_unknown_recipe_before_measuring(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--recipes", "speedrun,bogus", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "unknown section or recipe 'bogus'" in r.stderr and "first" in r.stderr
+    assert not any(tmp_path.iterdir())  # nothing measured, nothing written

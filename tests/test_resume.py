@@ -70,6 +70,47 @@ def test_resume_after_interrupt_equals_uninterrupted(small_mnist_dir, tmp_path, 
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        ["--set", "optim.name='adam'", "--set", "optim.lr=0.003"],
+        ["--set", "optim.momentum=0.9", "--set", "optim.lr=0.05"],
+    ],
+    ids=["adam", "momentum"],
+)
+def test_a_channels_last_cnn_resumes_exactly(small_mnist_dir, tmp_path, monkeypatch, optimizer):
+    """A CNN's weights are channels-last (NHWC); its optimizer state (Adam's moments, the momentum buffer) is
+    saved in the standard layout and must come back in its parameter's layout, or the fused update pairs
+    the wrong elements and the resumed run leaves the uninterrupted one."""
+    cnn = ["--set", "model.arch='speedcnn'", "--set", "model.width=4", "--set", "model.init='default'"]
+
+    def train(out):
+        return main(
+            [
+                "train",
+                "--data-dir",
+                str(small_mnist_dir),
+                "--epochs",
+                "3",
+                "--quiet",
+                "--out",
+                str(out),
+                *cnn,
+                *optimizer,
+            ]
+        )
+
+    assert train(tmp_path / "full") == 0
+    interrupt_at_epoch(monkeypatch, 2)
+    assert train(tmp_path / "cut") == 130
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert _numbers(tmp_path / "cut") == _numbers(tmp_path / "full")
+    a = checkpoint.load_tensors(tmp_path / "full" / "checkpoint.safetensors")
+    b = checkpoint.load_tensors(tmp_path / "cut" / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
 def _checkpoint_epoch(run_dir) -> int:
     if not (run_dir / "checkpoint.safetensors").exists():
         return 0

@@ -108,9 +108,32 @@ def test_whiten_first_needs_a_cnn_and_an_even_number_of_channels_within_the_patc
         models.check(checks.set_values(config.Config(), checks.parse_overrides(["model.whiten_first=true"])).model)
     x = torch.rand(4, 1, 28, 28)
     for width in (7, 52):  # odd; 26 pairs from 25-pixel patches
-        model = models.build_model(_cfg("speedcnn", width=width, whiten_first="true"), torch.Generator())
         with pytest.raises(ConfigError, match="even and at most twice its 25-pixel patches"):
-            models.whiten_first_conv(model, x)
+            _cfg("speedcnn", width=width, whiten_first="true")  # at config time, before any data or file
+        with pytest.raises(ConfigError, match="even and at most twice its 25-pixel patches"):
+            models.whiten_first_conv(models.build_model(_cfg("speedcnn", width=width), torch.Generator()), x)
+    models.check(_cfg("speedcnn", width=16, whiten_first="true"))  # the easy case stays valid
+    with pytest.raises(ConfigError, match="32 channels to be even and at most twice its 9-pixel patches"):
+        _cfg("cnn", width=32, whiten_first="true")  # 3x3 first convolution
+
+
+def test_a_whitening_that_cannot_fit_leaves_no_study_behind(small_mnist_dir, tmp_path, capsys):
+    from mnistlab.cli import main
+
+    out = tmp_path / "study"
+    args = [
+        "compare",
+        "experiments/speedrun.toml",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(small_mnist_dir),
+    ]
+    assert main([*args, "--set", "model.whiten_first=true", "--set", "model.width=15"]) == 2
+    assert "'model.whiten_first' needs the first convolution's 15 channels" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_run_whitens_from_training_images_only_and_freezes_with_freeze_first(small_mnist_dir):

@@ -159,7 +159,8 @@ def unpack_state(
     tensors: dict[str, torch.Tensor], scalars: dict[str, Any], model: torch.nn.Module, device: torch.device
 ) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, Any]], dict[str, torch.Tensor]]:
     """(model state_dict, optimizer state by parameter index, generator states) from a checkpoint, with
-    every name and shape checked against ``model``."""
+    every name and shape checked against ``model``; optimizer state comes back on ``device`` in the memory
+    layout of its parameter (channels-last for a CNN's weights)."""
     where = CHECKPOINT
     check_shapes(tensors, model.state_dict(), "model.", where)
     params = list(model.parameters())
@@ -174,7 +175,10 @@ def unpack_state(
                 raise CheckpointError(
                     where, f"{k} has shape {tuple(v.shape)}, its parameter {tuple(params[idx].shape)}"
                 )
-            state.setdefault(idx, {})[parts[2]] = v.to(device)
+            # in its parameter's memory layout: files hold the standard layout, a CNN's weights are channels-last,
+            # and the fused optimizers pair a parameter's elements with its state's by memory position
+            restored = torch.empty_like(params[idx], dtype=v.dtype, device=device).copy_(v) if v.dim() else v.to(device)
+            state.setdefault(idx, {})[parts[2]] = restored
     for k, v in scalars.items():
         number, _, key = k.partition(".")
         if not number.isdigit() or int(number) >= len(params):

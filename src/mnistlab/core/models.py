@@ -455,6 +455,9 @@ def check(m: ModelConfig) -> None:
     for key in ("freeze_first", "whiten_first"):
         if getattr(m, key) and not arch.conv:
             raise ConfigError(f"config key 'model.{key}' is a CNN option and does not fit model.arch = {m.arch!r}")
+    if m.whiten_first:  # the first convolution's shape follows from the config: refuse before any data or files
+        with torch.device("meta"):
+            _check_whitening(first_conv(arch.build(m, 10)))
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -493,12 +496,8 @@ def whiten_first_conv(model: nn.Module, x: torch.Tensor, eps: float = 1e-2) -> N
     Raises ConfigError when the convolution's output channels are odd or exceed twice its patch size.
     """
     conv = first_conv(model)
+    _check_whitening(conv)
     out, fan_in = conv.out_channels, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    if out % 2 or out // 2 > fan_in:
-        raise ConfigError(
-            f"config key 'model.whiten_first' needs the first convolution's {out} channels to be even and at "
-            f"most twice its {fan_in}-pixel patches"
-        )
     seen: list[torch.Tensor] = []
 
     def grab(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -513,8 +512,7 @@ def whiten_first_conv(model: nn.Module, x: torch.Tensor, eps: float = 1e-2) -> N
         pass
     finally:
         handle.remove()
-    if isinstance(conv.padding, str):  # "same"/"valid": not the numeric padding the patches are cut with here
-        raise ConfigError(f"config key 'model.whiten_first' needs a numeric padding, not {conv.padding!r}")
+    assert not isinstance(conv.padding, str)  # _check_whitening refused it
     patches = F.unfold(seen[0].double(), conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, in*k*k, L)
     p = patches.transpose(1, 2).reshape(-1, fan_in)  # (N * L, in*k*k)
     eigenvalues, eigenvectors = torch.linalg.eigh(p.T @ p / len(p))  # ascending
@@ -524,6 +522,19 @@ def whiten_first_conv(model: nn.Module, x: torch.Tensor, eps: float = 1e-2) -> N
         conv.weight.copy_(filters.to(conv.weight.dtype))
         if conv.bias is not None:
             conv.bias.zero_()
+
+
+def _check_whitening(conv: nn.Conv2d) -> None:
+    """Raise ConfigError unless ``conv`` can be a whitening layer: an even number of output channels, at most
+    twice its patch size (one filter and its negative per principal component), numeric padding."""
+    out, fan_in = conv.out_channels, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    if out % 2 or out // 2 > fan_in:
+        raise ConfigError(
+            f"config key 'model.whiten_first' needs the first convolution's {out} channels to be even and at "
+            f"most twice its {fan_in}-pixel patches"
+        )
+    if isinstance(conv.padding, str):  # "same"/"valid": not the numeric padding the patches are cut with here
+        raise ConfigError(f"config key 'model.whiten_first' needs a numeric padding, not {conv.padding!r}")
 
 
 class _Seen(Exception):
