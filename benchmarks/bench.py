@@ -90,15 +90,14 @@ def section_reproduce(epochs: int, device: str) -> dict:
         for name, cmd in runs.items():
             print(f"[reproduce] {name} ...", flush=True)
             r = timed_process(cmd)
-            rows = (
-                json.loads(Path(f"{tmp}/report.json").read_text())
-                if name == "report_script"
-                else json.loads(Path(f"{tmp}/{name.split('_')[1]}/metrics.json").read_text())
-            )
+            if name == "report_script":
+                rows = json.loads(Path(f"{tmp}/report.json").read_text())
+            else:
+                run_dir = Path(tmp) / name.split("_")[1]
+                rows = json.loads((run_dir / "metrics.json").read_text())
+                # what it trained in: bf16 falls back to fp32 where it is not native
+                r["precision"] = json.loads((run_dir / "run.json").read_text())["config"]["train"]["precision"]
             r.update(final_val_acc=rows[-1]["val_acc"], final_test_acc=rows[-1]["test_acc"])
-            if name != "report_script":  # what it trained in: bf16 falls back to fp32 where it is not native
-                run_json = json.loads(Path(f"{tmp}/{name.split('_')[1]}/run.json").read_text())
-                r["precision"] = run_json["config"]["train"]["precision"]
             r.pop("output")
             res[name] = r
             print(f"  {r}", flush=True)
@@ -176,6 +175,7 @@ def section_roofline() -> dict:
     return res
 
 
+SECTIONS = ("reproduce", "roofline", "speedrun")
 SPEEDRUN_CONFIGS = {
     "speedrun": "experiments/speedrun.toml",  # the recipe (issue 23): speedcnn, batch 192, 2 epochs, precision auto
     "first": "experiments/speedrun_3epochs.toml",  # issue 23's first recipe: batch 256, 3 epochs (4.6-4.7 s on avx512)
@@ -361,7 +361,7 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="reproduce,roofline,speedrun")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=10, help="seeds per recipe in the speedrun section")
     parser.add_argument(
@@ -406,12 +406,10 @@ def main() -> None:
         "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
     }
     sections = args.sections.split(",")
-    unknown = sorted({*sections} - {"reproduce", "roofline", "speedrun"}) or sorted(
-        {*args.recipes.split(",")} - set(SPEEDRUN_CONFIGS)
-    )
+    unknown = sorted({*sections} - {*SECTIONS}) or sorted({*args.recipes.split(",")} - {*SPEEDRUN_CONFIGS})
     if unknown:  # before minutes of measuring, not after
         parser.error(
-            f"unknown section or recipe {unknown[0]!r}: sections are reproduce, roofline, speedrun; "
+            f"unknown section or recipe {unknown[0]!r}: sections are {', '.join(SECTIONS)}; "
             f"recipes are {', '.join(SPEEDRUN_CONFIGS)}"
         )
     name = (

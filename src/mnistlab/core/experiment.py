@@ -88,10 +88,9 @@ def resolve_precision(cfg: Config, device: torch.device, log: Log = lambda *a: N
 
 
 def prepare(cfg: Config, log: Log, dataset: data.Dataset | None = None) -> tuple[data.Dataset, torch.device, Config]:
-    """Check the config, load the data (unless given) and resolve device and precision: "auto" becomes what
-    :func:`mnistlab.core.hardware.auto_precision` picks for the device, and bf16 falls back to fp32 with a message
-    where the device has no native bf16. ``data.dir`` comes back absolute, so the run's record finds its data
-    from anywhere."""
+    """Check the config, load the data (unless given) and resolve device and precision
+    (:func:`resolve_precision`). ``data.dir`` comes back absolute, so the run's record finds its data from
+    anywhere."""
     checks.check(cfg)
     cfg = datasets.pin_dir(cfg)
     if cfg.train.threads:
